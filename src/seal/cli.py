@@ -1,0 +1,206 @@
+"""The `seal` command line. Every command writes a new run directory; `--resume` continues one."""
+
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from seal.config import Config, ConfigError, dump_config, load_config
+from seal.core.progress import Progress, console
+
+app = typer.Typer(help="SEAL: self-adapting language models.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+knowledge = typer.Typer(help="Knowledge incorporation: learn passages from self-written training data.",
+                        no_args_is_help=True)
+app.add_typer(knowledge, name="knowledge")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file (see configs/).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a field: section.field=value (repeatable), e.g. --set inner_loop.lr=3e-4")]
+ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run directory instead of starting a new one.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/bold red] {message}")
+    raise typer.Exit(2)
+
+
+def _run_and_config(command: str, config_file: Path | None, overrides: list[str] | None, resume: Path | None):
+    from seal.core.runs import Run
+
+    if resume is not None:
+        if config_file or overrides:
+            _fail("--resume takes the run's saved configuration; drop --config/--set")
+        run = Run.resume(resume)
+        if run.command != command:
+            _fail(f"--resume {resume}: that is a '{run.command}' run, not '{command}'")
+        console.print(f"resuming [bold]{run.path}[/bold] ({len(run.records())} records done)")
+        return run
+    config = load_config(config_file, overrides or [])
+    run = Run.create(config, command)
+    console.print(f"run directory: [bold]{run.path}[/bold]")
+    return run
+
+
+def _passages(config: Config):
+    from seal.knowledge.data import load_passages, split_passages
+
+    d = config.data
+    passages = load_passages(d.source, d.path, d.hub_split)
+    return split_passages(passages, d.train_passages, d.eval_passages, config.seed, d.split_by_article)
+
+
+def _domain(config: Config):
+    from seal.core.endpoint import ChatEndpoint, Judge
+    from seal.knowledge.inner_loop import KnowledgeDomain
+
+    j = config.judge
+    judge = Judge(ChatEndpoint(j.base_url, j.model, j.api_key_env, j.retries, j.timeout_s)) if j.base_url else None
+    return KnowledgeDomain(config, judge)
+
+
+def _guard(fn):
+    """Turn the project's own input errors into one clear line instead of a traceback."""
+    from seal.core.models import ModelLoadError
+    from seal.knowledge.data import DataError
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, ModelLoadError) as err:
+            _fail(str(err))
+        except KeyboardInterrupt:
+            console.print("\n[yellow]interrupted[/yellow]: finished work is saved; continue with --resume RUN_DIR")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+@knowledge.command()
+@_guard
+def restem(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None,
+           eval: Annotated[bool, typer.Option(help="Evaluate the comparison table on held-out passages after the rounds.")] = True,
+           quiet: QuietOpt = False):
+    """Run ReST-EM rounds on training passages, then print the comparison table on held-out passages."""
+    from seal.core.models import load_model
+    from seal.core.restem import restem as run_restem
+    from seal.knowledge.evaluate import evaluate, write_table
+
+    run = _run_and_config("restem", config, set, resume)
+    cfg = run.config
+    train, held = _passages(cfg)
+    domain = _domain(cfg)
+    start = time.perf_counter()
+    lm = load_model(cfg.model.name, cfg.model.device)
+    with Progress(enabled=not quiet) as progress:
+        run_restem(run, lm, domain, train, progress)
+        console.print(f"ReST-EM: {cfg.restem.rounds} round(s) on {len(train)} passages done "
+                      f"in {time.perf_counter() - start:.0f} s")
+        if eval and held:
+            rows = evaluate(run, domain, held, progress, policy_run=run.path)
+    if eval and held:
+        _print_table(run, rows)
+
+
+@knowledge.command("evaluate")
+@_guard
+def evaluate_cmd(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None,
+                 policy: Annotated[Optional[Path], typer.Option(help="A restem run directory: adds its rounds' rows to the table.")] = None,
+                 quiet: QuietOpt = False):
+    """Print the comparison table on held-out passages (base, passage only, base/teacher/SEAL self-edits)."""
+    from seal.knowledge.evaluate import evaluate, write_table
+
+    run = _run_and_config("evaluate", config, set, resume)
+    _, held = _passages(run.config)
+    if policy is not None and not (policy / "config.yaml").is_file():
+        _fail(f"--policy {policy}: not a run directory (no config.yaml)")
+    with Progress(enabled=not quiet) as progress:
+        rows = evaluate(run, _domain(run.config), held, progress, policy_run=policy)
+    _print_table(run, rows)
+
+
+@knowledge.command()
+@_guard
+def generate(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None,
+             split: Annotated[str, typer.Option(help="Which passages: train, eval or all (of the configured split).")] = "train",
+             n: Annotated[int, typer.Option(help="Self-edits per passage.")] = 1,
+             quiet: QuietOpt = False):
+    """Write self-edits for passages with the configured prompt style (self_edit.prompt) and sampling."""
+    from seal.core.models import load_model
+    from seal.core.restem import derive_seed, sample_self_edits
+
+    if split not in ("train", "eval", "all"):
+        _fail(f"--split '{split}': choose train, eval or all")
+    run = _run_and_config("generate", config, set, resume)
+    cfg = run.config
+    train, held = _passages(cfg)
+    passages = {"train": train, "eval": held, "all": train + held}[split]
+    domain = _domain(cfg)
+    lm = load_model(cfg.model.name, cfg.model.device)
+    with Progress(enabled=not quiet) as progress:
+        progress.start("gen", "writing self-edits", len(passages))
+        for p in passages:
+            run.cached("samples", f"generate/{p.id}", lambda: dict(
+                context_id=p.id, title=p.title,
+                **sample_self_edits(lm, domain.self_edit_prompt(p), n, cfg, derive_seed(cfg.seed, "generate", p.id))))
+            progress.advance("gen")
+    console.print(f"{len(passages) * n} self-edits written to {run.path / 'records.jsonl'}")
+
+
+@knowledge.command()
+@_guard
+def table(run_dir: Annotated[Path, typer.Argument(help="A restem or evaluate run directory.")]):
+    """Print (and rewrite table.md/table.csv of) the comparison table recorded in a run directory."""
+    from seal.core.runs import Run
+    from seal.knowledge.evaluate import table_rows
+
+    run = Run.resume(run_dir)
+    _print_table(run, table_rows(run, run.config))
+
+
+def _print_table(run, rows) -> None:
+    from seal.knowledge.evaluate import write_table
+
+    if not rows:
+        console.print("no evaluation records in this run yet")
+        return
+    md = write_table(run, rows)
+    print(md)
+    console.print(f"[dim]table written to {run.path / 'table.md'} and table.csv[/dim]")
+
+
+@app.command("config")
+@_guard
+def show_config(config: ConfigOpt = None, set: SetOpt = None,
+                schema: Annotated[bool, typer.Option(help="List every field with its type and meaning instead.")] = False):
+    """Print the resolved configuration (defaults + file + overrides) as YAML."""
+    cfg = load_config(config, set or [])
+    if not schema:
+        print(dump_config(cfg), end="")
+        return
+    for line in _schema_lines(Config):
+        print(line)
+
+
+def _schema_lines(model, prefix: str = ""):
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _schema_lines(ann, f"{prefix}{name}.")
+        else:
+            default = field.get_default(call_default_factory=True)
+            yield f"{prefix}{name} = {default!r}: {field.description or ''}"
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

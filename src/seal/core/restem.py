@@ -1,0 +1,132 @@
+"""The ReST-EM outer loop, independent of the domain.
+
+One round, on the current policy: for every training context, score the policy before any update
+(once per context), sample k self-edits, evaluate each in the inner loop (eval_times repeats), keep
+the best (E-step: rejection sampling); then fine-tune the policy on (prompt -> kept self-edit) with the
+loss on the self-edit only and merge it (M-step). The next round samples from the new policy.
+
+Every step is a keyed record in the run, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any, Protocol
+
+from seal.config import Config
+from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
+from seal.core.models import LoadedModel
+from seal.core.progress import Progress
+from seal.core.runs import Run
+from seal.core.training import merge_saved_adapter, sft_and_merge, sft_example
+
+
+class Domain(Protocol):
+    """What a domain provides to the core (see seal.knowledge.inner_loop.KnowledgeDomain)."""
+
+    def context_id(self, context: Any) -> str: ...
+    def self_edit_prompt(self, context: Any) -> str: ...
+    def pre_update(self, lm: LoadedModel, context: Any) -> dict: ...  # has "reward"
+    def evaluate(self, lm: LoadedModel, context: Any, self_edit: str | None, seed: int, pre: dict) -> dict: ...
+
+
+def derive_seed(*parts) -> int:
+    """A stable seed for one piece of work, independent of the order in which work is done."""
+    return zlib.crc32("/".join(str(p) for p in parts).encode()) & 0x7FFFFFFF
+
+
+def sample_self_edits(lm: LoadedModel, prompt: str, n: int, config: Config, seed: int) -> dict:
+    """n self-edits for one prompt from the model, sampled together in one batch."""
+    cfg = config.self_edit
+    text = format_prompt(lm, prompt, use_chat(lm, config.model.chat_template))
+    gens = generate(lm, [text] * n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                    top_p=cfg.top_p, batch_size=cfg.batch_size, seed=seed,
+                    precision=resolve_precision(config.model.precision, lm.device))
+    return dict(prompt=prompt, self_edits=[g.text for g in gens], n_tokens=[g.n_tokens for g in gens],
+                hit_limit=[g.hit_limit for g in gens])
+
+
+def evaluate_repeats(run: Run, lm: LoadedModel, domain: Domain, context, self_edit: str | None, pre: dict,
+                     key: str, seed_parts: tuple, progress: Progress | None = None, **tags) -> list[dict]:
+    """The inner loop `eval_times` times for one self-edit, each repeat recorded as it finishes."""
+    out = []
+    for t in range(run.config.inner_loop.eval_times):
+        rkey = f"{key}/{t}"
+        record = run.get(rkey)
+        if record is None:
+            seed = derive_seed(run.config.seed, *seed_parts, t)
+            result = domain.evaluate(lm, context, self_edit, seed, pre)
+            record = run.append("self_edit_eval", rkey, self_edit=self_edit, repeat=t, seed=seed, **tags, **result)
+        if progress:
+            progress.advance("evals")
+        out.append(record)
+    return out
+
+
+def restem_round(run: Run, lm: LoadedModel, domain: Domain, contexts: list, round_idx: int,
+                 progress: Progress) -> list[dict]:
+    """E-step of one round: returns the kept (prompt, self-edit) pairs."""
+    cfg = run.config
+    kept = []
+    for context in contexts:
+        cid = domain.context_id(context)
+        pre = run.cached("pre_update", f"round{round_idx}/pre/{cid}",
+                         lambda: dict(round=round_idx, context_id=cid, **domain.pre_update(lm, context)))
+        samples = run.cached("samples", f"round{round_idx}/samples/{cid}",
+                             lambda: dict(round=round_idx, context_id=cid, **sample_self_edits(
+                                 lm, domain.self_edit_prompt(context), cfg.restem.k, cfg,
+                                 derive_seed(cfg.seed, "restem", round_idx, cid))))
+        candidates = []
+        for i, self_edit in enumerate(samples["self_edits"]):
+            repeats = evaluate_repeats(run, lm, domain, context, self_edit, pre,
+                                       f"round{round_idx}/eval/{cid}/{i}", ("restem", round_idx, cid, i),
+                                       progress, round=round_idx, context_id=cid, sample=i)
+            rewards = [r["reward"] for r in repeats if r["reward"] is not None]
+            if rewards:  # all repeats ungraded (a failed judge): not a candidate, not a zero
+                candidates.append((sum(rewards) / len(rewards), i))
+        progress.advance("contexts")
+        if not candidates:
+            continue
+        best_reward, best = max(candidates)  # ties go to the later sample; order is random anyway
+        pre_reward = pre["reward"] if pre["reward"] is not None else 0.0
+        if cfg.reward.require_improvement and best_reward <= pre_reward:
+            continue
+        kept.append(dict(context_id=cid, prompt=samples["prompt"], self_edit=samples["self_edits"][best],
+                         reward=best_reward, pre_reward=pre["reward"], sample=best))
+    return kept
+
+
+def restem(run: Run, lm: LoadedModel, domain: Domain, contexts: list, progress: Progress) -> None:
+    """R rounds of ReST-EM; `lm` ends as the last round's policy. Finished rounds are re-applied from
+    their saved adapters on resume."""
+    cfg = run.config
+    precision = resolve_precision(cfg.model.precision, lm.device)
+    chat = use_chat(lm, cfg.model.chat_template)
+    for r in range(1, cfg.restem.rounds + 1):
+        done = run.get(f"round{r}/done")
+        if done is not None:
+            if done["adapter"]:
+                merge_saved_adapter(lm, run.path / done["adapter"])
+            continue
+        progress.start("contexts", f"round {r}: contexts", len(contexts))
+        progress.start("evals", f"round {r}: self-edit evaluations",
+                       len(contexts) * cfg.restem.k * cfg.inner_loop.eval_times)
+        kept = restem_round(run, lm, domain, contexts, r, progress)
+        adapter = None
+        stats = None
+        if kept:
+            examples = [sft_example(lm.tokenizer, format_prompt(lm, k["prompt"], chat), k["self_edit"],
+                                    cfg.restem.sft.max_seq_len) for k in kept]
+            adapter = f"policy/round-{r}"
+            tmp = run.path / (adapter + ".tmp")
+            progress.start("sft", f"round {r}: policy fine-tuning",
+                           cfg.restem.sft.epochs * -(-len(examples) // cfg.restem.sft.batch_size))
+            stats = sft_and_merge(lm, examples, cfg.restem.sft, seed=derive_seed(cfg.seed, "sft", r),
+                                  precision=precision, save_dir=tmp,
+                                  on_step=lambda s, total: progress.advance("sft"))
+            Path(tmp).rename(run.path / adapter)  # the adapter exists only once complete
+        rewards = [k["reward"] for k in kept]
+        run.append("round", f"round{r}/done", round=r, kept=kept, adapter=adapter,
+                   sft=stats.as_dict() if stats else None,
+                   mean_kept_reward=sum(rewards) / len(rewards) if rewards else None)

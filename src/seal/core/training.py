@@ -1,0 +1,150 @@
+"""LoRA fine-tuning: a fresh adapter per use, a small training loop with dynamic padding, SFT.
+
+The base model is never modified by the inner loop: `fresh_adapter` wraps it with PEFT for one
+use and unloads the adapter afterwards, leaving the original modules and weights in place. The
+policy update of ReST-EM (`sft_and_merge`) is the one place where weights change on purpose.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from seal.config import LoraTrainConfig
+from seal.core.generation import autocast
+from seal.core.models import LoadedModel
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # -100 where no loss is taken
+
+
+@dataclass
+class TrainStats:
+    steps: int
+    tokens: int  # real (non-padding) tokens seen, summed over epochs
+    first_loss: float
+    last_loss: float
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return dict(steps=self.steps, tokens=self.tokens, first_loss=round(self.first_loss, 4),
+                    last_loss=round(self.last_loss, 4), seconds=round(self.seconds, 2))
+
+
+def peft_config(cfg: LoraTrainConfig) -> LoraConfig:
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                      target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def check_targets(model: torch.nn.Module, cfg: LoraTrainConfig) -> None:
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    missing = [t for t in cfg.target_modules if t not in names]
+    if missing:
+        raise ValueError(f"target_modules {missing} are not linear layers of this model "
+                         f"(it has {sorted(names)})")
+
+
+@contextmanager
+def fresh_adapter(lm: LoadedModel, cfg: LoraTrainConfig, seed: int):
+    """Yield the model wrapped with a newly initialised LoRA adapter; remove it afterwards."""
+    check_targets(lm.model, cfg)
+    torch.manual_seed(seed)  # adapter initialisation (A) depends on the seed alone
+    wrapped = get_peft_model(lm.model, peft_config(cfg))
+    try:
+        yield wrapped
+    finally:
+        wrapped.unload()  # puts the original Linear modules back
+        for p in lm.model.parameters():
+            p.requires_grad_(False)
+        lm.model.eval()
+
+
+def lm_examples(tokenizer, texts: list[str], max_len: int) -> list[Example]:
+    """Language-modelling examples: loss on every token, an end token appended."""
+    out = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_len - 1] + [tokenizer.eos_token_id]
+        out.append(Example(ids, list(ids)))
+    return out
+
+
+def sft_example(tokenizer, prompt: str, completion: str, max_len: int) -> Example:
+    """(prompt -> completion) with the loss on the completion and its end token only."""
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (p + c)[:max_len]
+    labels = ([-100] * len(p) + c)[:max_len]
+    return Example(ids, labels)
+
+
+def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad to the longest example of this batch only (never a fixed length); no loss on padding."""
+    width = max(len(e.input_ids) for e in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        input_ids[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[i, :len(e.labels)] = torch.tensor(e.labels)
+        mask[i, :len(e.input_ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+def train(model: torch.nn.Module, examples: list[Example], cfg: LoraTrainConfig, *, seed: int,
+          pad_id: int, device: torch.device, precision: str = "fp32", on_step=None) -> TrainStats:
+    """AdamW with linear decay over `cfg.epochs` passes; shuffled each epoch with a seeded generator."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    losses, tokens, start = [], 0, time.perf_counter()
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(examples), generator=gen).tolist()
+        for b in range(0, len(order), cfg.batch_size):
+            batch = collate([examples[i] for i in order[b:b + cfg.batch_size]], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with autocast(precision, device):
+                loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            tokens += int(batch["attention_mask"].sum())
+            if on_step:
+                on_step(len(losses), total)
+    model.eval()
+    return TrainStats(steps=len(losses), tokens=tokens, first_loss=losses[0] if losses else math.nan,
+                      last_loss=losses[-1] if losses else math.nan, seconds=time.perf_counter() - start)
+
+
+def sft_and_merge(lm: LoadedModel, examples: list[Example], cfg: LoraTrainConfig, *, seed: int,
+                  precision: str, save_dir=None, on_step=None) -> TrainStats:
+    """Fine-tune the policy with a LoRA adapter, optionally save the adapter, and merge it in place."""
+    check_targets(lm.model, cfg)
+    torch.manual_seed(seed)
+    wrapped = get_peft_model(lm.model, peft_config(cfg))
+    stats = train(wrapped, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id,
+                  device=lm.device, precision=precision, on_step=on_step)
+    if save_dir is not None:
+        wrapped.save_pretrained(save_dir)
+    lm.model = wrapped.merge_and_unload()
+    lm.model.eval()
+    return stats
+
+
+def merge_saved_adapter(lm: LoadedModel, adapter_dir) -> None:
+    """Apply a saved policy adapter (from `sft_and_merge`) to the model in place."""
+    lm.model = PeftModel.from_pretrained(lm.model, str(adapter_dir)).merge_and_unload()
+    lm.model.eval()

@@ -1,0 +1,178 @@
+"""The comparison table on held-out passages (the conditions of the paper's Table 2).
+
+Rows: the base model with no update; trained on the passage only; passage + the base model's
+self-edits; passage + a teacher's self-edits; and for each SEAL round, that round's policy with no
+update and with its own self-edits. Each (row, passage) is a record in the run, written as it finishes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from seal.config import Config
+from seal.core.endpoint import ChatEndpoint, EndpointError
+from seal.core.models import LoadedModel, load_model
+from seal.core.progress import Progress
+from seal.core.restem import derive_seed, evaluate_repeats, sample_self_edits
+from seal.core.runs import Run
+from seal.core.training import merge_saved_adapter
+from seal.knowledge.data import Passage
+from seal.knowledge.inner_loop import KnowledgeDomain, mean
+
+COLUMNS = ["condition", "EM", "F1", "contains", "loglik", "judge", "questions", "reward", "95% CI"]
+
+
+def _teacher_self_edits(config: Config, domain: KnowledgeDomain) -> Callable[[Passage, int], dict] | None:
+    """A function that writes one teacher self-edit for a passage, or None when no teacher is set."""
+    t = config.teacher
+    if t.base_url:
+        endpoint = ChatEndpoint(t.base_url, t.api_model, t.api_key_env, t.retries)
+
+        def from_endpoint(passage: Passage, seed: int) -> dict:
+            prompt = domain.self_edit_prompt(passage)
+            try:
+                text = endpoint.complete(prompt, temperature=config.self_edit.temperature,
+                                         max_tokens=config.self_edit.max_new_tokens)
+                return dict(prompt=prompt, self_edits=[text], error=None)
+            except EndpointError as err:  # recorded; the row counts it as an unusable self-edit
+                return dict(prompt=prompt, self_edits=[""], error=str(err))
+        return from_endpoint
+    if t.model:
+        teacher = load_model(t.model, config.model.device)
+        return lambda passage, seed: sample_self_edits(teacher, domain.self_edit_prompt(passage), 1, config, seed)
+    return None
+
+
+def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], name: str,
+               progress: Progress, self_edit: Callable[[Passage, int], dict] | None | str) -> None:
+    """Record one row: for each passage, no update (self_edit='none'), the passage only
+    (self_edit=None), or the self-edit that the function writes."""
+    progress.start("eval", f"eval: {name}", len(passages))
+    for passage in passages:
+        pid = passage.id
+        pre = run.cached("pre_update", f"eval/{name}/pre/{pid}", lambda: dict(
+            condition=name, context_id=pid, **domain.pre_update(lm, passage)))
+        if self_edit == "none":
+            progress.advance("eval")
+            continue
+        text = None
+        if self_edit is not None:
+            seed = derive_seed(run.config.seed, "eval", name, pid)
+            samples = run.cached("samples", f"eval/{name}/samples/{pid}",
+                                 lambda: dict(condition=name, context_id=pid, **self_edit(passage, seed)))
+            text = samples["self_edits"][0]
+        evaluate_repeats(run, lm, domain, passage, text, pre, f"eval/{name}/eval/{pid}", ("eval", name, pid),
+                         condition=name, context_id=pid)
+        progress.advance("eval")
+
+
+def evaluate(run: Run, domain: KnowledgeDomain, passages: list[Passage], progress: Progress,
+             policy_run: Path | None = None, lm: LoadedModel | None = None) -> list[dict]:
+    """Evaluate every condition on the held-out passages and return the table rows."""
+    config = run.config
+    lm = lm or load_model(config.model.name, config.model.device)
+    base_edits = lambda p, seed: sample_self_edits(lm, domain.self_edit_prompt(p), 1, config, seed)
+    if config.eval.base:
+        _condition(run, lm, domain, passages, "base model, no update", progress, "none")
+    if config.eval.passage_only:
+        _condition(run, lm, domain, passages, "passage only", progress, None)
+    if config.eval.base_self_edits:
+        _condition(run, lm, domain, passages, "passage + base self-edits", progress, base_edits)
+    teacher = _teacher_self_edits(config, domain)
+    if teacher is not None:
+        _condition(run, lm, domain, passages, "passage + teacher self-edits", progress, teacher)
+    if policy_run is not None:
+        policy = Run(Path(policy_run), config)
+        for r in range(1, policy.config.restem.rounds + 1):
+            done = policy.get(f"round{r}/done")
+            if done is None:
+                break  # a round that did not finish has no policy to evaluate
+            if done["adapter"]:
+                merge_saved_adapter(lm, Path(policy_run) / done["adapter"])
+            _condition(run, lm, domain, passages, f"SEAL round {r}, no update", progress, "none")
+            _condition(run, lm, domain, passages, f"passage + SEAL round {r} self-edits", progress, base_edits)
+    return table_rows(run, config)
+
+
+def _bootstrap(per_passage: list[float], n: int, seed: int) -> tuple[float, float]:
+    """95% percentile interval of the mean, resampling passages (questions of a passage correlate)."""
+    values = np.asarray(per_passage, dtype=float)
+    if len(values) < 2:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def table_rows(run: Run, config: Config) -> list[dict]:
+    """Aggregate the run's eval records into one row per condition (in the order they were run).
+
+    A trained row is made of its self-edit evaluations; a row without training of its pre-update
+    scores. Repeats of one self-edit (eval_times) are averaged within the passage first.
+    """
+    records = [r for r in run.records() if r["key"].startswith("eval/")
+               and r["kind"] in ("pre_update", "self_edit_eval")]
+    trained = {r["condition"] for r in records if r["kind"] == "self_edit_eval"}
+    rows: dict[str, dict] = {}
+    for record in records:
+        name = record["condition"]
+        if (record["kind"] == "pre_update") == (name in trained):
+            continue  # a trained row's pre-update score is context, not the row
+        row = rows.setdefault(name, {"grades": {}, "rewards": {}, "questions": {}})
+        pid = record["context_id"]
+        row["rewards"].setdefault(pid, []).append(record["reward"])
+        row["questions"][pid] = len(record["answers"])
+        for metric, values in record["grades"].items():
+            row["grades"].setdefault(metric, []).extend(values)
+    out = []
+    for name, row in rows.items():
+        # A passage whose every answer went ungraded (a failed judge) is left out, not counted as 0.
+        per_passage = [m for m in map(mean, row["rewards"].values()) if m is not None]
+        low, high = _bootstrap(per_passage, config.eval.bootstrap, config.seed)
+        g = row["grades"]
+        out.append({
+            "condition": name,
+            "EM": mean(g["em"]), "F1": mean(g["f1"]), "contains": mean(g["contains"]),
+            "loglik": mean(g["loglik"]), "judge": mean(g["judge"]),
+            "questions": sum(row["questions"].values()),
+            "reward": mean(per_passage), "95% CI": (low, high),
+        })
+    return out
+
+
+def _fmt(value, column: str) -> str:
+    if value is None:
+        return "-"
+    if column == "95% CI":
+        return "-" if math.isnan(value[0]) else f"[{value[0]:.3f}, {value[1]:.3f}]"
+    if column == "questions":
+        return str(value)
+    if column == "condition":
+        return value
+    return f"{value:.3f}"
+
+
+def markdown_table(rows: list[dict], config: Config) -> str:
+    head = [c if c != "reward" else f"reward ({config.reward.metric})" for c in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row[c], c) for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def write_table(run: Run, rows: list[dict]) -> str:
+    md = markdown_table(rows, run.config)
+    (run.path / "table.md").write_text(md + "\n", encoding="utf-8")
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(COLUMNS[:-1] + ["ci_low", "ci_high"])
+    for row in rows:
+        writer.writerow([row[c] for c in COLUMNS[:-1]] + list(row["95% CI"]))
+    (run.path / "table.csv").write_text(buf.getvalue(), encoding="utf-8")
+    return md

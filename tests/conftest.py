@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny randomly initialised Llama with the embedded model's real tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from seal.config import load_config
+from seal.core.models import load_model, load_tokenizer, model_from_config
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return load_tokenizer("embedded")  # converts the packaged GGUF once into the cache
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tokenizer):
+    """A saved tiny model directory, loadable by name like any local checkpoint."""
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    lm = model_from_config(config, tokenizer, seed=0)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    lm.model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny(tiny_dir):
+    torch.manual_seed(0)
+    return load_model(str(tiny_dir), "cpu")
+
+
+@pytest.fixture
+def tiny_config(tiny_dir, tmp_path):
+    """A configuration sized for the tiny model: a few short passages, short generations."""
+    return load_config(None, [
+        f"model.name={tiny_dir}", f"runs_dir={tmp_path / 'runs'}", "model.precision=fp32",
+        "data.train_passages=2", "data.eval_passages=2",
+        "self_edit.max_new_tokens=12", "answer.max_new_tokens=6", "answer.max_questions=2",
+        "inner_loop.epochs=1", "inner_loop.rank=4", "inner_loop.alpha=8",
+        "restem.k=2", "restem.sft.epochs=1", "restem.sft.rank=4", "restem.sft.alpha=8",
+        "eval.bootstrap=200",
+    ])

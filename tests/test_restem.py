@@ -1,0 +1,106 @@
+import json
+
+import torch
+
+from seal.core.models import load_model
+from seal.core.progress import Progress
+from seal.core.restem import restem
+from seal.core.runs import Run
+from seal.knowledge.data import load_builtin
+from seal.knowledge.inner_loop import KnowledgeDomain
+
+
+class CountingDomain(KnowledgeDomain):
+    """Counts inner-loop evaluations, and can be made to fail after n of them (a simulated kill)."""
+
+    def __init__(self, config, fail_after=None):
+        super().__init__(config)
+        self.calls, self.fail_after = 0, fail_after
+
+    def evaluate(self, *args, **kwargs):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        return super().evaluate(*args, **kwargs)
+
+
+def test_full_round_trains_and_merges_the_policy(tiny_config):
+    run = Run.create(tiny_config, "restem")
+    lm = load_model(tiny_config.model.name, "cpu")
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    domain = CountingDomain(tiny_config)
+    contexts = load_builtin()[:2]
+    with Progress(enabled=False) as progress:
+        restem(run, lm, domain, contexts, progress)
+    assert domain.calls == 2 * tiny_config.restem.k
+    [done] = run.records("round")
+    assert len(done["kept"]) == 2 and done["adapter"] == "policy/round-1"
+    assert (run.path / "policy/round-1/adapter_config.json").is_file()
+    assert any(not torch.equal(before[k], v) for k, v in lm.model.state_dict().items())
+    evals = run.records("self_edit_eval")
+    assert {r["sample"] for r in evals} == {0, 1} and all("self_edit" in r and "train" in r or not r["valid"] for r in evals)
+    # every record is on disk, one JSON object a line
+    lines = (run.path / "records.jsonl").read_text().splitlines()
+    assert len(lines) == len(run.records()) and all(json.loads(l)["key"] for l in lines)
+
+
+def test_require_improvement_can_keep_nothing(tiny_config):
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.reward.require_improvement = True
+    cfg.inner_loop.lr = 1e-9  # updates too small to beat the pre-update score
+    cfg.reward.metric = "em"
+    run = Run.create(cfg, "restem")
+    lm = load_model(cfg.model.name, "cpu")
+    with Progress(enabled=False) as progress:
+        restem(run, lm, KnowledgeDomain(cfg), load_builtin()[:1], progress)
+    [done] = run.records("round")
+    assert done["kept"] == [] and done["adapter"] is None
+
+
+def test_resume_redoes_nothing_that_finished(tiny_config):
+    contexts = load_builtin()[:2]
+    run = Run.create(tiny_config, "restem")
+    lm = load_model(tiny_config.model.name, "cpu")
+    domain = CountingDomain(tiny_config, fail_after=3)
+    with Progress(enabled=False) as progress:
+        try:
+            restem(run, lm, domain, contexts, progress)
+        except KeyboardInterrupt:
+            pass
+    assert len(Run.resume(run.path).records("self_edit_eval")) == 3
+    # a torn last line (killed mid-write) is ignored and redone
+    with open(run.path / "records.jsonl", "a") as f:
+        f.write('{"kind": "self_edit_ev')
+
+    resumed = Run.resume(run.path)
+    lm2 = load_model(tiny_config.model.name, "cpu")
+    domain2 = CountingDomain(resumed.config)
+    with Progress(enabled=False) as progress:
+        restem(resumed, lm2, domain2, contexts, progress)
+    assert domain2.calls == 1  # only the evaluation that never finished
+
+    # the same policy as an uninterrupted run with the same seed
+    fresh = Run.create(tiny_config, "restem")
+    lm3 = load_model(tiny_config.model.name, "cpu")
+    with Progress(enabled=False) as progress:
+        restem(fresh, lm3, CountingDomain(tiny_config), contexts, progress)
+    assert [r["reward"] for r in sorted(fresh.records("self_edit_eval"), key=lambda r: r["key"])] == \
+        [r["reward"] for r in sorted(resumed.records("self_edit_eval"), key=lambda r: r["key"])]
+    s2, s3 = lm2.model.state_dict(), lm3.model.state_dict()
+    assert all(torch.allclose(s2[k], s3[k]) for k in s2)
+
+    # resuming a finished run re-applies the saved policy adapter without training again
+    lm4 = load_model(tiny_config.model.name, "cpu")
+    domain4 = CountingDomain(tiny_config)
+    with Progress(enabled=False) as progress:
+        restem(Run.resume(fresh.path), lm4, domain4, contexts, progress)
+    assert domain4.calls == 0
+    s4 = lm4.model.state_dict()
+    assert all(torch.allclose(s3[k], s4[k], atol=1e-6) for k in s3)
+
+
+def test_runs_never_overwrite(tiny_config):
+    a, b = Run.create(tiny_config, "restem"), Run.create(tiny_config, "restem")
+    assert a.path != b.path and a.path.exists() and b.path.exists()
+    meta = json.loads((a.path / "meta.json").read_text())
+    assert meta["seed"] == tiny_config.seed and "torch" in meta["versions"]
