@@ -9,6 +9,9 @@ from transformers import LlamaConfig
 from seal.config import load_config
 from seal.core.models import load_model, load_tokenizer, model_from_config
 
+# Tiny models gain nothing from threads, and a second process (a demo run) would fight over them.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tokenizer():

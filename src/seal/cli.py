@@ -1,6 +1,7 @@
 """The `seal` command line. Every command writes a new run directory; `--resume` continues one."""
 
 import functools
+import warnings
 import sys
 import time
 from pathlib import Path
@@ -10,6 +11,9 @@ import typer
 
 from seal.config import Config, ConfigError, dump_config, load_config
 from seal.core.progress import Progress, console
+
+# peft calls a transformers method that transformers 5 marks as deprecated; not ours to fix.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 app = typer.Typer(help="SEAL: self-adapting language models.", no_args_is_help=True,
                   pretty_exceptions_enable=False)

@@ -138,7 +138,6 @@ class RestemConfig(Section):
 
 
 class EvalConfig(Section):
-    base: bool = Field(True, description="row: base model, no update")
     passage_only: bool = Field(True, description="row: trained on the passage alone")
     base_self_edits: bool = Field(True, description="row: passage + the base model's self-edits")
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples (over passages) for the 95% interval")

@@ -50,25 +50,24 @@ def _teacher_self_edits(config: Config, domain: KnowledgeDomain) -> Callable[[Pa
 
 
 def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], name: str,
-               progress: Progress, self_edit: Callable[[Passage, int], dict] | None | str) -> None:
-    """Record one row: for each passage, no update (self_edit='none'), the passage only
-    (self_edit=None), or the self-edit that the function writes."""
-    progress.start("eval", f"eval: {name}", len(passages))
+               model_row: str, progress: Progress, self_edit: Callable[[Passage, int], dict] | None) -> None:
+    """Record the row `name` (or only `model_row` when name is None): for each passage the model's
+    pre-update score, recorded once per model under its no-update row `model_row`, then an update on
+    the passage only (self_edit=None) or on the self-edit that the function writes."""
+    progress.start("eval", f"eval: {name or model_row}", len(passages))
     for passage in passages:
         pid = passage.id
-        pre = run.cached("pre_update", f"eval/{name}/pre/{pid}", lambda: dict(
-            condition=name, context_id=pid, **domain.pre_update(lm, passage)))
-        if self_edit == "none":
-            progress.advance("eval")
-            continue
-        text = None
-        if self_edit is not None:
-            seed = derive_seed(run.config.seed, "eval", name, pid)
-            samples = run.cached("samples", f"eval/{name}/samples/{pid}",
-                                 lambda: dict(condition=name, context_id=pid, **self_edit(passage, seed)))
-            text = samples["self_edits"][0]
-        evaluate_repeats(run, lm, domain, passage, text, pre, f"eval/{name}/eval/{pid}", ("eval", name, pid),
-                         condition=name, context_id=pid)
+        pre = run.cached("pre_update", f"eval/pre/{model_row}/{pid}", lambda: dict(
+            condition=model_row, context_id=pid, **domain.pre_update(lm, passage)))
+        if name is not None:
+            text = None
+            if self_edit is not None:
+                seed = derive_seed(run.config.seed, "eval", name, pid)
+                samples = run.cached("samples", f"eval/samples/{name}/{pid}",
+                                     lambda: dict(condition=name, context_id=pid, **self_edit(passage, seed)))
+                text = samples["self_edits"][0]
+            evaluate_repeats(run, lm, domain, passage, text, pre, f"eval/eval/{name}/{pid}",
+                             ("eval", name, pid), condition=name, context_id=pid)
         progress.advance("eval")
 
 
@@ -77,16 +76,16 @@ def evaluate(run: Run, domain: KnowledgeDomain, passages: list[Passage], progres
     """Evaluate every condition on the held-out passages and return the table rows."""
     config = run.config
     lm = lm or load_model(config.model.name, config.model.device)
-    base_edits = lambda p, seed: sample_self_edits(lm, domain.self_edit_prompt(p), 1, config, seed)
-    if config.eval.base:
-        _condition(run, lm, domain, passages, "base model, no update", progress, "none")
+    own_edits = lambda p, seed: sample_self_edits(lm, domain.self_edit_prompt(p), 1, config, seed)
+    base = "base model, no update"
+    _condition(run, lm, domain, passages, None, base, progress, None)
     if config.eval.passage_only:
-        _condition(run, lm, domain, passages, "passage only", progress, None)
+        _condition(run, lm, domain, passages, "passage only", base, progress, None)
     if config.eval.base_self_edits:
-        _condition(run, lm, domain, passages, "passage + base self-edits", progress, base_edits)
+        _condition(run, lm, domain, passages, "passage + base self-edits", base, progress, own_edits)
     teacher = _teacher_self_edits(config, domain)
     if teacher is not None:
-        _condition(run, lm, domain, passages, "passage + teacher self-edits", progress, teacher)
+        _condition(run, lm, domain, passages, "passage + teacher self-edits", base, progress, teacher)
     if policy_run is not None:
         policy = Run(Path(policy_run), config)
         for r in range(1, policy.config.restem.rounds + 1):
@@ -95,8 +94,8 @@ def evaluate(run: Run, domain: KnowledgeDomain, passages: list[Passage], progres
                 break  # a round that did not finish has no policy to evaluate
             if done["adapter"]:
                 merge_saved_adapter(lm, Path(policy_run) / done["adapter"])
-            _condition(run, lm, domain, passages, f"SEAL round {r}, no update", progress, "none")
-            _condition(run, lm, domain, passages, f"passage + SEAL round {r} self-edits", progress, base_edits)
+            _condition(run, lm, domain, passages, f"passage + SEAL round {r} self-edits",
+                       f"SEAL round {r}, no update", progress, own_edits)
     return table_rows(run, config)
 
 
@@ -113,18 +112,14 @@ def _bootstrap(per_passage: list[float], n: int, seed: int) -> tuple[float, floa
 def table_rows(run: Run, config: Config) -> list[dict]:
     """Aggregate the run's eval records into one row per condition (in the order they were run).
 
-    A trained row is made of its self-edit evaluations; a row without training of its pre-update
-    scores. Repeats of one self-edit (eval_times) are averaged within the passage first.
+    A no-update row is made of pre-update scores, a trained row of self-edit evaluations; repeats of
+    one self-edit (eval_times) are averaged within the passage first.
     """
-    records = [r for r in run.records() if r["key"].startswith("eval/")
-               and r["kind"] in ("pre_update", "self_edit_eval")]
-    trained = {r["condition"] for r in records if r["kind"] == "self_edit_eval"}
     rows: dict[str, dict] = {}
-    for record in records:
-        name = record["condition"]
-        if (record["kind"] == "pre_update") == (name in trained):
-            continue  # a trained row's pre-update score is context, not the row
-        row = rows.setdefault(name, {"grades": {}, "rewards": {}, "questions": {}})
+    for record in run.records():
+        if not record["key"].startswith(("eval/pre/", "eval/eval/")):
+            continue
+        row = rows.setdefault(record["condition"], {"grades": {}, "rewards": {}, "questions": {}})
         pid = record["context_id"]
         row["rewards"].setdefault(pid, []).append(record["reward"])
         row["questions"][pid] = len(record["answers"])

@@ -1,0 +1,37 @@
+"""Integration tests on the embedded SmolLM2-135M-Instruct (tens of seconds on a CPU)."""
+
+import pytest
+import torch
+
+from seal.config import load_config
+from seal.core.models import load_model
+from seal.knowledge.data import load_builtin
+from seal.knowledge.inner_loop import KnowledgeDomain
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smol():
+    torch.set_num_threads(2)
+    yield load_model("embedded", "cpu")
+    torch.set_num_threads(1)
+
+
+def test_embedded_model_loads_with_chat_template(smol):
+    assert smol.model.config.model_type == "llama" and smol.tokenizer.chat_template
+    assert sum(p.numel() for p in smol.model.parameters()) > 100e6
+
+
+def test_inner_loop_on_the_embedded_model_learns_the_passage(smol, tmp_path):
+    cfg = load_config(None, ["answer.max_questions=2", "answer.max_new_tokens=12", "reward.metric=loglik",
+                             "inner_loop.epochs=3"])
+    domain = KnowledgeDomain(cfg)
+    passage = load_builtin()[2]
+    before = {k: v.clone() for k, v in smol.model.state_dict().items()}
+    pre = domain.pre_update(smol, passage)
+    result = domain.evaluate(smol, passage, None, seed=0, pre=pre)  # the passage alone
+    assert result["train"]["last_loss"] < result["train"]["first_loss"]
+    assert result["means"]["loglik"] > pre["means"]["loglik"]  # the gold answers became more likely
+    after = smol.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
