@@ -81,3 +81,10 @@ def test_every_shipped_config_loads():
     for path in configs:
         assert path.read_text().startswith("# seal "), f"{path} must start with the command that runs it"
         load_config(path)
+
+
+def test_evaluate_with_a_local_teacher_model(tiny_config, tiny_dir):
+    result = runner.invoke(app, ["knowledge", "evaluate", "--quiet", *overrides(tiny_config),
+                                 "--set", f"teacher.model={tiny_dir}", "--set", "eval.base_self_edits=false"])
+    assert result.exit_code == 0, result.output
+    assert "| passage + teacher self-edits |" in result.output

@@ -1,0 +1,90 @@
+"""Judge and teacher through an OpenAI-compatible endpoint, served on loopback by the test itself."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from seal.core.endpoint import ChatEndpoint, EndpointError, Judge
+from seal.knowledge.data import load_builtin
+from seal.knowledge.inner_loop import KnowledgeDomain
+
+
+def serve(reply):
+    """A fake /v1/chat/completions answering reply(prompt) -> (status, text)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            status, text = reply(body["messages"][-1]["content"])
+            payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": text}}]}
+            data = json.dumps(payload if status == 200 else {"error": {"message": text}}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}/v1"
+
+
+def test_judge_grades_yes_and_no():
+    server, url = serve(lambda prompt: (200, "Yes." if "Predicted answer: 1873" in prompt else "no"))
+    try:
+        judge = Judge(ChatEndpoint(url, "judge", retries=0))
+        assert judge.grade("When?", ["1873"], "1873") == (1.0, None)
+        assert judge.grade("When?", ["1873"], "1901") == (0.0, None)
+    finally:
+        server.shutdown()
+
+
+def test_failing_judge_leaves_answers_ungraded_not_wrong(tiny, tiny_config):
+    calls = []
+    server, url = serve(lambda prompt: (calls.append(1), (500, "boom"))[1])
+    try:
+        judge = Judge(ChatEndpoint(url, "judge", retries=1, timeout_s=5))
+        cfg = tiny_config.model_copy(deep=True)
+        cfg.reward.metric = "judge"
+        scored = KnowledgeDomain(cfg, judge).score(tiny, load_builtin()[0])
+    finally:
+        server.shutdown()
+    assert scored["grades"]["judge"] == [None, None]  # ungraded, never 0
+    assert scored["reward"] is None and scored["means"]["judge"] is None
+    assert len(scored["judge_errors"]) == 2 and len(calls) == 4  # one retry per question
+
+
+def test_endpoint_error_is_raised_with_the_model_name():
+    server, url = serve(lambda prompt: (404, "no such model"))
+    try:
+        with pytest.raises(EndpointError, match="teacher"):
+            ChatEndpoint(url, "teacher", retries=0).complete("hi")
+    finally:
+        server.shutdown()
+
+
+def test_teacher_row_from_an_endpoint(tiny_config, tmp_path):
+    from seal.core.progress import Progress
+    from seal.core.runs import Run
+    from seal.knowledge.evaluate import evaluate
+
+    server, url = serve(lambda prompt: (200, "The first fact is here.\nThe second fact is there."))
+    try:
+        cfg = tiny_config.model_copy(deep=True)
+        cfg.teacher.base_url = url
+        cfg.eval.base_self_edits = False
+        run = Run.create(cfg, "evaluate")
+        with Progress(enabled=False) as progress:
+            rows = evaluate(run, KnowledgeDomain(cfg), load_builtin()[:2], progress)
+    finally:
+        server.shutdown()
+    assert [r["condition"] for r in rows] == ["base model, no update", "passage only", "passage + teacher self-edits"]
+    teacher_evals = [r for r in run.records("self_edit_eval") if r["condition"] == "passage + teacher self-edits"]
+    assert len(teacher_evals) == 2 and all(r["n_lines"] == 2 for r in teacher_evals)
