@@ -87,7 +87,7 @@ def evaluate(run: Run, domain: KnowledgeDomain, passages: list[Passage], progres
     if teacher is not None:
         _condition(run, lm, domain, passages, "passage + teacher self-edits", base, progress, teacher)
     if policy_run is not None:
-        policy = Run(Path(policy_run), config)
+        policy = Run.resume(policy_run)  # with its own configuration: its number of rounds
         for r in range(1, policy.config.restem.rounds + 1):
             done = policy.get(f"round{r}/done")
             if done is None:
