@@ -92,7 +92,7 @@ def restem(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = Non
     """Run ReST-EM rounds on training passages, then print the comparison table on held-out passages."""
     from seal.core.models import load_model
     from seal.core.restem import restem as run_restem
-    from seal.knowledge.evaluate import evaluate, write_table
+    from seal.knowledge.evaluate import evaluate
 
     run = _run_and_config("restem", config, set, resume)
     cfg = run.config
@@ -116,7 +116,7 @@ def evaluate_cmd(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt
                  policy: Annotated[Optional[Path], typer.Option(help="A restem run directory: adds its rounds' rows to the table.")] = None,
                  quiet: QuietOpt = False):
     """Print the comparison table on held-out passages (base, passage only, base/teacher/SEAL self-edits)."""
-    from seal.knowledge.evaluate import evaluate, write_table
+    from seal.knowledge.evaluate import evaluate
 
     run = _run_and_config("evaluate", config, set, resume)
     _, held = _passages(run.config)

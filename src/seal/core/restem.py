@@ -10,6 +10,7 @@ Every step is a keyed record in the run, so an interrupted run resumes where it 
 
 from __future__ import annotations
 
+import time
 import zlib
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,8 +57,10 @@ def evaluate_repeats(run: Run, lm: LoadedModel, domain: Domain, context, self_ed
         record = run.get(rkey)
         if record is None:
             seed = derive_seed(run.config.seed, *seed_parts, t)
+            start = time.perf_counter()
             result = domain.evaluate(lm, context, self_edit, seed, pre)
-            record = run.append("self_edit_eval", rkey, self_edit=self_edit, repeat=t, seed=seed, **tags, **result)
+            record = run.append("self_edit_eval", rkey, self_edit=self_edit, repeat=t, seed=seed,
+                                seconds=round(time.perf_counter() - start, 2), **tags, **result)
         if progress:
             progress.advance("evals")
         out.append(record)
