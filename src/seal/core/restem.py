@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 import zlib
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from seal.config import Config
@@ -37,15 +38,38 @@ def derive_seed(*parts) -> int:
     return zlib.crc32("/".join(str(p) for p in parts).encode()) & 0x7FFFFFFF
 
 
-def sample_self_edits(lm: LoadedModel, prompt: str, n: int, config: Config, seed: int) -> dict:
-    """n self-edits for one prompt from the model, sampled together in one batch."""
+def sample_self_edits(lm: LoadedModel, prompts: list[str], n: int, config: Config, seed: int) -> list[dict]:
+    """n self-edits for each prompt, all generated in batches of `self_edit.batch_size` rows (a batch of
+    8 rows decodes about 4x faster per token than one row on a CPU)."""
     cfg = config.self_edit
-    text = format_prompt(lm, prompt, use_chat(lm, config.model.chat_template))
-    gens = generate(lm, [text] * n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+    chat = use_chat(lm, config.model.chat_template)
+    texts = [format_prompt(lm, p, chat) for p in prompts for _ in range(n)]
+    gens = generate(lm, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                     top_p=cfg.top_p, batch_size=cfg.batch_size, seed=seed,
                     precision=resolve_precision(config.model.precision, lm.device))
-    return dict(prompt=prompt, self_edits=[g.text for g in gens], n_tokens=[g.n_tokens for g in gens],
-                hit_limit=[g.hit_limit for g in gens])
+    out = []
+    for i, prompt in enumerate(prompts):
+        mine = gens[i * n:(i + 1) * n]
+        out.append(dict(prompt=prompt, self_edits=[g.text for g in mine], n_tokens=[g.n_tokens for g in mine],
+                        hit_limit=[g.hit_limit for g in mine]))
+    return out
+
+
+def record_samples(run: Run, jobs: list[tuple[str, Any, dict]], write: Callable[[list, int], list[dict]],
+                   per_call: int, seed_parts: tuple, progress: Progress | None = None) -> None:
+    """Write self-edits for every (key, context, tags) job that has no record yet, `per_call` contexts
+    per call of `write(contexts, seed)`, recording each context's samples as soon as its call returns."""
+    todo = [job for job in jobs if run.get(job[0]) is None]
+    if progress:
+        progress.start("sampling", "writing self-edits", len(jobs))
+        progress.advance("sampling", len(jobs) - len(todo))
+    for start in range(0, len(todo), per_call):
+        part = todo[start:start + per_call]
+        seed = derive_seed(run.config.seed, *seed_parts, part[0][0])
+        for (key, _, tags), sample in zip(part, write([context for _, context, _ in part], seed)):
+            run.append("samples", key, **tags, **sample)
+        if progress:
+            progress.advance("sampling", len(part))
 
 
 def evaluate_repeats(run: Run, lm: LoadedModel, domain: Domain, context, self_edit: str | None, pre: dict,
@@ -71,15 +95,17 @@ def restem_round(run: Run, lm: LoadedModel, domain: Domain, contexts: list, roun
                  progress: Progress) -> list[dict]:
     """E-step of one round: returns the kept (prompt, self-edit) pairs."""
     cfg = run.config
+    k = cfg.restem.k
+    key = lambda c: f"round{round_idx}/samples/{domain.context_id(c)}"
+    record_samples(run, [(key(c), c, dict(round=round_idx, context_id=domain.context_id(c))) for c in contexts],
+                   lambda cs, seed: sample_self_edits(lm, [domain.self_edit_prompt(c) for c in cs], k, cfg, seed),
+                   max(1, cfg.self_edit.batch_size // k), ("restem", round_idx), progress)
     kept = []
     for context in contexts:
         cid = domain.context_id(context)
         pre = run.cached("pre_update", f"round{round_idx}/pre/{cid}",
                          lambda: dict(round=round_idx, context_id=cid, **domain.pre_update(lm, context)))
-        samples = run.cached("samples", f"round{round_idx}/samples/{cid}",
-                             lambda: dict(round=round_idx, context_id=cid, **sample_self_edits(
-                                 lm, domain.self_edit_prompt(context), cfg.restem.k, cfg,
-                                 derive_seed(cfg.seed, "restem", round_idx, cid))))
+        samples = run.get(key(context))
         candidates = []
         for i, self_edit in enumerate(samples["self_edits"]):
             repeats = evaluate_repeats(run, lm, domain, context, self_edit, pre,

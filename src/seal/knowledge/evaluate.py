@@ -19,7 +19,7 @@ from seal.config import Config
 from seal.core.endpoint import ChatEndpoint, EndpointError
 from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
-from seal.core.restem import derive_seed, evaluate_repeats, sample_self_edits
+from seal.core.restem import evaluate_repeats, record_samples, sample_self_edits
 from seal.core.runs import Run
 from seal.core.training import merge_saved_adapter
 from seal.knowledge.data import Passage
@@ -28,13 +28,16 @@ from seal.knowledge.inner_loop import KnowledgeDomain, mean
 COLUMNS = ["condition", "EM", "F1", "contains", "loglik", "judge", "questions", "reward", "95% CI"]
 
 
-def _teacher_self_edits(config: Config, domain: KnowledgeDomain) -> Callable[[Passage, int], dict] | None:
-    """A function that writes one teacher self-edit for a passage, or None when no teacher is set."""
+Writer = Callable[[list[Passage], int], list[dict]]  # (passages, seed) -> one sample record each
+
+
+def _teacher_writer(config: Config, domain: KnowledgeDomain) -> Writer | None:
+    """Writes one teacher self-edit per passage, or None when no teacher is set."""
     t = config.teacher
     if t.base_url:
         endpoint = ChatEndpoint(t.base_url, t.api_model, t.api_key_env, t.retries)
 
-        def from_endpoint(passage: Passage, seed: int) -> dict:
+        def from_endpoint(passage: Passage) -> dict:
             prompt = domain.self_edit_prompt(passage)
             try:
                 text = endpoint.complete(prompt, temperature=config.self_edit.temperature,
@@ -42,30 +45,31 @@ def _teacher_self_edits(config: Config, domain: KnowledgeDomain) -> Callable[[Pa
                 return dict(prompt=prompt, self_edits=[text], error=None)
             except EndpointError as err:  # recorded; the row counts it as an unusable self-edit
                 return dict(prompt=prompt, self_edits=[""], error=str(err))
-        return from_endpoint
+        return lambda passages, seed: [from_endpoint(p) for p in passages]
     if t.model:
-        teacher = load_model(t.model, config.model.device)
-        return lambda passage, seed: sample_self_edits(teacher, domain.self_edit_prompt(passage), 1, config, seed)
+        return _model_writer(load_model(t.model, config.model.device), config, domain)
     return None
 
 
-def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], name: str,
-               model_row: str, progress: Progress, self_edit: Callable[[Passage, int], dict] | None) -> None:
+def _model_writer(lm: LoadedModel, config: Config, domain: KnowledgeDomain) -> Writer:
+    return lambda passages, seed: sample_self_edits(lm, [domain.self_edit_prompt(p) for p in passages], 1, config, seed)
+
+
+def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], name: str | None,
+               model_row: str, progress: Progress, write: Writer | None) -> None:
     """Record the row `name` (or only `model_row` when name is None): for each passage the model's
     pre-update score, recorded once per model under its no-update row `model_row`, then an update on
-    the passage only (self_edit=None) or on the self-edit that the function writes."""
+    the passage only (write=None) or on the self-edit that `write` produces."""
+    if name is not None and write is not None:
+        record_samples(run, [(f"eval/samples/{name}/{p.id}", p, dict(condition=name, context_id=p.id)) for p in passages],
+                       write, run.config.self_edit.batch_size, ("eval", name), progress)
     progress.start("eval", f"eval: {name or model_row}", len(passages))
     for passage in passages:
         pid = passage.id
         pre = run.cached("pre_update", f"eval/pre/{model_row}/{pid}", lambda: dict(
             condition=model_row, context_id=pid, **domain.pre_update(lm, passage)))
         if name is not None:
-            text = None
-            if self_edit is not None:
-                seed = derive_seed(run.config.seed, "eval", name, pid)
-                samples = run.cached("samples", f"eval/samples/{name}/{pid}",
-                                     lambda: dict(condition=name, context_id=pid, **self_edit(passage, seed)))
-                text = samples["self_edits"][0]
+            text = run.get(f"eval/samples/{name}/{pid}")["self_edits"][0] if write is not None else None
             evaluate_repeats(run, lm, domain, passage, text, pre, f"eval/eval/{name}/{pid}",
                              ("eval", name, pid), condition=name, context_id=pid)
         progress.advance("eval")
@@ -76,14 +80,14 @@ def evaluate(run: Run, domain: KnowledgeDomain, passages: list[Passage], progres
     """Evaluate every condition on the held-out passages and return the table rows."""
     config = run.config
     lm = lm or load_model(config.model.name, config.model.device)
-    own_edits = lambda p, seed: sample_self_edits(lm, domain.self_edit_prompt(p), 1, config, seed)
+    own = _model_writer(lm, config, domain)  # follows lm as policy adapters are merged into it
     base = "base model, no update"
     _condition(run, lm, domain, passages, None, base, progress, None)
     if config.eval.passage_only:
         _condition(run, lm, domain, passages, "passage only", base, progress, None)
     if config.eval.base_self_edits:
-        _condition(run, lm, domain, passages, "passage + base self-edits", base, progress, own_edits)
-    teacher = _teacher_self_edits(config, domain)
+        _condition(run, lm, domain, passages, "passage + base self-edits", base, progress, own)
+    teacher = _teacher_writer(config, domain)
     if teacher is not None:
         _condition(run, lm, domain, passages, "passage + teacher self-edits", base, progress, teacher)
     if policy_run is not None:
@@ -95,7 +99,7 @@ def evaluate(run: Run, domain: KnowledgeDomain, passages: list[Passage], progres
             if done["adapter"]:
                 merge_saved_adapter(lm, Path(policy_run) / done["adapter"])
             _condition(run, lm, domain, passages, f"passage + SEAL round {r} self-edits",
-                       f"SEAL round {r}, no update", progress, own_edits)
+                       f"SEAL round {r}, no update", progress, own)
     return table_rows(run, config)
 
 
