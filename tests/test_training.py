@@ -86,3 +86,18 @@ def test_completion_logprobs_are_batch_independent(tiny):
     single = [completion_logprobs(tiny, [p], [a])[0] for p, a in zip(prompts, answers)]
     assert all(b < 0 for b in batched)
     assert batched == __import__("pytest").approx(single, abs=1e-4)
+
+
+def test_first_line_stop_skips_leading_newlines(tokenizer):
+    from seal.core.generation import FirstLineDone
+
+    prompt = tokenizer(["Answer:"], return_tensors="pt")["input_ids"]
+    stop = FirstLineDone(tokenizer, prompt.shape[1])
+
+    def rows(*continuations):
+        ids = [prompt[0].tolist() + tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        width = max(map(len, ids))
+        return torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i in ids])
+
+    assert stop(rows("\n", " 1873"), None).tolist() == [False, False]
+    assert stop(rows("\n 1873\n", " 1873 and\n"), None).tolist() == [True, True]

@@ -9,6 +9,7 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from seal.core.models import LoadedModel
 
@@ -50,6 +51,18 @@ def use_chat(lm: LoadedModel, setting: str) -> bool:
     return setting == "always" or (setting == "auto" and bool(lm.tokenizer.chat_template))
 
 
+class FirstLineDone(StoppingCriteria):
+    """Stops a row once it has written a non-empty line and a newline after it. (A plain stop string
+    would end rows whose answer starts with a newline, as the embedded model's often do, empty.)"""
+
+    def __init__(self, tokenizer, prompt_width: int):
+        self.tokenizer, self.prompt_width = tokenizer, prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
+        return torch.tensor([("\n" in t.lstrip()) for t in texts], device=input_ids.device)
+
+
 @torch.no_grad()
 def generate(lm: LoadedModel, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, batch_size: int = 8, seed: int = 0, stop_at_newline: bool = False,
@@ -62,20 +75,21 @@ def generate(lm: LoadedModel, prompts: list[str], *, max_new_tokens: int, temper
         chunk = prompts[start:start + batch_size]
         enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
         torch.manual_seed(seed + start)  # a batch's samples depend on the seed and its position only
-        extra = dict(stop_strings=["\n"], tokenizer=tok) if stop_at_newline else {}
+        width = enc["input_ids"].shape[1]
+        extra = dict(stopping_criteria=StoppingCriteriaList([FirstLineDone(tok, width)])) if stop_at_newline else {}
         with autocast(precision, lm.device):
             ids = lm.model.generate(
                 **enc, max_new_tokens=max_new_tokens, do_sample=sampling,
                 temperature=temperature if sampling else None, top_p=top_p if sampling else None,
                 top_k=None, pad_token_id=tok.pad_token_id, **extra)
-        new = ids[:, enc["input_ids"].shape[1]:]
+        new = ids[:, width:]
         for row in new:
             ended = (row == tok.eos_token_id).nonzero()
             n = int(ended[0]) if len(ended) else int((row != tok.pad_token_id).sum())
             text = tok.decode(row[:n], skip_special_tokens=True)
             hit_limit = not len(ended) and n >= max_new_tokens
-            if stop_at_newline and "\n" in text:
-                text, hit_limit = text.split("\n", 1)[0], False
+            if stop_at_newline and "\n" in text.lstrip():
+                text, hit_limit = text.lstrip().split("\n", 1)[0], False
             out.append(Generation(text=text.strip(), n_tokens=n, hit_limit=hit_limit))
     return out
 
