@@ -164,6 +164,7 @@ def table(run_dir: Annotated[Path, typer.Argument(help="A restem or evaluate run
 
 
 def _print_table(run, rows) -> None:
+    from seal.core.restem import timing_summary
     from seal.knowledge.evaluate import write_table
 
     if not rows:
@@ -171,6 +172,8 @@ def _print_table(run, rows) -> None:
         return
     md = write_table(run, rows)
     print(md)
+    for line in timing_summary(run):
+        console.print(f"[dim]{line}[/dim]")
     console.print(f"[dim]table written to {run.path / 'table.md'} and table.csv[/dim]")
 
 

@@ -10,9 +10,9 @@ Every step is a keyed record in the run, so an interrupted run resumes where it 
 
 from __future__ import annotations
 
+import shutil
 import time
 import zlib
-from pathlib import Path
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -148,14 +148,38 @@ def restem(run: Run, lm: LoadedModel, domain: Domain, contexts: list, progress: 
             examples = [sft_example(lm.tokenizer, format_prompt(lm, k["prompt"], chat), k["self_edit"],
                                     cfg.restem.sft.max_seq_len) for k in kept]
             adapter = f"policy/round-{r}"
-            tmp = run.path / (adapter + ".tmp")
+            tmp, final = run.path / (adapter + ".tmp"), run.path / adapter
+            if final.exists():  # left by a kill after the rename but before the round's record: redo
+                shutil.rmtree(final)
             progress.start("sft", f"round {r}: policy fine-tuning",
                            cfg.restem.sft.epochs * -(-len(examples) // cfg.restem.sft.batch_size))
             stats = sft_and_merge(lm, examples, cfg.restem.sft, seed=derive_seed(cfg.seed, "sft", r),
                                   precision=precision, save_dir=tmp,
                                   on_step=lambda s, total: progress.advance("sft"))
-            Path(tmp).rename(run.path / adapter)  # the adapter exists only once complete
+            tmp.rename(final)  # the adapter exists only once complete
         rewards = [k["reward"] for k in kept]
         run.append("round", f"round{r}/done", round=r, kept=kept, adapter=adapter,
                    sft=stats.as_dict() if stats else None,
                    mean_kept_reward=sum(rewards) / len(rewards) if rewards else None)
+
+
+def timing_summary(run: Run) -> list[str]:
+    """Lines on where the time went: per self-edit evaluation, and per ReST-EM round."""
+    lines = []
+    evals = [r for r in run.records("self_edit_eval") if "seconds" in r]
+    trained = [r["train"] for r in evals if r.get("train")]
+    if evals:
+        secs = sorted(r["seconds"] for r in evals)
+        lines.append(f"self-edit evaluations: {len(evals)}, wall time mean {sum(secs) / len(secs):.1f} s "
+                     f"(median {secs[len(secs) // 2]:.1f}, max {secs[-1]:.1f})")
+    if trained:
+        tokens, seconds = sum(t["tokens"] for t in trained), sum(t["seconds"] for t in trained)
+        lines.append(f"inner-loop training: {tokens / seconds:.0f} tokens/s over {tokens} tokens")
+    for done in run.records("round"):
+        r = done["round"]
+        first = min(x["time"] for x in run.records() if x.get("round") == r)
+        elapsed = time.mktime(time.strptime(done["time"], "%Y-%m-%dT%H:%M:%S")) - \
+            time.mktime(time.strptime(first, "%Y-%m-%dT%H:%M:%S"))
+        lines.append(f"round {r}: {elapsed / 60:.1f} min, kept {len(done['kept'])} self-edits, "
+                     f"mean kept reward {done['mean_kept_reward'] if done['mean_kept_reward'] is None else round(done['mean_kept_reward'], 4)}")
+    return lines
