@@ -62,6 +62,7 @@ def test_generate_writes_self_edits(tiny_config):
     (["--set", "inner_loop.lrr=1"], "inner_loop.lrr: unknown field"),
     (["--set", "inner_loop.lr=-1"], "inner_loop.lr: Input should be greater than 0"),
     (["--set", "model.name=/no/such/model"], "neither an existing directory"),
+    (["--set", "model.name=/no/such.gguf"], "GGUF file not found: /no/such.gguf"),
     (["--set", "data.source=seal-json", "--set", "data.path=/no/such.json"], "data file not found: /no/such.json"),
     (["--set", "self_edit.prompt=implication"], "neither a built-in style"),
     (["--config", "/no/such.yaml"], "config file not found"),
@@ -90,3 +91,12 @@ def test_evaluate_with_a_local_teacher_model(tiny_config, tiny_dir):
                                  "--set", f"teacher.model={tiny_dir}", "--set", "eval.base_self_edits=false"])
     assert result.exit_code == 0, result.output
     assert "| passage + teacher self-edits |" in result.output
+
+
+def test_unknown_target_modules_stop_before_any_work(tiny_config):
+    result = runner.invoke(app, ["knowledge", "restem", "--quiet", *overrides(tiny_config),
+                                 "--set", "restem.sft.target_modules=[qproj]"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "restem.sft.target_modules: ['qproj'] are not linear layers" in " ".join(result.output.split())
+    [run_dir] = list(__import__("pathlib").Path(tiny_config.runs_dir).iterdir())
+    assert not (run_dir / "records.jsonl").exists()

@@ -75,3 +75,19 @@ def test_split_by_article_is_disjoint_seeded_and_spread():
 def test_split_asks_for_too_much():
     with pytest.raises(DataError, match="asked for 100 training"):
         split_passages(load_builtin(), 100, 4, seed=0)
+
+
+def test_hub_rows_are_grouped_into_passages(monkeypatch):
+    """The hub loader's grouping, with a stand-in for `datasets` (the real one needs network)."""
+    import sys
+    import types
+
+    rows = [
+        {"title": "Super_Bowl_50", "context": "C1", "question": "Q1", "answers": {"text": ["a", "a", "b"]}},
+        {"title": "Super_Bowl_50", "context": "C1", "question": "Q2", "answers": {"text": ["c"]}},
+        {"title": "Other", "context": "C2", "question": "Q3", "answers": {"text": []}},
+    ]
+    fake = types.SimpleNamespace(load_dataset=lambda dataset_id, split: rows)
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    [p] = load_passages("hub", "rajpurkar/squad", "validation")
+    assert p.title == "Super Bowl 50" and [q.answers for q in p.questions] == [("a", "b"), ("c",)]

@@ -92,6 +92,7 @@ def restem(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = Non
     """Run ReST-EM rounds on training passages, then print the comparison table on held-out passages."""
     from seal.core.models import load_model
     from seal.core.restem import restem as run_restem
+    from seal.core.training import check_targets
     from seal.knowledge.evaluate import evaluate
 
     run = _run_and_config("restem", config, set, resume)
@@ -100,6 +101,8 @@ def restem(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = Non
     domain = _domain(cfg)
     start = time.perf_counter()
     lm = load_model(cfg.model.name, cfg.model.device)
+    check_targets(lm.model, cfg.inner_loop, "inner_loop.target_modules")  # before any work, not mid-round
+    check_targets(lm.model, cfg.restem.sft, "restem.sft.target_modules")
     with Progress(enabled=not quiet) as progress:
         run_restem(run, lm, domain, train, progress)
         console.print(f"ReST-EM: {cfg.restem.rounds} round(s) on {len(train)} passages done "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from seal.config import LoraTrainConfig
+from seal.config import ConfigError, LoraTrainConfig
 from seal.core.generation import autocast
 from seal.core.models import LoadedModel
 
@@ -44,12 +44,11 @@ def peft_config(cfg: LoraTrainConfig) -> LoraConfig:
                       target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
 
 
-def check_targets(model: torch.nn.Module, cfg: LoraTrainConfig) -> None:
+def check_targets(model: torch.nn.Module, cfg: LoraTrainConfig, field: str = "target_modules") -> None:
     names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     missing = [t for t in cfg.target_modules if t not in names]
     if missing:
-        raise ValueError(f"target_modules {missing} are not linear layers of this model "
-                         f"(it has {sorted(names)})")
+        raise ConfigError(f"{field}: {missing} are not linear layers of this model (it has {sorted(names)})")
 
 
 @contextmanager
