@@ -74,6 +74,7 @@ def test_bad_input_is_one_clear_line(args, message, tmp_path):
     assert result.exit_code == 2
     assert message in " ".join(result.output.split()), result.output
     assert "Traceback" not in result.output
+    assert not any(tmp_path.iterdir())  # a run that cannot start leaves no directory behind
 
 
 def test_every_shipped_config_loads():

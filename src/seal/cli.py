@@ -32,7 +32,10 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _run_and_config(command: str, config_file: Path | None, overrides: list[str] | None, resume: Path | None):
+def _start(command: str, config_file: Optional[Path], overrides: Optional[list[str]], resume: Optional[Path]):
+    """Validate configuration, data, prompt template and model name, then create (or reopen) the run
+    directory: a run that cannot start leaves no directory behind."""
+    from seal.core.models import resolve_checkpoint
     from seal.core.runs import Run
 
     if resume is not None:
@@ -41,12 +44,18 @@ def _run_and_config(command: str, config_file: Path | None, overrides: list[str]
         run = Run.resume(resume)
         if run.command != command:
             _fail(f"--resume {resume}: that is a '{run.command}' run, not '{command}'")
+        config = run.config
+    else:
+        config = load_config(config_file, overrides or [])
+    train, held = _passages(config)
+    domain = _domain(config)
+    resolve_checkpoint(config.model.name)
+    if resume is None:
+        run = Run.create(config, command)
+        console.print(f"run directory: [bold]{run.path}[/bold]")
+    else:
         console.print(f"resuming [bold]{run.path}[/bold] ({len(run.records())} records done)")
-        return run
-    config = load_config(config_file, overrides or [])
-    run = Run.create(config, command)
-    console.print(f"run directory: [bold]{run.path}[/bold]")
-    return run
+    return run, train, held, domain
 
 
 def _passages(config: Config):
@@ -95,10 +104,8 @@ def restem(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = Non
     from seal.core.training import check_targets
     from seal.knowledge.evaluate import evaluate
 
-    run = _run_and_config("restem", config, set, resume)
+    run, train, held, domain = _start("restem", config, set, resume)
     cfg = run.config
-    train, held = _passages(cfg)
-    domain = _domain(cfg)
     start = time.perf_counter()
     lm = load_model(cfg.model.name, cfg.model.device)
     check_targets(lm.model, cfg.inner_loop, "inner_loop.target_modules")  # before any work, not mid-round
@@ -121,12 +128,11 @@ def evaluate_cmd(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt
     """Print the comparison table on held-out passages (base, passage only, base/teacher/SEAL self-edits)."""
     from seal.knowledge.evaluate import evaluate
 
-    run = _run_and_config("evaluate", config, set, resume)
-    _, held = _passages(run.config)
     if policy is not None and not (policy / "config.yaml").is_file():
         _fail(f"--policy {policy}: not a run directory (no config.yaml)")
+    run, _, held, domain = _start("evaluate", config, set, resume)
     with Progress(enabled=not quiet) as progress:
-        rows = evaluate(run, _domain(run.config), held, progress, policy_run=policy)
+        rows = evaluate(run, domain, held, progress, policy_run=policy)
     _print_table(run, rows)
 
 
@@ -142,11 +148,9 @@ def generate(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = N
 
     if split not in ("train", "eval", "all"):
         _fail(f"--split '{split}': choose train, eval or all")
-    run = _run_and_config("generate", config, set, resume)
+    run, train, held, domain = _start("generate", config, set, resume)
     cfg = run.config
-    train, held = _passages(cfg)
     passages = {"train": train, "eval": held, "all": train + held}[split]
-    domain = _domain(cfg)
     lm = load_model(cfg.model.name, cfg.model.device)
     with Progress(enabled=not quiet) as progress:
         record_samples(run, [(f"generate/{p.id}", p, dict(context_id=p.id, title=p.title)) for p in passages],
