@@ -67,10 +67,12 @@ def fresh_adapter(lm: LoadedModel, cfg: LoraTrainConfig, seed: int):
 
 
 def lm_examples(tokenizer, texts: list[str], max_len: int) -> list[Example]:
-    """Language-modelling examples: loss on every token, an end token appended."""
+    """Language-modelling examples: loss on every token. No end token is appended: trained on many
+    short lines that each end in one, the embedded model learned to answer a question with nothing
+    (16 of 60 answers empty after the inner loop, against 1 of 25 before it)."""
     out = []
     for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_len - 1] + [tokenizer.eos_token_id]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_len]
         out.append(Example(ids, list(ids)))
     return out
 
