@@ -1,4 +1,4 @@
-# make demo: set up .venv and run the main job (one ReST-EM round + the comparison table, ~10 min on 2 CPU cores)
+# make demo: set up .venv and run the main job (one ReST-EM round + the comparison table, ~7 min on 2 CPU cores)
 # make test: set up .venv and run the tests (unit and pipeline tests on tiny models, then embedded-model tests)
 PY ?= python3
 VENV := .venv
