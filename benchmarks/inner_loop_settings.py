@@ -39,7 +39,7 @@ def main() -> None:
     passages = load_builtin()[: args.passages]
     base = KnowledgeDomain(load_config(None, ["reward.metric=loglik"]))
     pre = {p.id: base.pre_update(lm, p) for p in passages}
-    print(f"| setting | loglik gain | F1 gain | last loss | s / evaluation |\n|---|---|---|---|---|")
+    print("| setting | loglik gain | F1 gain | last loss | s / evaluation |\n|---|---|---|---|---|")
     for name, overrides in SETTINGS.items():
         domain = KnowledgeDomain(load_config(None, ["reward.metric=loglik", *overrides]))
         gains, f1s, losses, secs = [], [], [], []

@@ -1,6 +1,5 @@
 import torch
 
-from seal.core.models import load_model
 from seal.knowledge.data import load_builtin
 from seal.knowledge.inner_loop import KnowledgeDomain
 
