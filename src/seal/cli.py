@@ -144,7 +144,7 @@ def generate(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = N
              quiet: QuietOpt = False):
     """Write self-edits for passages with the configured prompt style (self_edit.prompt) and sampling."""
     from seal.core.models import load_model
-    from seal.core.restem import record_samples, sample_self_edits
+    from seal.core.restem import record_samples, self_edit_writer
 
     if split not in ("train", "eval", "all"):
         _fail(f"--split '{split}': choose train, eval or all")
@@ -154,8 +154,8 @@ def generate(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = N
     lm = load_model(cfg.model.name, cfg.model.device)
     with Progress(enabled=not quiet) as progress:
         record_samples(run, [(f"generate/{p.id}", p, dict(context_id=p.id, title=p.title)) for p in passages],
-                       lambda ps, seed: sample_self_edits(lm, [domain.self_edit_prompt(p) for p in ps], n, cfg, seed),
-                       max(1, cfg.self_edit.batch_size // n), ("generate",), progress)
+                       self_edit_writer(lm, domain, n, cfg), max(1, cfg.self_edit.batch_size // n),
+                       ("generate",), progress)
     console.print(f"{len(passages) * n} self-edits written to {run.path / 'records.jsonl'}")
 
 

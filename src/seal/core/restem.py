@@ -55,6 +55,13 @@ def sample_self_edits(lm: LoadedModel, prompts: list[str], n: int, config: Confi
     return out
 
 
+def self_edit_writer(lm: LoadedModel, domain: Domain, n: int, config: Config) -> Callable[[list, int], list[dict]]:
+    """`write(contexts, seed)` for `record_samples`: n self-edits per context from `lm`, which it reads at
+    call time (so it follows policy adapters merged into `lm` later)."""
+    return lambda contexts, seed: sample_self_edits(
+        lm, [domain.self_edit_prompt(c) for c in contexts], n, config, seed)
+
+
 def record_samples(run: Run, jobs: list[tuple[str, Any, dict]], write: Callable[[list, int], list[dict]],
                    per_call: int, seed_parts: tuple, progress: Progress | None = None) -> None:
     """Write self-edits for every (key, context, tags) job that has no record yet, `per_call` contexts
@@ -98,8 +105,8 @@ def restem_round(run: Run, lm: LoadedModel, domain: Domain, contexts: list, roun
     k = cfg.restem.k
     key = lambda c: f"round{round_idx}/samples/{domain.context_id(c)}"
     record_samples(run, [(key(c), c, dict(round=round_idx, context_id=domain.context_id(c))) for c in contexts],
-                   lambda cs, seed: sample_self_edits(lm, [domain.self_edit_prompt(c) for c in cs], k, cfg, seed),
-                   max(1, cfg.self_edit.batch_size // k), ("restem", round_idx), progress)
+                   self_edit_writer(lm, domain, k, cfg), max(1, cfg.self_edit.batch_size // k),
+                   ("restem", round_idx), progress)
     kept = []
     for context in contexts:
         cid = domain.context_id(context)
@@ -180,6 +187,7 @@ def timing_summary(run: Run) -> list[str]:
         first = min(x["time"] for x in run.records() if x.get("round") == r)
         elapsed = time.mktime(time.strptime(done["time"], "%Y-%m-%dT%H:%M:%S")) - \
             time.mktime(time.strptime(first, "%Y-%m-%dT%H:%M:%S"))
+        reward = done["mean_kept_reward"]
         lines.append(f"round {r}: {elapsed / 60:.1f} min, kept {len(done['kept'])} self-edits, "
-                     f"mean kept reward {done['mean_kept_reward'] if done['mean_kept_reward'] is None else round(done['mean_kept_reward'], 4)}")
+                     f"mean kept reward {'-' if reward is None else f'{reward:.4f}'}")
     return lines

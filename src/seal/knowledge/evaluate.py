@@ -19,7 +19,7 @@ from seal.config import Config
 from seal.core.endpoint import ChatEndpoint, EndpointError
 from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
-from seal.core.restem import evaluate_repeats, record_samples, sample_self_edits
+from seal.core.restem import evaluate_repeats, record_samples, self_edit_writer
 from seal.core.runs import Run
 from seal.core.training import merge_saved_adapter
 from seal.knowledge.data import Passage
@@ -47,12 +47,8 @@ def _teacher_writer(config: Config, domain: KnowledgeDomain) -> Writer | None:
                 return dict(prompt=prompt, self_edits=[""], error=str(err))
         return lambda passages, seed: [from_endpoint(p) for p in passages]
     if t.model:
-        return _model_writer(load_model(t.model, config.model.device), config, domain)
+        return self_edit_writer(load_model(t.model, config.model.device), domain, 1, config)
     return None
-
-
-def _model_writer(lm: LoadedModel, config: Config, domain: KnowledgeDomain) -> Writer:
-    return lambda passages, seed: sample_self_edits(lm, [domain.self_edit_prompt(p) for p in passages], 1, config, seed)
 
 
 def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], name: str | None,
@@ -80,7 +76,7 @@ def evaluate(run: Run, domain: KnowledgeDomain, passages: list[Passage], progres
     """Evaluate every condition on the held-out passages and return the table rows."""
     config = run.config
     lm = lm or load_model(config.model.name, config.model.device)
-    own = _model_writer(lm, config, domain)  # follows lm as policy adapters are merged into it
+    own = self_edit_writer(lm, domain, 1, config)  # follows lm as policy adapters are merged into it
     base = "base model, no update"
     _condition(run, lm, domain, passages, None, base, progress, None)
     if config.eval.passage_only:
