@@ -66,8 +66,9 @@ class FirstLineDone(StoppingCriteria):
 @torch.no_grad()
 def generate(lm: LoadedModel, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, batch_size: int = 8, seed: int = 0, stop_at_newline: bool = False,
-             precision: str = "fp32") -> list[Generation]:
-    """Continue each (already formatted) prompt; greedy when temperature is 0."""
+             precision: str = "fp32", adapter_rows: list[int] | None = None) -> list[Generation]:
+    """Continue each (already formatted) prompt; greedy when temperature is 0. With `adapter_rows`,
+    prompt i goes through adapter adapter_rows[i] of the model's installed adapter bank."""
     tok = lm.tokenizer
     out: list[Generation] = []
     sampling = temperature > 0
@@ -76,6 +77,7 @@ def generate(lm: LoadedModel, prompts: list[str], *, max_new_tokens: int, temper
         enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
         torch.manual_seed(seed + start)  # a batch's samples depend on the seed and its position only
         width = enc["input_ids"].shape[1]
+        _route(lm, adapter_rows, start, len(chunk))
         extra = dict(stopping_criteria=StoppingCriteriaList([FirstLineDone(tok, width)])) if stop_at_newline else {}
         with autocast(precision, lm.device):
             ids = lm.model.generate(
@@ -91,13 +93,23 @@ def generate(lm: LoadedModel, prompts: list[str], *, max_new_tokens: int, temper
             if stop_at_newline and "\n" in text.lstrip():
                 text, hit_limit = text.lstrip().split("\n", 1)[0], False
             out.append(Generation(text=text.strip(), n_tokens=n, hit_limit=hit_limit))
+    _route(lm, None, 0, 0)
     return out
+
+
+def _route(lm: LoadedModel, adapter_rows: list[int] | None, start: int, n: int) -> None:
+    if adapter_rows is not None and lm.bank is None:
+        raise ValueError("adapter_rows given but no adapter bank is installed in the model")
+    if lm.bank is not None:
+        lm.bank.route(None if adapter_rows is None else adapter_rows[start:start + n])
 
 
 @torch.no_grad()
 def completion_logprobs(lm: LoadedModel, prompts: list[str], completions: list[str], *,
-                        batch_size: int = 16, precision: str = "fp32") -> list[float]:
-    """Mean per-token log-probability of each completion after its prompt (teacher-forced)."""
+                        batch_size: int = 16, precision: str = "fp32",
+                        adapter_rows: list[int] | None = None) -> list[float]:
+    """Mean per-token log-probability of each completion after its prompt (teacher-forced); with
+    `adapter_rows`, row i through adapter adapter_rows[i] of the installed bank."""
     tok = lm.tokenizer
     scores: list[float] = []
     for start in range(0, len(prompts), batch_size):
@@ -112,6 +124,7 @@ def completion_logprobs(lm: LoadedModel, prompts: list[str], completions: list[s
         for i, (ids, _) in enumerate(rows):  # right padding: positions stay aligned with the prompt
             input_ids[i, :len(ids)] = torch.tensor(ids)
             mask[i, :len(ids)] = 1
+        _route(lm, adapter_rows, start, len(rows))
         with autocast(precision, lm.device):
             logits = lm.model(input_ids=input_ids.to(lm.device), attention_mask=mask.to(lm.device)).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V): predicts token t+1
@@ -119,4 +132,5 @@ def completion_logprobs(lm: LoadedModel, prompts: list[str], completions: list[s
         token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         for i, (ids, n_prompt) in enumerate(rows):
             scores.append(float(token_logp[i, n_prompt - 1:len(ids) - 1].mean()))
+    _route(lm, None, 0, 0)
     return scores

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -55,8 +56,9 @@ def check_targets(model: torch.nn.Module, cfg: LoraTrainConfig, field: str = "ta
 def fresh_adapter(lm: LoadedModel, cfg: LoraTrainConfig, seed: int):
     """Yield the model wrapped with a newly initialised LoRA adapter; remove it afterwards."""
     check_targets(lm.model, cfg)
-    torch.manual_seed(seed)  # adapter initialisation (A) depends on the seed alone
+    torch.manual_seed(seed)  # dropout and anything else PEFT draws
     wrapped = get_peft_model(lm.model, peft_config(cfg))
+    init_like_bank(wrapped, seed)
     try:
         yield wrapped
     finally:
@@ -64,6 +66,27 @@ def fresh_adapter(lm: LoadedModel, cfg: LoraTrainConfig, seed: int):
         for p in lm.model.parameters():
             p.requires_grad_(False)
         lm.model.eval()
+
+
+def init_lora_a(seed: int, module_name: str, rank: int, in_features: int) -> torch.Tensor:
+    """The initial A matrix of one adapter's layer, from (seed, layer name) alone: uniform in
+    ±1/sqrt(in_features), the distribution PEFT draws from (kaiming-uniform with a=sqrt(5)). Both
+    inner loops (`fresh_adapter` here, `multi_lora.adapter_bank`) use it, so a batched adapter and a
+    lone PEFT adapter start from the same weights."""
+    name = module_name.removeprefix("base_model.model.")  # PEFT's prefix, so both paths name layers alike
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{name}".encode()) & 0x7FFFFFFF)
+    bound = 1 / math.sqrt(in_features)
+    return (torch.rand(rank, in_features, generator=gen) * 2 - 1) * bound
+
+
+@torch.no_grad()
+def init_like_bank(wrapped: torch.nn.Module, seed: int) -> None:
+    """Give every lora_A the initial weights that adapter `seed` of a multi_lora.AdapterBank gets, so
+    that the one-at-a-time and the batched inner loops start from the same adapter."""
+    for name, module in wrapped.named_modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            weight = module.lora_A["default"].weight
+            weight.copy_(init_lora_a(seed, name, weight.shape[0], weight.shape[1]))
 
 
 def lm_examples(tokenizer, texts: list[str], max_len: int) -> list[Example]:

@@ -1,0 +1,111 @@
+"""The batched multi-adapter inner loop gives what training each adapter alone gives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seal.config import LoraTrainConfig
+from seal.core.generation import completion_logprobs, generate
+from seal.core.multi_lora import BatchedAdamW, adapter_bank, micro_batches, train_bank
+from seal.core.training import fresh_adapter, lm_examples, train
+
+TEXTS = [
+    ["The lighthouse of Varn was lit in 1821.", "Its keeper was Ida Morrow.", "It stands on basalt."],
+    ["Quill moss grows only on north-facing slate.", "It turns red in frost."],
+    ["The Hollis canal links two lakes.", "Barges pay a toll of three coins.", "It freezes in winter.",
+     "Locks raise boats twelve metres.", "It opened in 1903."],
+]
+
+
+def _cfg(**kw) -> LoraTrainConfig:
+    base = dict(rank=4, alpha=8, lr=5e-3, epochs=3, batch_size=2, target_modules=["q_proj", "v_proj", "down_proj"])
+    return LoraTrainConfig(**{**base, **kw})
+
+
+def _alone(lm, cfg, examples, seed):
+    """One adapter trained by the one-at-a-time path; returns its lora weights by bank layer name."""
+    with fresh_adapter(lm, cfg, seed) as wrapped:
+        stats = train(wrapped, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=lm.device)
+        state = {n.removeprefix("base_model.model.").replace(".default", ""): p.detach().clone()
+                 for n, p in wrapped.named_parameters() if "lora_" in n}
+    return state, stats
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_batched_training_equals_training_each_adapter_alone(tiny, batch_size):
+    cfg = _cfg(batch_size=batch_size)
+    seeds = [11, 22, 33]
+    datasets = [lm_examples(tiny.tokenizer, t, 64) for t in TEXTS]  # different sizes: 3, 2 and 5 rows
+    alone = [_alone(tiny, cfg, d, s) for d, s in zip(datasets, seeds)]
+    # a small token budget forces several forward passes per step, mixing adapters within each
+    with adapter_bank(tiny, cfg, seeds) as bank:
+        stats = train_bank(tiny, bank, datasets, cfg, seeds=seeds, max_tokens=40)
+        batched = [bank.adapter_state(k) for k in range(3)]
+    for k, ((state, st), got) in enumerate(zip(alone, batched)):
+        assert set(state) == set(got)
+        for name, expected in state.items():
+            assert torch.allclose(got[name], expected, atol=1e-5, rtol=1e-4), (k, name)
+        assert stats[k].steps == st.steps
+        assert stats[k].first_loss == pytest.approx(st.first_loss, rel=1e-4)
+        assert stats[k].last_loss == pytest.approx(st.last_loss, rel=1e-4)
+        assert any((v.abs() > 0).any() for n, v in got.items() if "lora_B" in n)  # it did train
+
+
+def test_bank_restores_the_base_model_and_routes_rows_to_their_own_adapter(tiny):
+    cfg = _cfg()
+    before = {n: p.clone() for n, p in tiny.model.state_dict().items()}
+    prompts = ["The lighthouse of Varn", "Quill moss grows"]
+    plain = generate(tiny, prompts, max_new_tokens=5)
+    datasets = [lm_examples(tiny.tokenizer, t, 64) for t in TEXTS]
+    solo = []
+    for k, seed in enumerate([1, 2, 3]):  # each adapter alone, through the bank with one adapter
+        with adapter_bank(tiny, cfg, [seed]) as bank:
+            train_bank(tiny, bank, [datasets[k]], cfg, seeds=[seed])
+            solo.append(completion_logprobs(tiny, prompts, ["was lit", "on slate"], adapter_rows=[0, 0]))
+    with adapter_bank(tiny, cfg, [1, 2, 3]) as bank:
+        train_bank(tiny, bank, datasets, cfg, seeds=[1, 2, 3])
+        rows = [2, 0, 1, 0, 2, 1]  # mixed order: each row must see its own adapter only
+        mixed = completion_logprobs(tiny, prompts * 3, ["was lit", "on slate"] * 3, adapter_rows=rows)
+        unrouted = completion_logprobs(tiny, prompts, ["was lit", "on slate"])
+    for i, k in enumerate(rows):
+        assert mixed[i] == pytest.approx(solo[k][i % 2], abs=1e-4)
+    assert unrouted == pytest.approx(completion_logprobs(tiny, prompts, ["was lit", "on slate"]), abs=1e-6)
+    after = tiny.model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[n], before[n]) for n in before)
+    assert [g.text for g in generate(tiny, prompts, max_new_tokens=5)] == [g.text for g in plain]
+    assert tiny.bank is None
+
+
+def test_batched_adamw_matches_torch_and_leaves_inactive_adapters_alone():
+    torch.manual_seed(0)
+    start = torch.randn(3, 5)
+    mine = torch.nn.Parameter(start.clone())
+    refs = [torch.nn.Parameter(start[k].clone()) for k in range(3)]
+    opt = BatchedAdamW(mine, lr=0.1, totals=[4, 2, 4], weight_decay=0.01)
+    torch_opts = [torch.optim.AdamW([p], lr=0.1, weight_decay=0.01) for p in refs]
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s, t=t: max(0.0, 1 - s / t))
+              for o, t in zip(torch_opts, [4, 2, 4])]
+    for step in range(4):
+        grads = torch.randn(3, 5)
+        active = torch.tensor([True, step < 2, step != 1])  # adapter 1 runs out; adapter 2 sits one out
+        mine.grad = grads * active.unsqueeze(1)
+        frozen = mine.detach()[~active].clone()
+        opt.step(active)
+        assert torch.equal(mine.detach()[~active], frozen)
+        for k in range(3):
+            if active[k]:
+                refs[k].grad = grads[k].clone()
+                torch_opts[k].step()
+                scheds[k].step()
+    # adapter 2 took 3 steps on the schedule of 4 it was given, like its torch twin
+    for k in range(3):
+        assert torch.allclose(mine.detach()[k], refs[k].detach(), atol=1e-6)
+
+
+def test_micro_batches_respect_the_token_budget_and_keep_every_row(tokenizer):
+    examples = lm_examples(tokenizer, [" ".join(["word"] * n) for n in (3, 40, 5, 12, 7, 30)], 64)
+    parts = micro_batches(examples, list(range(6)), max_tokens=48)
+    assert sorted(r for _, rows in parts for r in rows) == list(range(6))
+    for part, _ in parts:
+        assert max(len(e.input_ids) for e in part) * len(part) <= 48 or len(part) == 1
