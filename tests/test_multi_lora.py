@@ -7,7 +7,7 @@ import torch
 
 from seal.config import LoraTrainConfig
 from seal.core.generation import completion_logprobs, generate
-from seal.core.multi_lora import BatchedAdamW, adapter_bank, micro_batches, train_bank
+from seal.core.multi_lora import BatchedAdamW, adapter_bank, micro_batches, pack, train_bank
 from seal.core.training import fresh_adapter, lm_examples, train
 
 TEXTS = [
@@ -80,19 +80,19 @@ def test_bank_restores_the_base_model_and_routes_rows_to_their_own_adapter(tiny)
 def test_batched_adamw_matches_torch_and_leaves_inactive_adapters_alone():
     torch.manual_seed(0)
     start = torch.randn(3, 5)
-    mine = torch.nn.Parameter(start.clone())
+    mine, grad = start.clone(), torch.zeros(3, 5)
     refs = [torch.nn.Parameter(start[k].clone()) for k in range(3)]
-    opt = BatchedAdamW(mine, lr=0.1, totals=[4, 2, 4], weight_decay=0.01)
+    opt = BatchedAdamW(mine, grad, lr=0.1, totals=[4, 2, 4], weight_decay=0.01)
     torch_opts = [torch.optim.AdamW([p], lr=0.1, weight_decay=0.01) for p in refs]
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s, t=t: max(0.0, 1 - s / t))
               for o, t in zip(torch_opts, [4, 2, 4])]
     for step in range(4):
         grads = torch.randn(3, 5)
         active = torch.tensor([True, step < 2, step != 1])  # adapter 1 runs out; adapter 2 sits one out
-        mine.grad = grads * active.unsqueeze(1)
-        frozen = mine.detach()[~active].clone()
+        grad.copy_(grads * active.unsqueeze(1))
+        frozen = mine[~active].clone()
         opt.step(active)
-        assert torch.equal(mine.detach()[~active], frozen)
+        assert torch.equal(mine[~active], frozen)
         for k in range(3):
             if active[k]:
                 refs[k].grad = grads[k].clone()
@@ -100,12 +100,18 @@ def test_batched_adamw_matches_torch_and_leaves_inactive_adapters_alone():
                 scheds[k].step()
     # adapter 2 took 3 steps on the schedule of 4 it was given, like its torch twin
     for k in range(3):
-        assert torch.allclose(mine.detach()[k], refs[k].detach(), atol=1e-6)
+        assert torch.allclose(mine[k], refs[k].detach(), atol=1e-6)
 
 
-def test_micro_batches_respect_the_token_budget_and_keep_every_row(tokenizer):
+def test_packing_keeps_examples_apart_and_micro_batches_respect_the_budget(tokenizer):
     examples = lm_examples(tokenizer, [" ".join(["word"] * n) for n in (3, 40, 5, 12, 7, 30)], 64)
-    parts = micro_batches(examples, list(range(6)), max_tokens=48)
-    assert sorted(r for _, rows in parts for r in rows) == list(range(6))
-    for part, _ in parts:
-        assert max(len(e.input_ids) for e in part) * len(part) <= 48 or len(part) == 1
+    row = pack(examples[:3], adapter=2)
+    assert row.input_ids == sum((e.input_ids for e in examples[:3]), [])
+    starts = [0, len(examples[0].input_ids), len(examples[0].input_ids) + len(examples[1].input_ids)]
+    assert [i for i, p in enumerate(row.positions) if p == 0] == starts
+    assert all(row.labels[i] == -100 for i in starts)  # no target across an example boundary
+    rows = [pack([e], k) for k, e in enumerate(examples)]
+    parts = micro_batches(rows, max_tokens=48)
+    assert sorted(r.adapter for part in parts for r in part) == list(range(6))
+    for part in parts:
+        assert max(len(r.input_ids) for r in part) * len(part) <= 48 or len(part) == 1

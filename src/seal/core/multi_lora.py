@@ -21,7 +21,9 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from seal.config import LoraTrainConfig
 from seal.core.generation import autocast
 from seal.core.models import LoadedModel
-from seal.core.training import Example, TrainStats, check_targets, collate, init_lora_a
+from seal.core.training import Example, TrainStats, check_targets, init_lora_a
 
 
 def target_linears(model: torch.nn.Module, cfg: LoraTrainConfig) -> list[tuple[str, torch.nn.Linear]]:
@@ -57,12 +59,18 @@ class MultiLoraLinear(torch.nn.Module):
         flat = h.dim() == 2
         if flat:
             h = h.unsqueeze(1)
-        delta = torch.bmm(torch.bmm(h.to(a.dtype), a.transpose(1, 2)), b.transpose(1, 2)) * bank.scale
+        # scaled at rank width (r columns), not at output width: the cheapest place for it
+        low = torch.bmm(h.to(a.dtype), a.transpose(1, 2)) * bank.scale
+        delta = torch.bmm(low, b.transpose(1, 2))
         return y + (delta.squeeze(1) if flat else delta).to(y.dtype)
 
 
 class AdapterBank:
-    """K LoRA adapters (rank r on the configured layers) stored in one flat parameter (K, size)."""
+    """K LoRA adapters (rank r on the configured layers). All their weights live in one (K, size) tensor,
+    adapter-major, so that the optimiser updates every adapter with a few whole-tensor operations; each
+    layer's A and B are leaf parameters that view into it, and their gradients are views into one
+    (K, size) gradient tensor. (Slicing one big leaf instead would make every layer's backward pass
+    fill a zero tensor the size of all K adapters: three times slower than no batching at all.)"""
 
     def __init__(self, layers: list[tuple[str, torch.nn.Linear]], cfg: LoraTrainConfig, seeds: list[int],
                  device: torch.device):
@@ -70,27 +78,32 @@ class AdapterBank:
         self.dropout = torch.nn.Dropout(cfg.dropout) if cfg.dropout else torch.nn.Identity()
         self.rows: torch.Tensor | None = None
         self.layer_names = [name for name, _ in layers]
-        self.shapes, offset = [], 0
+        spans, offset = [], 0
         for _, layer in layers:
-            a_size, b_size = cfg.rank * layer.in_features, layer.out_features * cfg.rank
-            self.shapes.append((offset, layer.in_features, layer.out_features))
-            offset += a_size + b_size
+            spans.append((offset, layer.in_features, layer.out_features))
+            offset += cfg.rank * (layer.in_features + layer.out_features)
         flat = torch.zeros(self.k, offset)
         for i, seed in enumerate(seeds):
-            for (name, layer), (start, fan_in, _) in zip(layers, self.shapes):
+            for (name, layer), (start, fan_in, _) in zip(layers, spans):
                 flat[i, start:start + cfg.rank * fan_in] = init_lora_a(seed, name, cfg.rank, fan_in).flatten()
-        self.param = torch.nn.Parameter(flat.to(device))
+        self.data = flat.to(device)
+        self.grad = torch.zeros_like(self.data)
+        self.a, self.b = [], []
+        for start, fan_in, fan_out in spans:
+            mid, end = start + cfg.rank * fan_in, start + cfg.rank * (fan_in + fan_out)
+            a = torch.nn.Parameter(self.data[:, start:mid].unflatten(1, (cfg.rank, fan_in)))
+            b = torch.nn.Parameter(self.data[:, mid:end].unflatten(1, (fan_out, cfg.rank)))
+            a.grad = self.grad[:, start:mid].unflatten(1, (cfg.rank, fan_in))
+            b.grad = self.grad[:, mid:end].unflatten(1, (fan_out, cfg.rank))
+            self.a.append(a)
+            self.b.append(b)
 
     def weights(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        start, fan_in, fan_out = self.shapes[index]
-        mid = start + self.rank * fan_in
-        a = self.param[:, start:mid].view(self.k, self.rank, fan_in)
-        b = self.param[:, mid:mid + fan_out * self.rank].view(self.k, fan_out, self.rank)
-        return a, b
+        return self.a[index], self.b[index]
 
     def route(self, rows) -> None:
         """Send row i of the following forward passes through adapter rows[i] (None: no adapter)."""
-        self.rows = None if rows is None else torch.as_tensor(rows, dtype=torch.long, device=self.param.device)
+        self.rows = None if rows is None else torch.as_tensor(rows, dtype=torch.long, device=self.data.device)
 
     def adapter_state(self, i: int) -> dict[str, torch.Tensor]:
         """Adapter i as PEFT-named tensors (lora_A / lora_B per layer), e.g. for saving or comparing."""
@@ -130,9 +143,9 @@ class BatchedAdamW:
     schedule (to zero over its own total steps) and moments. An adapter not active in a step is left
     exactly as it is: no moment decay, no weight decay. Mirrors torch.optim.AdamW step by step."""
 
-    def __init__(self, param: torch.nn.Parameter, lr: float, totals: list[int], weight_decay: float = 0.0,
-                 betas=(0.9, 0.999), eps: float = 1e-8):
-        self.param, self.lr, self.wd, self.eps = param, lr, weight_decay, eps
+    def __init__(self, param: torch.Tensor, grad: torch.Tensor, lr: float, totals: list[int],
+                 weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.param, self.grad, self.lr, self.wd, self.eps = param, grad, lr, weight_decay, eps
         self.b1, self.b2 = betas
         dev = param.device
         self.totals = torch.tensor(totals, dtype=torch.float64, device=dev)
@@ -142,7 +155,7 @@ class BatchedAdamW:
 
     @torch.no_grad()
     def step(self, active: torch.Tensor) -> None:
-        grad = self.param.grad
+        grad = self.grad
         on = active.to(self.param.device)
         col = lambda t: t.to(self.param.dtype).unsqueeze(1)  # noqa: E731 - (K,) -> (K, 1) for broadcasting
         lr = self.lr * torch.clamp(1 - self.steps / self.totals, min=0)  # the schedule before this step
@@ -168,12 +181,49 @@ def epoch_batches(n: int, cfg: LoraTrainConfig, seed: int) -> list[list[int]]:
     return out
 
 
+@dataclass
+class PackedRow:
+    """One adapter's batch of a step, its examples laid end to end in one row. Positions restart at
+    every example, which makes transformers attend within each example only (its packed-sequence
+    masking), so the row computes what the examples would as separate rows, without padding."""
+
+    input_ids: list[int]
+    labels: list[int]
+    positions: list[int]
+    adapter: int
+
+
+def pack(examples: list[Example], adapter: int) -> PackedRow:
+    ids, labels, positions = [], [], []
+    for e in examples:
+        ids += e.input_ids
+        labels += [-100] + e.labels[1:]  # an example's first token is never a target, as in its own row
+        positions += range(len(e.input_ids))
+    return PackedRow(ids, labels, positions, adapter)
+
+
+def collate_packed(rows: list[PackedRow], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(r.input_ids) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    positions = torch.arange(width).repeat(len(rows), 1)  # padding: one more segment of its own
+    for i, r in enumerate(rows):
+        n = len(r.input_ids)
+        input_ids[i, :n] = torch.tensor(r.input_ids)
+        labels[i, :n] = torch.tensor(r.labels)
+        positions[i, :n] = torch.tensor(r.positions)
+        positions[i, n:] = torch.arange(width - n)
+    return {"input_ids": input_ids, "labels": labels, "position_ids": positions}
+
+
 def per_adapter_loss(model, batch: dict[str, torch.Tensor], rows: torch.Tensor,
                      norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ_k (sum of adapter k's token losses) / norm[k], and its K terms (detached). Logits are computed
-    only where a label is, never for padding or prompt tokens: the vocabulary projection is the
-    largest activation of a small model."""
-    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    only where a label is, never for padding: the vocabulary projection is the largest activation of a
+    small model."""
+    # No attention mask and no cache: transformers then reads segment boundaries from position_ids.
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                 use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != -100
     logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
@@ -183,61 +233,58 @@ def per_adapter_loss(model, batch: dict[str, torch.Tensor], rows: torch.Tensor,
     return weighted.sum(), torch.zeros_like(norm).index_add_(0, owner, weighted.detach())
 
 
-def micro_batches(examples: list[Example], rows: list[int], max_tokens: int) -> list[tuple[list[Example], list[int]]]:
-    """Split one step's rows into forward passes of at most `max_tokens` padded tokens, grouping rows of
-    similar length so that little is padding. The order of rows does not change the result."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+def micro_batches(rows: list[PackedRow], max_tokens: int) -> list[list[PackedRow]]:
+    """Group one step's packed rows into forward passes of at most `max_tokens` tokens, padding
+    included, rows of similar length together. Which rows share a pass does not change the result."""
     out, cur = [], []
-    for i in order:
-        width = len(examples[i].input_ids)  # the longest so far, since rows come sorted
-        if cur and width * (len(cur) + 1) > max_tokens:
+    for row in sorted(rows, key=lambda r: len(r.input_ids)):
+        if cur and len(row.input_ids) * (len(cur) + 1) > max_tokens:  # sorted: this row is the widest
             out.append(cur)
             cur = []
-        cur.append(i)
-    if cur:
-        out.append(cur)
-    return [([examples[i] for i in part], [rows[i] for i in part]) for part in out]
+        cur.append(row)
+    return out + [cur] if cur else out
 
 
 def train_bank(lm: LoadedModel, bank: AdapterBank, datasets: list[list[Example]], cfg: LoraTrainConfig, *,
                seeds: list[int], precision: str = "fp32", max_tokens: int = 4096, on_step=None) -> list[TrainStats]:
     """Train adapter k of the bank on datasets[k], as `training.train` would with seed seeds[k]."""
     plans = [epoch_batches(len(d), cfg, s) for d, s in zip(datasets, seeds)]
-    totals = [max(1, len(p)) for p in plans]
-    optimizer = BatchedAdamW(bank.param, cfg.lr, totals, weight_decay=cfg.weight_decay)
+    optimizer = BatchedAdamW(bank.data, bank.grad, cfg.lr, [max(1, len(p)) for p in plans],
+                             weight_decay=cfg.weight_decay)
     model, pad_id = lm.model, lm.tokenizer.pad_token_id
     losses: list[list[float]] = [[] for _ in datasets]
     tokens = [0] * len(datasets)
+    n_steps = max((len(p) for p in plans), default=0)
     start = time.perf_counter()
     model.train()
-    for t in range(max(len(p) for p in plans) if plans else 0):
+    for t in range(n_steps):
         active = [k for k, p in enumerate(plans) if t < len(p)]
-        examples = [datasets[k][i] for k in active for i in plans[k][t]]
-        rows = [k for k in active for _ in plans[k][t]]
+        packed = [pack([datasets[k][i] for i in plans[k][t]], k) for k in active]
         # Each adapter's loss is the mean over the tokens of its own batch, as when trained alone.
-        norm = torch.zeros(bank.k, device=lm.device)
-        for e, k in zip(examples, rows):
-            norm[k] += sum(1 for label in e.labels[1:] if label != -100)
-            tokens[k] += len(e.input_ids)
-        norm.clamp_(min=1)
+        norm = torch.ones(bank.k, device=lm.device)
+        for row in packed:
+            norm[row.adapter] = max(1, sum(1 for label in row.labels[1:] if label != -100))
+            tokens[row.adapter] += len(row.input_ids)
         step_loss = torch.zeros_like(norm)
-        for part, part_rows in micro_batches(examples, rows, max_tokens):
-            batch = {key: v.to(lm.device) for key, v in collate(part, pad_id).items()}
-            bank.route(part_rows)
+        for part in micro_batches(packed, max_tokens):
+            batch = {key: v.to(lm.device) for key, v in collate_packed(part, pad_id).items()}
+            bank.route([row.adapter for row in part])
             with autocast(precision, lm.device):
                 loss, terms = per_adapter_loss(model, batch, bank.rows, norm)
-            loss.backward()
+            with warnings.catch_warnings():  # gradients land in strided views of bank.grad, on purpose
+                warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+                loss.backward()
             step_loss += terms
         bank.route(None)
         on = torch.zeros(bank.k, dtype=torch.bool)
         on[active] = True
         optimizer.step(on)
-        bank.param.grad = None
+        bank.grad.zero_()
         step_loss = step_loss.tolist()
         for k in active:
             losses[k].append(step_loss[k])
         if on_step:
-            on_step(t + 1, len(plans[0]) if len(plans) == 1 else max(len(p) for p in plans))
+            on_step(t + 1, n_steps)
     model.eval()
     share = (time.perf_counter() - start) / max(1, len(datasets))  # each adapter's share of the wall time
     return [TrainStats(steps=len(p), tokens=n, first_loss=ls[0] if ls else math.nan,
