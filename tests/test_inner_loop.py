@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from seal.knowledge.data import load_builtin
@@ -39,3 +40,25 @@ def test_malformed_self_edit_is_a_recorded_zero(tiny, tiny_config):
         result = domain.evaluate(tiny, passage, bad, seed=0, pre=pre)
         assert result["valid"] is False and result["reward"] == 0.0 and result["problem"]
         assert result["grades"]["em"] == [0.0, 0.0]  # every question counts as unanswered
+
+
+def test_batched_evaluation_gives_what_one_at_a_time_gives(tiny, tiny_config):
+    """The same self-edits and seeds through evaluate_batch (one adapter bank) and through evaluate
+    (one PEFT adapter each): the same answers and rewards; an unusable self-edit in the batch is a
+    recorded zero and does not disturb the others."""
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.inner_loop.epochs, cfg.inner_loop.lr = 3, 5e-3
+    cfg.reward.metric = "loglik"
+    domain = KnowledgeDomain(cfg)
+    passages = load_builtin()[:3]
+    edits = ["It was built long ago.\nIt is famous.", "", None, "Many people visit it.\nIt has a long history."]
+    items = [(passages[i % 3], e, 100 + i, domain.pre_update(tiny, passages[i % 3])) for i, e in enumerate(edits)]
+    batched = domain.evaluate_batch(tiny, items)
+    alone = [domain.evaluate(tiny, *item) for item in items]
+    assert [r["valid"] for r in batched] == [True, False, True, True]
+    for b, a in zip(batched, alone):
+        assert b["reward"] == pytest.approx(a["reward"], rel=1e-3)  # probabilities ~1e-5 on a random model
+        assert b["answers"] == a["answers"]
+        assert b["grades"]["loglik"] == pytest.approx(a["grades"]["loglik"], abs=1e-4)
+    # items 0 and 3 share a passage: their answers went through different adapters
+    assert abs(sum(batched[0]["grades"]["loglik"]) - sum(batched[3]["grades"]["loglik"])) > 1e-3

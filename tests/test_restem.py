@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from seal.core.models import load_model
@@ -17,11 +18,18 @@ class CountingDomain(KnowledgeDomain):
         super().__init__(config)
         self.calls, self.fail_after = 0, fail_after
 
-    def evaluate(self, *args, **kwargs):
-        if self.fail_after is not None and self.calls >= self.fail_after:
+    def _count(self, n):
+        if self.fail_after is not None and self.calls + n > self.fail_after:
             raise KeyboardInterrupt
-        self.calls += 1
+        self.calls += n
+
+    def evaluate(self, *args, **kwargs):
+        self._count(1)
         return super().evaluate(*args, **kwargs)
+
+    def evaluate_batch(self, lm, items):
+        self._count(len(items))
+        return super().evaluate_batch(lm, items)
 
 
 def test_full_round_trains_and_merges_the_policy(tiny_config):
@@ -57,7 +65,11 @@ def test_require_improvement_can_keep_nothing(tiny_config):
     assert done["kept"] == [] and done["adapter"] is None
 
 
-def test_resume_redoes_nothing_that_finished(tiny_config):
+@pytest.mark.parametrize("batched", [False, True])
+def test_resume_redoes_nothing_that_finished(tiny_config, batched):
+    tiny_config = tiny_config.model_copy(deep=True)
+    tiny_config.inner_loop.batched = batched
+    tiny_config.inner_loop.adapters_per_batch = 3  # batched: a batch of 3 finishes, the next is killed
     contexts = load_builtin()[:2]
     run = Run.create(tiny_config, "restem")
     lm = load_model(tiny_config.model.name, "cpu")

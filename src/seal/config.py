@@ -59,6 +59,9 @@ class InnerLoopConfig(LoraTrainConfig):
     split_lines: bool = Field(True, description="one training sequence per self-edit line (else the whole self-edit is one sequence)")
     include_passage: bool = Field(True, description="add the passage itself as one more training sequence")
     max_lines: int = Field(64, ge=1, description="self-edit lines used at most; the rest are dropped and recorded")
+    batched: bool = Field(True, description="train and evaluate many self-edits' adapters in shared batches (multi-LoRA); false: one PEFT adapter at a time, for comparison and debugging")
+    adapters_per_batch: int | None = Field(None, ge=1, le=1024, description="batched: adapters trained together (K); None: chosen from the memory available")
+    tokens_per_forward: int = Field(4096, ge=64, description="batched: tokens (padding included) per forward pass; bounds the activation memory")
 
     @model_validator(mode="before")
     @classmethod

@@ -1,7 +1,8 @@
 """The ReST-EM outer loop, independent of the domain.
 
 One round, on the current policy: for every training context, score the policy before any update
-(once per context), sample k self-edits, evaluate each in the inner loop (eval_times repeats), keep
+(once per context), sample k self-edits, evaluate each in the inner loop (eval_times repeats; many
+self-edits at a time when the domain supports batched evaluation, see multi_lora), keep
 the best (E-step: rejection sampling); then fine-tune the policy on (prompt -> kept self-edit) with the
 loss on the self-edit only and merge it (M-step). The next round samples from the new policy.
 
@@ -14,11 +15,13 @@ import shutil
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from seal.config import Config
 from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
 from seal.core.models import LoadedModel
+from seal.core.multi_lora import choose_adapters, lora_size
 from seal.core.progress import Progress
 from seal.core.runs import Run
 from seal.core.training import merge_saved_adapter, sft_and_merge, sft_example
@@ -31,6 +34,9 @@ class Domain(Protocol):
     def self_edit_prompt(self, context: Any) -> str: ...
     def pre_update(self, lm: LoadedModel, context: Any) -> dict: ...  # has "reward"
     def evaluate(self, lm: LoadedModel, context: Any, self_edit: str | None, seed: int, pre: dict) -> dict: ...
+    # Optional, and used when present (inner_loop.batched): the same for several self-edits at once,
+    # items being (context, self_edit, seed, pre); results equal to `evaluate` on each.
+    # def evaluate_batch(self, lm: LoadedModel, items: list[tuple]) -> list[dict]: ...
 
 
 def derive_seed(*parts) -> int:
@@ -79,23 +85,53 @@ def record_samples(run: Run, jobs: list[tuple[str, Any, dict]], write: Callable[
             progress.advance("sampling", len(part))
 
 
-def evaluate_repeats(run: Run, lm: LoadedModel, domain: Domain, context, self_edit: str | None, pre: dict,
-                     key: str, seed_parts: tuple, progress: Progress | None = None, **tags) -> list[dict]:
-    """The inner loop `eval_times` times for one self-edit, each repeat recorded as it finishes."""
-    out = []
-    for t in range(run.config.inner_loop.eval_times):
-        rkey = f"{key}/{t}"
-        record = run.get(rkey)
-        if record is None:
-            seed = derive_seed(run.config.seed, *seed_parts, t)
-            start = time.perf_counter()
-            result = domain.evaluate(lm, context, self_edit, seed, pre)
-            record = run.append("self_edit_eval", rkey, self_edit=self_edit, repeat=t, seed=seed,
-                                seconds=round(time.perf_counter() - start, 2), **tags, **result)
+@dataclass
+class EvalJob:
+    """One self-edit to evaluate (eval_times repeats, recorded under f"{key}/{repeat}")."""
+
+    key: str
+    context: Any
+    self_edit: str | None
+    pre: dict
+    seed_parts: tuple
+    tags: dict = field(default_factory=dict)
+
+
+def adapters_per_batch(run: Run, lm: LoadedModel, n_jobs: int) -> int:
+    """K for the batched inner loop: as configured, else from the memory at hand."""
+    cfg = run.config.inner_loop
+    if cfg.adapters_per_batch:
+        return cfg.adapters_per_batch
+    return choose_adapters(lm, lora_size(lm.model, cfg), cfg.tokens_per_forward, n_jobs)
+
+
+def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob],
+                  progress: Progress | None = None, bar: str = "evals") -> dict[str, list[dict]]:
+    """The inner loop for every job, `eval_times` times each, every result recorded as it finishes.
+    Batched (inner_loop.batched): K adapters at a time trained and evaluated together through the
+    domain's `evaluate_batch`; else one adapter at a time through `evaluate`. Returns each job's records."""
+    cfg = run.config.inner_loop
+    todo = [(job, t, f"{job.key}/{t}") for job in jobs for t in range(cfg.eval_times)]
+    todo = [(job, t, key, derive_seed(run.config.seed, *job.seed_parts, t)) for job, t, key in todo
+            if run.get(key) is None]
+    if progress:
+        progress.advance(bar, len(jobs) * cfg.eval_times - len(todo))
+    batched = cfg.batched and hasattr(domain, "evaluate_batch")
+    size = adapters_per_batch(run, lm, len(todo)) if batched and todo else 1
+    for begin in range(0, len(todo), size):
+        chunk = todo[begin:begin + size]
+        start = time.perf_counter()
+        if batched:
+            results = domain.evaluate_batch(lm, [(job.context, job.self_edit, seed, job.pre) for job, _, _, seed in chunk])
+        else:
+            results = [domain.evaluate(lm, job.context, job.self_edit, seed, job.pre) for job, _, _, seed in chunk]
+        seconds = round((time.perf_counter() - start) / len(chunk), 2)  # each one's share of the batch
+        for (job, t, key, seed), result in zip(chunk, results):
+            run.append("self_edit_eval", key, self_edit=job.self_edit, repeat=t, seed=seed, seconds=seconds,
+                       batch=len(chunk), **job.tags, **result)
         if progress:
-            progress.advance("evals")
-        out.append(record)
-    return out
+            progress.advance(bar, len(chunk))
+    return {job.key: [run.get(f"{job.key}/{t}") for t in range(cfg.eval_times)] for job in jobs}
 
 
 def restem_round(run: Run, lm: LoadedModel, domain: Domain, contexts: list, round_idx: int,
@@ -107,24 +143,29 @@ def restem_round(run: Run, lm: LoadedModel, domain: Domain, contexts: list, roun
     record_samples(run, [(key(c), c, dict(round=round_idx, context_id=domain.context_id(c))) for c in contexts],
                    self_edit_writer(lm, domain, k, cfg), max(1, cfg.self_edit.batch_size // k),
                    ("restem", round_idx), progress)
+    pres, jobs = {}, []
+    for context in contexts:
+        cid = domain.context_id(context)
+        pres[cid] = run.cached("pre_update", f"round{round_idx}/pre/{cid}",
+                               lambda: dict(round=round_idx, context_id=cid, **domain.pre_update(lm, context)))
+        progress.advance("contexts")
+        for i, self_edit in enumerate(run.get(key(context))["self_edits"]):
+            jobs.append(EvalJob(f"round{round_idx}/eval/{cid}/{i}", context, self_edit, pres[cid],
+                                ("restem", round_idx, cid, i), dict(round=round_idx, context_id=cid, sample=i)))
+    results = evaluate_jobs(run, lm, domain, jobs, progress)
     kept = []
     for context in contexts:
         cid = domain.context_id(context)
-        pre = run.cached("pre_update", f"round{round_idx}/pre/{cid}",
-                         lambda: dict(round=round_idx, context_id=cid, **domain.pre_update(lm, context)))
         samples = run.get(key(context))
         candidates = []
-        for i, self_edit in enumerate(samples["self_edits"]):
-            repeats = evaluate_repeats(run, lm, domain, context, self_edit, pre,
-                                       f"round{round_idx}/eval/{cid}/{i}", ("restem", round_idx, cid, i),
-                                       progress, round=round_idx, context_id=cid, sample=i)
-            rewards = [r["reward"] for r in repeats if r["reward"] is not None]
+        for i in range(len(samples["self_edits"])):
+            rewards = [r["reward"] for r in results[f"round{round_idx}/eval/{cid}/{i}"] if r["reward"] is not None]
             if rewards:  # all repeats ungraded (a failed judge): not a candidate, not a zero
                 candidates.append((sum(rewards) / len(rewards), i))
-        progress.advance("contexts")
         if not candidates:
             continue
         best_reward, best = max(candidates)  # ties go to the later sample; order is random anyway
+        pre = pres[cid]
         pre_reward = pre["reward"] if pre["reward"] is not None else 0.0
         if cfg.reward.require_improvement and best_reward <= pre_reward:
             continue
@@ -145,7 +186,7 @@ def restem(run: Run, lm: LoadedModel, domain: Domain, contexts: list, progress: 
             if done["adapter"]:
                 merge_saved_adapter(lm, run.path / done["adapter"])
             continue
-        progress.start("contexts", f"round {r}: contexts", len(contexts))
+        progress.start("contexts", f"round {r}: pre-update scores", len(contexts))
         progress.start("evals", f"round {r}: self-edit evaluations",
                        len(contexts) * cfg.restem.k * cfg.inner_loop.eval_times)
         kept = restem_round(run, lm, domain, contexts, r, progress)

@@ -19,7 +19,7 @@ from seal.config import Config
 from seal.core.endpoint import ChatEndpoint, EndpointError
 from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
-from seal.core.restem import evaluate_repeats, record_samples, self_edit_writer
+from seal.core.restem import EvalJob, evaluate_jobs, record_samples, self_edit_writer
 from seal.core.runs import Run
 from seal.core.training import merge_saved_adapter
 from seal.knowledge.data import Passage
@@ -60,15 +60,19 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
         record_samples(run, [(f"eval/samples/{name}/{p.id}", p, dict(condition=name, context_id=p.id)) for p in passages],
                        write, run.config.self_edit.batch_size, ("eval", name), progress)
     progress.start("eval", f"eval: {name or model_row}", len(passages))
+    jobs = []
     for passage in passages:
         pid = passage.id
         pre = run.cached("pre_update", f"eval/pre/{model_row}/{pid}", lambda: dict(
             condition=model_row, context_id=pid, **domain.pre_update(lm, passage)))
-        if name is not None:
-            text = run.get(f"eval/samples/{name}/{pid}")["self_edits"][0] if write is not None else None
-            evaluate_repeats(run, lm, domain, passage, text, pre, f"eval/eval/{name}/{pid}",
-                             ("eval", name, pid), condition=name, context_id=pid)
-        progress.advance("eval")
+        if name is None:
+            progress.advance("eval")
+            continue
+        text = run.get(f"eval/samples/{name}/{pid}")["self_edits"][0] if write is not None else None
+        jobs.append(EvalJob(f"eval/eval/{name}/{pid}", passage, text, pre, ("eval", name, pid),
+                            dict(condition=name, context_id=pid)))
+    if jobs:
+        evaluate_jobs(run, lm, domain, jobs, progress, bar="eval")
 
 
 def evaluate(run: Run, domain: KnowledgeDomain, passages: list[Passage], progress: Progress,

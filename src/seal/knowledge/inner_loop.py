@@ -1,7 +1,9 @@
 """The knowledge domain's inner loop: score a model on a passage's questions, and evaluate a self-edit.
 
-`evaluate_self_edit` trains a fresh LoRA on the self-edit's sequences, answers the passage's
-questions without the passage, grades them, and removes the adapter again.
+`evaluate` trains a fresh LoRA on the self-edit's sequences, answers the passage's questions without
+the passage, grades them, and removes the adapter again. `evaluate_batch` does the same for many
+self-edits at once: their adapters trained together in one adapter bank (core/multi_lora.py), their
+questions answered in shared batches, each row through its own adapter.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from seal.config import Config
 from seal.core.endpoint import Judge
 from seal.core.generation import completion_logprobs, format_prompt, generate, resolve_precision
 from seal.core.models import LoadedModel
+from seal.core.multi_lora import adapter_bank, train_bank
 from seal.core.training import fresh_adapter, lm_examples, train
 from seal.knowledge.data import Passage
 from seal.knowledge.grading import contains_answer, exact_match, token_f1
@@ -50,25 +53,60 @@ class KnowledgeDomain:
     def evaluate(self, lm: LoadedModel, passage: Passage, self_edit: str | None, seed: int, pre: dict) -> dict:
         """Train a fresh adapter on the self-edit (None: the passage alone), then score. Never raises
         for bad model output: an unusable self-edit is a zero reward with the reason recorded."""
+        base, data = self._prepare(passage, self_edit, pre)
+        if data.problem:
+            return self._unusable(passage, base, data.problem)
+        cfg = self.config.inner_loop
+        examples = lm_examples(lm.tokenizer, data.sequences, cfg.max_seq_len)
+        with fresh_adapter(lm, cfg, seed) as wrapped:
+            stats = train(wrapped, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id,
+                          device=lm.device, precision=self.precision(lm))
+            scored = self.score(lm, passage)  # lm.model is the wrapped model while the adapter lives
+        return self._trained(base, stats, scored, pre)
+
+    def evaluate_batch(self, lm: LoadedModel, items: list[tuple[Passage, str | None, int, dict]]) -> list[dict]:
+        """`evaluate` for several (passage, self_edit, seed, pre) at once: one adapter each, all trained
+        together in one adapter bank, and all their questions answered in shared generation batches."""
+        cfg = self.config.inner_loop
+        results: list[dict | None] = [None] * len(items)
+        usable = []
+        for i, (passage, self_edit, seed, pre) in enumerate(items):
+            base, data = self._prepare(passage, self_edit, pre)
+            if data.problem:
+                results[i] = self._unusable(passage, base, data.problem)
+            else:
+                usable.append((i, base, lm_examples(lm.tokenizer, data.sequences, cfg.max_seq_len)))
+        if usable:
+            seeds = [items[i][2] for i, _, _ in usable]
+            with adapter_bank(lm, cfg, seeds) as bank:
+                stats = train_bank(lm, bank, [examples for _, _, examples in usable], cfg, seeds=seeds,
+                                   precision=self.precision(lm), max_tokens=cfg.tokens_per_forward)
+                scored = self.score_many(lm, [items[i][0] for i, _, _ in usable], adapters=list(range(len(usable))))
+            for (i, base, _), st, sc in zip(usable, stats, scored):
+                results[i] = self._trained(base, st, sc, items[i][3])
+        return results
+
+    def _prepare(self, passage: Passage, self_edit: str | None, pre: dict):
         cfg = self.config.inner_loop
         data = training_set(passage, self_edit, split_lines=cfg.split_lines,
                             include_passage=cfg.include_passage, max_lines=cfg.max_lines)
         base = dict(passage_id=passage.id, n_sequences=len(data.sequences), n_lines=data.n_lines,
                     dropped=data.dropped, pre_reward=pre["reward"])
-        if data.problem:
-            # Counted as no answer to every question: zero on the accuracy metrics, no likelihood.
-            n = len(self.questions(passage))
-            grades = dict(em=[0.0] * n, f1=[0.0] * n, contains=[0.0] * n, loglik=[None] * n, judge=[None] * n)
-            return dict(base, valid=False, problem=data.problem, reward=0.0, gain=None,
-                        answers=[""] * n, grades=grades)
-        precision = resolve_precision(self.config.model.precision, lm.device)
-        examples = lm_examples(lm.tokenizer, data.sequences, cfg.max_seq_len)
-        with fresh_adapter(lm, cfg, seed) as wrapped:
-            stats = train(wrapped, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id,
-                          device=lm.device, precision=precision)
-            scored = self.score(lm, passage)  # lm.model is the wrapped model while the adapter lives
+        return base, data
+
+    def _unusable(self, passage: Passage, base: dict, problem: str) -> dict:
+        # Counted as no answer to every question: zero on the accuracy metrics, no likelihood.
+        n = len(self.questions(passage))
+        grades = dict(em=[0.0] * n, f1=[0.0] * n, contains=[0.0] * n, loglik=[None] * n, judge=[None] * n)
+        return dict(base, valid=False, problem=problem, reward=0.0, gain=None, answers=[""] * n, grades=grades)
+
+    @staticmethod
+    def _trained(base: dict, stats, scored: dict, pre: dict) -> dict:
         gain = scored["reward"] - pre["reward"] if scored["reward"] is not None and pre["reward"] is not None else None
         return dict(base, valid=True, problem=None, train=stats.as_dict(), gain=gain, **scored)
+
+    def precision(self, lm: LoadedModel) -> str:
+        return resolve_precision(self.config.model.precision, lm.device)
 
     # --- answering and grading ----------------------------------------------------------------
     def questions(self, passage: Passage):
@@ -76,16 +114,32 @@ class KnowledgeDomain:
         return passage.questions[:limit] if limit else passage.questions
 
     def score(self, lm: LoadedModel, passage: Passage) -> dict:
+        return self.score_many(lm, [passage])[0]
+
+    def score_many(self, lm: LoadedModel, passages: list[Passage], adapters: list[int] | None = None) -> list[dict]:
+        """Answer and grade the questions of each passage, all in shared batches; with `adapters`,
+        passage i's questions go through adapter adapters[i] of the installed adapter bank."""
         cfg = self.config.answer
-        precision = resolve_precision(self.config.model.precision, lm.device)
-        questions = self.questions(passage)
-        prompts = [format_prompt(lm, answer_prompt(cfg.prompt_style, passage.title, q.question),
-                                 chat=cfg.prompt_style == "chat") for q in questions]
+        precision = self.precision(lm)
+        questions = [self.questions(p) for p in passages]
+        prompts = [format_prompt(lm, answer_prompt(cfg.prompt_style, p.title, q.question), chat=cfg.prompt_style == "chat")
+                   for p, qs in zip(passages, questions) for q in qs]
+        rows = None if adapters is None else [a for a, qs in zip(adapters, questions) for _ in qs]
+        gold = [q.answers[0] for qs in questions for q in qs]
         start = time.perf_counter()
         answers = generate(lm, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                           stop_at_newline=cfg.prompt_style == "completion", precision=precision)
-        loglik = completion_logprobs(lm, prompts, [q.answers[0] for q in questions],
-                                     batch_size=cfg.batch_size, precision=precision)
+                           stop_at_newline=cfg.prompt_style == "completion", precision=precision, adapter_rows=rows)
+        loglik = completion_logprobs(lm, prompts, gold, batch_size=cfg.batch_size, precision=precision,
+                                     adapter_rows=rows)
+        seconds = round((time.perf_counter() - start) / max(1, len(passages)), 2)  # each passage's share
+        out, at = [], 0
+        for qs in questions:
+            mine = slice(at, at + len(qs))
+            at += len(qs)
+            out.append(self._grade(qs, answers[mine], loglik[mine], seconds))
+        return out
+
+    def _grade(self, questions, answers, loglik: list[float], seconds: float) -> dict:
         grades = {
             "em": [exact_match(a.text, list(q.answers)) for a, q in zip(answers, questions)],
             "f1": [token_f1(a.text, list(q.answers)) for a, q in zip(answers, questions)],
@@ -105,5 +159,4 @@ class KnowledgeDomain:
         # like the other metrics, so that a malformed self-edit's reward of 0 is the worst possible.
         reward = mean(math.exp(v) for v in loglik) if metric == "loglik" else means[metric]
         return dict(answers=[a.text for a in answers], answers_hit_limit=[a.hit_limit for a in answers],
-                    grades=grades, means=means, reward=reward, judge_errors=judge_errors,
-                    answer_seconds=round(time.perf_counter() - start, 2))
+                    grades=grades, means=means, reward=reward, judge_errors=judge_errors, answer_seconds=seconds)
