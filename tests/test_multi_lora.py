@@ -115,3 +115,10 @@ def test_packing_keeps_examples_apart_and_micro_batches_respect_the_budget(token
     assert sorted(r.adapter for part in parts for r in part) == list(range(6))
     for part in parts:
         assert max(len(r.input_ids) for r in part) * len(part) <= 48 or len(part) == 1
+
+
+def test_micro_batches_keep_short_rows_away_from_long_ones(tokenizer):
+    short = [pack(lm_examples(tokenizer, ["a b c d e"], 64), k) for k in range(6)]
+    long = [pack(lm_examples(tokenizer, [" ".join(["word"] * 200)], 512), 6)]
+    parts = micro_batches(short + long, max_tokens=4096)
+    assert len(parts) == 2 and [r.adapter for r in parts[1]] == [6]  # not six short rows padded to 200

@@ -69,7 +69,12 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain one from its config and weights.
-    plain = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    # Its config says "quantized with GGUF", which is no longer true of the dequantised weights and
+    # would make Hugging Face's Trainer refuse to fine-tune the model.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
     tmp = out.with_name(out.name + ".tmp")
     plain.save_pretrained(tmp)
@@ -85,7 +90,8 @@ def resolve_checkpoint(name: str) -> Path | str:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
-        digest = hashlib.sha1(f"{path.resolve()}:{path.stat().st_size}".encode()).hexdigest()[:10]
+        # ":plain": caches written before the GGUF quantisation note was dropped from the config are redone
+        digest = hashlib.sha1(f"{path.resolve()}:{path.stat().st_size}:plain".encode()).hexdigest()[:10]
         out = cache_dir() / "models" / f"{path.stem}-{digest}"
         if not out.is_dir():
             out.parent.mkdir(parents=True, exist_ok=True)

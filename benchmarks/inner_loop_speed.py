@@ -1,0 +1,296 @@
+"""How fast self-edits are evaluated, three ways, on the embedded model, in one run.
+
+    .venv/bin/python benchmarks/inner_loop_speed.py                      # short: ~3 min on 2 CPU cores
+    .venv/bin/python benchmarks/inner_loop_speed.py --self-edits 24 --reference 3 --epochs 3
+
+The same self-edits (sampled from the base model on built-in passages, or read from a run), the same
+seeds and the same LoRA recipe go through:
+
+  (a) reference-style: a fresh PEFT wrap per self-edit trained by the Hugging Face `Trainer` at batch
+      size 1 with every sequence padded to --pad-to tokens, and the unchanged base model re-evaluated
+      for every self-edit; run on the first --reference self-edits only (it is slow) and rated per
+      self-edit;
+  (b) the project's one-at-a-time path (inner_loop.batched=false): dynamic padding, no loss or
+      logits on padding, pre-update scores once per passage;
+  (c) the batched path (the default): K adapters trained in shared packed batches and their
+      questions answered in shared generation batches.
+
+It prints self-edit evaluations per minute and the ratios (b)/(a) and (c)/(b); training throughput in
+tokens/s and in FLOP/s (4·N per real token: forward plus input gradients of a frozen base model) as a
+share of a matmul peak measured at the start of the run; the peak memory of each path; and whether
+the three paths gave the same rewards (same seeds, same adapter initialisation, same data order).
+Results also go to --out as JSON. --profile adds where the time of one batched evaluation goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from seal.config import load_config
+from seal.core.generation import resolve_precision
+from seal.core.models import load_model
+from seal.core.multi_lora import choose_adapters, epoch_batches, lora_size
+from seal.core.restem import derive_seed, sample_self_edits
+from seal.core.runs import Run
+from seal.core.training import TrainStats, fresh_adapter, lm_examples
+from seal.knowledge.data import load_builtin
+from seal.knowledge.inner_loop import KnowledgeDomain
+from seal.knowledge.self_edit import training_set
+
+
+class PeakMemory:
+    """Peak resident memory of this process while the block runs, sampled every 5 ms."""
+
+    def __enter__(self) -> "PeakMemory":
+        self.start = self.peak = rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss())
+
+
+def rss() -> int:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated()
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def matmul_peak(dtype: torch.dtype, seconds: float = 3.0) -> float:
+    """FLOP/s of a large square matmul on this machine, now, with the threads torch uses."""
+    n = 2048
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * n ** 3 * count / (time.perf_counter() - start)
+
+
+def self_edits(lm, config, domain, n: int, from_run: str | None, seed: int):
+    """n (passage, self-edit) pairs: 3 sampled self-edits per built-in passage, or a run's samples."""
+    passages = {p.id: p for p in load_builtin()}
+    if from_run:
+        pairs = [(passages[r["context_id"]], s) for r in Run.resume(from_run).records("samples")
+                 for s in r["self_edits"] if r.get("context_id") in passages]
+        if len(pairs) < n:
+            raise SystemExit(f"{from_run} has {len(pairs)} built-in-corpus self-edits, fewer than --self-edits {n}")
+        return pairs[:n]
+    chosen = list(passages.values())[:math.ceil(n / 3)]
+    samples = sample_self_edits(lm, [domain.self_edit_prompt(p) for p in chosen], 3, config, seed)
+    return [(p, s) for p, sample in zip(chosen, samples) for s in sample["self_edits"]][:n]
+
+
+def reference_style(lm, domain: KnowledgeDomain, passage, self_edit: str, seed: int, pad_to: int, workdir: str):
+    """One self-edit as the reference implementation evaluates it: base model scored again, a fresh
+    PEFT wrap, Trainer at batch size 1 over sequences padded to a fixed length, then the questions."""
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    cfg = domain.config.inner_loop
+    pre = domain.pre_update(lm, passage)  # re-evaluated for every self-edit, as the reference does
+    base, data = domain._prepare(passage, self_edit, pre)
+    if data.problem:
+        return domain._unusable(passage, base, data.problem), 0.0, 0, 0
+    examples = lm_examples(lm.tokenizer, data.sequences, min(cfg.max_seq_len, pad_to))
+    one = cfg.model_copy(update=dict(batch_size=1))
+    order = [i for batch in epoch_batches(len(examples), one, seed) for i in batch]  # the same order as (b), (c)
+    pad = lm.tokenizer.pad_token_id
+    rows = [dict(input_ids=torch.tensor(e.input_ids + [pad] * (pad_to - len(e.input_ids))),
+                 attention_mask=torch.tensor([1] * len(e.input_ids) + [0] * (pad_to - len(e.input_ids))),
+                 labels=torch.tensor(e.labels + [-100] * (pad_to - len(e.labels)))) for e in (examples[i] for i in order)]
+    args = TrainingArguments(
+        output_dir=workdir, per_device_train_batch_size=1, num_train_epochs=1, learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay, lr_scheduler_type="linear", warmup_steps=0, max_grad_norm=0.0,
+        train_sampling_strategy="sequential", save_strategy="no", logging_strategy="no", report_to=[],
+        disable_tqdm=True, use_cpu=lm.device.type == "cpu", seed=seed, dataloader_num_workers=0,
+        bf16=domain.precision(lm) == "bf16")
+    with fresh_adapter(lm, one, seed) as wrapped:
+        start = time.perf_counter()
+        Trainer(model=wrapped, args=args, train_dataset=rows, data_collator=default_data_collator).train()
+        seconds = time.perf_counter() - start
+        wrapped.eval()
+        scored = domain.score(lm, passage)
+    real = sum(len(examples[i].input_ids) for i in order)
+    stats = TrainStats(steps=len(rows), tokens=real, first_loss=math.nan, last_loss=math.nan, seconds=seconds)
+    return domain._trained(base, stats, scored, pre), seconds, real, len(rows) * pad_to
+
+
+def run_path(name: str, fn) -> dict:
+    with PeakMemory() as mem:
+        start = time.perf_counter()
+        out = fn()
+        wall = time.perf_counter() - start
+    out.update(name=name, wall=wall, peak_rss=mem.peak, rss_growth=mem.peak - mem.start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--self-edits", type=int, default=8, help="self-edits evaluated by (b) and (c)")
+    parser.add_argument("--reference", type=int, default=1, help="of those, how many (a) evaluates (it is slow)")
+    parser.add_argument("--k", type=int, default=None, help="adapters per batch in (c); default: from memory")
+    parser.add_argument("--recipe", choices=["reference", "project"], default="reference",
+                        help="reference: the paper's inner loop (q,v r32, batch 1); project: this project's default (all linear r16, batch 4)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (10 / 5) to shorten a run")
+    parser.add_argument("--pad-to", type=int, default=2048, help="(a) pads every training sequence to this length")
+    parser.add_argument("--config", default=None, help="a configuration file for everything but the inner loop")
+    parser.add_argument("--from-run", default=None, help="take the self-edits from this run's samples")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tolerance", type=float, default=2e-3, help="largest reward difference counted as equal")
+    parser.add_argument("--profile", action="store_true", help="also profile one batched evaluation")
+    parser.add_argument("--out", default="benchmarks/results/inner_loop_speed.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    # the demo's self-edit and answer lengths; the inner loop from --recipe
+    overrides = ["reward.metric=loglik", "self_edit.max_new_tokens=96", "answer.max_new_tokens=16"]
+    if args.recipe == "reference":
+        overrides += ["inner_loop.preset=reference"]
+    else:
+        overrides += ["inner_loop.epochs=5", "inner_loop.batch_size=4"]
+    if args.epochs:
+        overrides += [f"inner_loop.epochs={args.epochs}"]
+    config = load_config(args.config, overrides)
+    cfg = config.inner_loop
+    lm = load_model(config.model.name, config.model.device)
+    precision = resolve_precision(config.model.precision, lm.device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    n_params = sum(p.numel() for p in lm.model.parameters())
+    print(f"threads {torch.get_num_threads()}, precision {precision}, model {n_params / 1e6:.1f}M parameters, "
+          f"recipe {args.recipe}: rank {cfg.rank} on {','.join(cfg.target_modules)}, {cfg.epochs} epochs, "
+          f"batch {cfg.batch_size}, lr {cfg.lr}", flush=True)
+    peak = matmul_peak(dtype)
+    print(f"matmul peak ({dtype}, 2048x2048): {peak / 1e9:.0f} GFLOP/s", flush=True)
+
+    domain = KnowledgeDomain(config)
+    pairs = self_edits(lm, config, domain, args.self_edits, args.from_run, args.seed)
+    seeds = [derive_seed(args.seed, "bench", i) for i in range(len(pairs))]
+    k = args.k or choose_adapters(lm, lora_size(lm.model, cfg), cfg.tokens_per_forward, len(pairs))
+    lines = [len(training_set(p, s, split_lines=cfg.split_lines, include_passage=cfg.include_passage,
+                              max_lines=cfg.max_lines).sequences) for p, s in pairs]
+    print(f"{len(pairs)} self-edits on {len({p.id for p, _ in pairs})} passages, {sum(lines) / len(lines):.1f} "
+          f"training sequences each; K = {k}", flush=True)
+
+    def one_at_a_time():
+        pre, results, train_s, tokens = {}, [], 0.0, 0
+        for (p, s), seed in zip(pairs, seeds):
+            if p.id not in pre:
+                pre[p.id] = domain.pre_update(lm, p)
+            r = domain.evaluate(lm, p, s, seed, pre[p.id])
+            results.append(r)
+            train_s += r.get("train", {}).get("seconds", 0.0)
+            tokens += r.get("train", {}).get("tokens", 0)
+        return dict(results=results, train_seconds=train_s, tokens=tokens, computed_tokens=tokens)
+
+    def batched():
+        pre = {}
+        for p, _ in pairs:
+            if p.id not in pre:
+                pre[p.id] = domain.pre_update(lm, p)
+        items = [(p, s, seed, pre[p.id]) for (p, s), seed in zip(pairs, seeds)]
+        results = []
+        for start in range(0, len(items), k):
+            results += domain.evaluate_batch(lm, items[start:start + k])
+        trained = [r["train"] for r in results if r.get("train")]
+        return dict(results=results, train_seconds=sum(t["seconds"] for t in trained),
+                    tokens=sum(t["tokens"] for t in trained), computed_tokens=sum(t["tokens"] for t in trained))
+
+    def reference():
+        results, train_s, tokens, computed = [], 0.0, 0, 0
+        with tempfile.TemporaryDirectory() as tmp:
+            for (p, s), seed in list(zip(pairs, seeds))[:args.reference]:
+                r, secs, real, padded = reference_style(lm, domain, p, s, seed, args.pad_to, tmp)
+                results.append(r)
+                train_s, tokens, computed = train_s + secs, tokens + real, computed + padded
+        return dict(results=results, train_seconds=train_s, tokens=tokens, computed_tokens=computed)
+
+    # Warm-up, untimed: the first pass through each code path pays one-off allocation costs.
+    warm = KnowledgeDomain(config.model_copy(update=dict(inner_loop=cfg.model_copy(update=dict(epochs=1)))))
+    p, s = pairs[0]
+    pre = warm.pre_update(lm, p)
+    warm.evaluate_batch(lm, [(p, s, 0, pre)] * min(2, k))
+    warm.evaluate(lm, p, s, 0, pre)
+
+    paths = []
+    for name, fn in [("(c) batched", batched), ("(b) one at a time", one_at_a_time), ("(a) reference-style", reference)]:
+        if name.startswith("(a)") and args.reference == 0:
+            continue
+        print(f"running {name} ...", flush=True)
+        paths.append(run_path(name, fn))
+        out = paths[-1]
+        out["evals"] = len(out["results"])
+        out["per_min"] = 60 * out["evals"] / out["wall"]
+        out["tok_s"] = out["tokens"] / out["train_seconds"] if out["train_seconds"] else math.nan
+        out["flops"] = 4 * n_params * out["tok_s"]
+        print(f"  {out['evals']} evaluations in {out['wall']:.0f} s", flush=True)
+
+    by = {p["name"][:3]: p for p in paths}
+    print()
+    print("| path | evaluations | wall s | evaluations / min | train tokens/s | train GFLOP/s | % of matmul peak | peak RSS GiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for p in paths:
+        print(f"| {p['name']} | {p['evals']} | {p['wall']:.0f} | {p['per_min']:.2f} | {p['tok_s']:.0f} | "
+              f"{p['flops'] / 1e9:.0f} | {100 * p['flops'] / peak:.0f}% | {p['peak_rss'] / 2**30:.2f} |")
+    print()
+    if "(a)" in by:
+        a = by["(a)"]
+        print(f"(b)/(a) = {by['(b)']['per_min'] / a['per_min']:.1f}x   (target >= 5x; (a) computed "
+              f"{a['computed_tokens'] / max(1, a['tokens']):.0f}x the real tokens, as padding)")
+    print(f"(c)/(b) = {by['(c)']['per_min'] / by['(b)']['per_min']:.2f}x   (target >= 2.5x)")
+    print(f"(c) training at {100 * by['(c)']['flops'] / peak:.0f}% of the matmul peak (target >= 50%)")
+
+    checks = {}
+    for x, y in [("(b)", "(c)"), ("(a)", "(b)")]:
+        if x in by and y in by:
+            n = min(len(by[x]["results"]), len(by[y]["results"]))
+            diffs = [abs(r1["reward"] - r2["reward"]) for r1, r2 in zip(by[x]["results"][:n], by[y]["results"][:n])]
+            checks[f"{x} vs {y}"] = max(diffs)
+            verdict = "same" if max(diffs) <= args.tolerance else "DIFFERENT"
+            print(f"rewards {x} vs {y}: max difference {max(diffs):.2e} over {n} self-edits -> {verdict} "
+                  f"(tolerance {args.tolerance})")
+    rewards = [r["reward"] for r in by["(c)"]["results"]]
+    print(f"rewards (c): mean {sum(rewards) / len(rewards):.4f}, min {min(rewards):.4f}, max {max(rewards):.4f}")
+
+    if args.profile:
+        profile_batch(lm, domain, pairs[:k], seeds[:k])
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    summary = dict(args=vars(args), k=k, precision=precision, matmul_peak=peak, n_params=n_params, reward_checks=checks,
+                   paths=[{key: v for key, v in p.items() if key != "results"} | dict(rewards=[r["reward"] for r in p["results"]])
+                          for p in paths])
+    Path(args.out).write_text(json.dumps(summary, indent=1))
+    print(f"written {args.out}")
+
+
+def profile_batch(lm, domain, pairs, seeds) -> None:
+    """Where the time of one batched evaluation goes, by operator."""
+    from torch.profiler import ProfilerActivity, profile
+
+    pre = {p.id: domain.pre_update(lm, p) for p, _ in pairs}
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        domain.evaluate_batch(lm, [(p, s, seed, pre[p.id]) for (p, s), seed in zip(pairs, seeds)])
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
