@@ -88,7 +88,7 @@ class AnswerConfig(Section):
 
     prompt_style: Literal["completion", "chat"] = Field("completion", description="completion: 'Topic/Question/Answer:' continuation; chat: the chat template")
     max_new_tokens: int = Field(32, ge=1, le=512, description="answer length limit; an answer that hits it is recorded as such")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1, description="questions answered together (batched inner loop: across the K updated models)")
     max_questions: int | None = Field(None, ge=1, description="questions per passage at most (None: all)")
 
 

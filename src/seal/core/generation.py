@@ -125,12 +125,20 @@ def completion_logprobs(lm: LoadedModel, prompts: list[str], completions: list[s
             input_ids[i, :len(ids)] = torch.tensor(ids)
             mask[i, :len(ids)] = 1
         _route(lm, adapter_rows, start, len(rows))
-        with autocast(precision, lm.device):
-            logits = lm.model(input_ids=input_ids.to(lm.device), attention_mask=mask.to(lm.device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V): predicts token t+1
-        targets = input_ids[:, 1:].to(lm.device)
-        token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        # Vocabulary logits only where a completion token is predicted, not for every prompt token.
+        wanted = torch.zeros_like(input_ids, dtype=torch.bool)
         for i, (ids, n_prompt) in enumerate(rows):
-            scores.append(float(token_logp[i, n_prompt - 1:len(ids) - 1].mean()))
+            wanted[i, n_prompt - 1:len(ids) - 1] = True  # position t predicts token t + 1
+        with autocast(precision, lm.device):
+            hidden = lm.model.get_decoder()(input_ids=input_ids.to(lm.device),
+                                            attention_mask=mask.to(lm.device)).last_hidden_state
+            logits = lm.model.get_output_embeddings()(hidden[wanted.to(lm.device)]).float()
+        targets = input_ids[:, 1:][wanted[:, :-1]].to(lm.device)
+        token_logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        at = 0
+        for ids, n_prompt in rows:
+            n = len(ids) - n_prompt
+            scores.append(float(token_logp[at:at + n].mean()))
+            at += n
     _route(lm, None, 0, 0)
     return scores
