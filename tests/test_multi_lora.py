@@ -122,3 +122,18 @@ def test_micro_batches_keep_short_rows_away_from_long_ones(tokenizer):
     long = [pack(lm_examples(tokenizer, [" ".join(["word"] * 200)], 512), 6)]
     parts = micro_batches(short + long, max_tokens=4096)
     assert len(parts) == 2 and [r.adapter for r in parts[1]] == [6]  # not six short rows padded to 200
+
+
+def test_k_comes_from_memory_and_never_exceeds_the_work(tiny, monkeypatch):
+    import seal.core.multi_lora as ml
+
+    size = ml.lora_size(tiny.model, _cfg())
+    monkeypatch.setattr(ml, "available_memory", lambda: 64 << 30)
+    assert ml.choose_adapters(tiny, size, 4096, n_jobs=5) == 5
+    assert ml.choose_adapters(tiny, size, 4096, n_jobs=500, cap=32) == 32
+    # room for about 10 adapters beside the activations of one forward pass
+    activations = 4096 * ml.bytes_per_token(tiny.model)
+    monkeypatch.setattr(ml, "available_memory", lambda: 2 * (activations + 10 * 16 * size))
+    assert ml.choose_adapters(tiny, size, 4096, n_jobs=500) == 10
+    monkeypatch.setattr(ml, "available_memory", lambda: 0)
+    assert ml.choose_adapters(tiny, size, 4096, n_jobs=500) == 1  # never zero
