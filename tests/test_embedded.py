@@ -35,3 +35,16 @@ def test_inner_loop_on_the_embedded_model_learns_the_passage(smol, tmp_path):
     assert result["means"]["loglik"] > pre["means"]["loglik"]  # the gold answers became more likely
     after = smol.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_batched_inner_loop_on_the_embedded_model_matches_one_at_a_time(smol):
+    cfg = load_config(None, ["answer.max_questions=2", "answer.max_new_tokens=12", "reward.metric=loglik",
+                             "inner_loop.epochs=2"])
+    domain = KnowledgeDomain(cfg)
+    passages = load_builtin()[3:5]
+    items = [(p, None, 7, domain.pre_update(smol, p)) for p in passages]
+    batched = domain.evaluate_batch(smol, items)
+    alone = [domain.evaluate(smol, *item) for item in items]
+    for b, a, (_, _, _, pre) in zip(batched, alone, items):
+        assert b["reward"] == pytest.approx(a["reward"], abs=1e-4)
+        assert b["means"]["loglik"] > pre["means"]["loglik"]
