@@ -67,9 +67,9 @@ class MultiLoraLinear(torch.nn.Module):
 
 class AdapterBank:
     """K LoRA adapters (rank r on the configured layers). All their weights live in one (K, size) tensor,
-    adapter-major, so that the optimiser updates every adapter with a few whole-tensor operations; each
-    layer's A and B are leaf parameters that view into it, and their gradients are views into one
-    (K, size) gradient tensor. (Slicing one big leaf instead would make every layer's backward pass
+    adapter-major, so that each adapter's weights (and gradient, and optimiser moments) are one
+    contiguous row for the fused optimiser; each layer's A and B are leaf parameters that view into
+    it, and their gradients are views into one (K, size) gradient tensor. (Slicing one big leaf instead would make every layer's backward pass
     fill a zero tensor the size of all K adapters: three times slower than no batching at all.)"""
 
     def __init__(self, layers: list[tuple[str, torch.nn.Linear]], cfg: LoraTrainConfig, seeds: list[int],
