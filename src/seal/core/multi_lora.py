@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from seal.config import LoraTrainConfig
 from seal.core.generation import autocast
 from seal.core.models import LoadedModel
-from seal.core.training import Example, TrainStats, check_targets, init_lora_a
+from seal.core.training import Example, TrainStats, check_targets, epoch_batches, init_lora_a
 
 
 def target_linears(model: torch.nn.Module, cfg: LoraTrainConfig) -> list[tuple[str, torch.nn.Linear]]:
@@ -149,37 +149,25 @@ class BatchedAdamW:
                  weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
         self.param, self.grad, self.lr, self.wd, self.eps = param, grad, lr, weight_decay, eps
         self.b1, self.b2 = betas
-        dev = param.device
-        self.totals = torch.tensor(totals, dtype=torch.float64, device=dev)
-        self.steps = torch.zeros(len(totals), dtype=torch.float64, device=dev)
+        self.totals, self.steps = list(totals), [0] * len(totals)
         self.m = torch.zeros_like(param)
         self.v = torch.zeros_like(param)
 
     @torch.no_grad()
     def step(self, active: torch.Tensor) -> None:
-        lr = self.lr * torch.clamp(1 - self.steps / self.totals, min=0)  # the schedule before this step
-        self.steps += active.to(self.steps.device)
         # Adapters at the same point of the same schedule share one call of torch's fused AdamW kernel
         # (one pass over their memory); a row of the (K, size) tensors is one adapter's contiguous slice.
-        groups: dict[tuple[float, float], list[int]] = {}
+        groups: dict[tuple[float, int], list[int]] = {}
         for k in torch.nonzero(active).flatten().tolist():
-            groups.setdefault((float(lr[k]), float(self.steps[k])), []).append(k)
+            rate = self.lr * max(0.0, 1 - self.steps[k] / self.totals[k])  # the schedule before this step
+            self.steps[k] += 1
+            groups.setdefault((rate, self.steps[k]), []).append(k)
         for (rate, step), ks in groups.items():
-            steps = [torch.tensor(step, device=self.param.device) for _ in ks]
+            steps = [torch.tensor(float(step), device=self.param.device) for _ in ks]
             torch._fused_adamw_(
                 [self.param[k] for k in ks], [self.grad[k] for k in ks], [self.m[k] for k in ks],
                 [self.v[k] for k in ks], [], steps, lr=rate, beta1=self.b1, beta2=self.b2,
                 weight_decay=self.wd, eps=self.eps, amsgrad=False, maximize=False)
-
-
-def epoch_batches(n: int, cfg: LoraTrainConfig, seed: int) -> list[list[int]]:
-    """The batches `training.train` visits, in its order: a seeded shuffle per epoch."""
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(cfg.epochs):
-        order = torch.randperm(n, generator=gen).tolist()
-        out += [order[b:b + cfg.batch_size] for b in range(0, n, cfg.batch_size)]
-    return out
 
 
 @dataclass
@@ -207,13 +195,13 @@ def collate_packed(rows: list[PackedRow], pad_id: int) -> dict[str, torch.Tensor
     width = max(len(r.input_ids) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    positions = torch.arange(width).repeat(len(rows), 1)  # padding: one more segment of its own
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         n = len(r.input_ids)
         input_ids[i, :n] = torch.tensor(r.input_ids)
         labels[i, :n] = torch.tensor(r.labels)
         positions[i, :n] = torch.tensor(r.positions)
-        positions[i, n:] = torch.arange(width - n)
+        positions[i, n:] = torch.arange(width - n)  # padding: one more segment of its own
     return {"input_ids": input_ids, "labels": labels, "position_ids": positions}
 
 
@@ -321,6 +309,13 @@ def choose_adapters(lm: LoadedModel, bank_size: int, max_tokens: int, n_jobs: in
     budget = available_memory() // 2 - max_tokens * bytes_per_token(lm.model)
     per_adapter = 16 * bank_size
     return max(1, min(n_jobs, cap, budget // per_adapter))
+
+
+def adapters_per_batch(lm: LoadedModel, cfg, n_jobs: int) -> int:
+    """K for an inner-loop configuration: `adapters_per_batch` when set, else from the memory at hand."""
+    if cfg.adapters_per_batch:
+        return cfg.adapters_per_batch
+    return choose_adapters(lm, lora_size(lm.model, cfg), cfg.tokens_per_forward, n_jobs)
 
 
 def lora_size(model, cfg: LoraTrainConfig) -> int:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from seal.config import Config
 from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
 from seal.core.models import LoadedModel
-from seal.core.multi_lora import choose_adapters, lora_size
+from seal.core.multi_lora import adapters_per_batch
 from seal.core.progress import Progress
 from seal.core.runs import Run
 from seal.core.training import merge_saved_adapter, sft_and_merge, sft_example
@@ -97,14 +97,6 @@ class EvalJob:
     tags: dict = field(default_factory=dict)
 
 
-def adapters_per_batch(run: Run, lm: LoadedModel, n_jobs: int) -> int:
-    """K for the batched inner loop: as configured, else from the memory at hand."""
-    cfg = run.config.inner_loop
-    if cfg.adapters_per_batch:
-        return cfg.adapters_per_batch
-    return choose_adapters(lm, lora_size(lm.model, cfg), cfg.tokens_per_forward, n_jobs)
-
-
 def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob],
                   progress: Progress | None = None, bar: str = "evals") -> dict[str, list[dict]]:
     """The inner loop for every job, `eval_times` times each, every result recorded as it finishes.
@@ -117,7 +109,7 @@ def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob]
     if progress:
         progress.advance(bar, len(jobs) * cfg.eval_times - len(todo))
     batched = cfg.batched and hasattr(domain, "evaluate_batch")
-    size = adapters_per_batch(run, lm, len(todo)) if batched and todo else 1
+    size = adapters_per_batch(lm, cfg, len(todo)) if batched and todo else 1
     for begin in range(0, len(todo), size):
         chunk = todo[begin:begin + size]
         start = time.perf_counter()

@@ -84,7 +84,7 @@ def init_like_bank(wrapped: torch.nn.Module, seed: int) -> None:
     """Give every lora_A the initial weights that adapter `seed` of a multi_lora.AdapterBank gets, so
     that the one-at-a-time and the batched inner loops start from the same adapter."""
     for name, module in wrapped.named_modules():
-        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+        if "default" in getattr(module, "lora_A", {}):
             weight = module.lora_A["default"].weight
             weight.copy_(init_lora_a(seed, name, weight.shape[0], weight.shape[1]))
 
@@ -122,32 +122,40 @@ def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
 
 
+def epoch_batches(n: int, cfg: LoraTrainConfig, seed: int) -> list[list[int]]:
+    """Example indices of every optimiser step, in order: a seeded shuffle per epoch, cut into batches.
+    Shared by `train` and the batched inner loop (multi_lora), so both visit the same data in the same order."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n, generator=gen).tolist()
+        out += [order[b:b + cfg.batch_size] for b in range(0, n, cfg.batch_size)]
+    return out
+
+
 def train(model: torch.nn.Module, examples: list[Example], cfg: LoraTrainConfig, *, seed: int,
           pad_id: int, device: torch.device, precision: str = "fp32", on_step=None) -> TrainStats:
     """AdamW with linear decay over `cfg.epochs` passes; shuffled each epoch with a seeded generator."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
+    plan = epoch_batches(len(examples), cfg, seed)
+    total = len(plan)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
-    gen = torch.Generator().manual_seed(seed)
     model.train()
     losses, tokens, start = [], 0, time.perf_counter()
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(examples), generator=gen).tolist()
-        for b in range(0, len(order), cfg.batch_size):
-            batch = collate([examples[i] for i in order[b:b + cfg.batch_size]], pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast(precision, device):
-                loss = model(**batch).loss
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            tokens += int(batch["attention_mask"].sum())
-            if on_step:
-                on_step(len(losses), total)
+    for indices in plan:
+        batch = collate([examples[i] for i in indices], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast(precision, device):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        tokens += int(batch["attention_mask"].sum())
+        if on_step:
+            on_step(len(losses), total)
     model.eval()
     return TrainStats(steps=len(losses), tokens=tokens, first_loss=losses[0] if losses else math.nan,
                       last_loss=losses[-1] if losses else math.nan, seconds=time.perf_counter() - start)

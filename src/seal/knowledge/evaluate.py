@@ -59,7 +59,8 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
     if name is not None and write is not None:
         record_samples(run, [(f"eval/samples/{name}/{p.id}", p, dict(condition=name, context_id=p.id)) for p in passages],
                        write, run.config.self_edit.batch_size, ("eval", name), progress)
-    progress.start("eval", f"eval: {name or model_row}", len(passages))
+    repeats = run.config.inner_loop.eval_times if name is not None else 1
+    progress.start("eval", f"eval: {name or model_row}", len(passages) * repeats)
     jobs = []
     for passage in passages:
         pid = passage.id
