@@ -20,6 +20,9 @@ app = typer.Typer(help="SEAL: self-adapting language models.", no_args_is_help=T
 knowledge = typer.Typer(help="Knowledge incorporation: learn passages from self-written training data.",
                         no_args_is_help=True)
 app.add_typer(knowledge, name="knowledge")
+arc = typer.Typer(help="Few-shot ARC: the model chooses its own test-time training configuration.",
+                  no_args_is_help=True)
+app.add_typer(arc, name="arc")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file (see configs/).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a field: section.field=value (repeatable), e.g. --set inner_loop.lr=3e-4")]
@@ -32,9 +35,10 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _start(command: str, config_file: Optional[Path], overrides: Optional[list[str]], resume: Optional[Path]):
-    """Validate configuration, data, prompt template and model name, then create (or reopen) the run
-    directory: a run that cannot start leaves no directory behind."""
+def _open(command: str, config_file: Optional[Path], overrides: Optional[list[str]], resume: Optional[Path],
+          domain: str, prepare):
+    """Validate the configuration, `prepare(config)` (data, prompts: raises on bad input) and the model
+    name, then create (or reopen) the run directory: a run that cannot start leaves no directory behind."""
     from seal.core.models import resolve_checkpoint
     from seal.core.runs import Run
 
@@ -46,15 +50,20 @@ def _start(command: str, config_file: Optional[Path], overrides: Optional[list[s
             _fail(f"--resume {resume}: that is a '{run.command}' run, not '{command}'")
         config = run.config
     else:
-        config = load_config(config_file, overrides or [])
-    train, held = _passages(config)
-    domain = _domain(config)
+        config = load_config(config_file, overrides or [], domain=domain)
+    prepared = prepare(config)
     resolve_checkpoint(config.model.name)
     if resume is None:
         run = Run.create(config, command)
         console.print(f"run directory: [bold]{run.path}[/bold]")
     else:
         console.print(f"resuming [bold]{run.path}[/bold] ({len(run.records())} records done)")
+    return run, prepared
+
+
+def _start(command: str, config_file: Optional[Path], overrides: Optional[list[str]], resume: Optional[Path]):
+    run, (train, held, domain) = _open(command, config_file, overrides, resume, "knowledge",
+                                       lambda c: (*_passages(c), _domain(c)))
     return run, train, held, domain
 
 
@@ -77,6 +86,7 @@ def _domain(config: Config):
 
 def _guard(fn):
     """Turn the project's own input errors into one clear line instead of a traceback."""
+    from seal.arc.tasks import TaskError
     from seal.core.models import ModelLoadError
     from seal.knowledge.data import DataError
 
@@ -84,7 +94,7 @@ def _guard(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, DataError, ModelLoadError) as err:
+        except (ConfigError, DataError, ModelLoadError, TaskError) as err:
             _fail(str(err))
         except KeyboardInterrupt:
             console.print("\n[yellow]interrupted[/yellow]: finished work is saved; continue with --resume RUN_DIR")
@@ -184,16 +194,142 @@ def _print_table(run, rows) -> None:
     console.print(f"[dim]table written to {run.path / 'table.md'} and table.csv[/dim]")
 
 
+# --- ARC -----------------------------------------------------------------------------------------
+def _arc_start(command: str, config_file, overrides, resume):
+    from seal.arc.inner_loop import ArcDomain
+    from seal.arc.tasks import configured_tasks
+
+    run, (train, held) = _open(command, config_file, overrides, resume, "arc",
+                               lambda c: configured_tasks(c.data, _token_counter(c)))
+    return run, train, held, ArcDomain(run.config)
+
+
+def _token_counter(config):
+    from seal.core.models import load_tokenizer
+
+    tok = load_tokenizer(config.model.name)
+    return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+@arc.command("restem")
+@_guard
+def arc_restem(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None,
+               eval: Annotated[bool, typer.Option(help="Evaluate the baseline table on the evaluation tasks after the rounds.")] = True,
+               quiet: QuietOpt = False):
+    """ReST-EM on the training tasks (reward: solved after TTT with the self-edit's configuration), then
+    the baseline table on the evaluation tasks."""
+    from seal.arc.evaluate import evaluate
+    from seal.core.models import load_model
+    from seal.core.restem import restem as run_restem
+    from seal.core.training import check_targets
+
+    run, train, held, domain = _arc_start("arc-restem", config, set, resume)
+    cfg = run.config
+    console.print(f"{len(train)} training tasks, {len(held)} evaluation tasks: {', '.join(t.id for t in held)}")
+    start = time.perf_counter()
+    lm = load_model(cfg.model.name, cfg.model.device)
+    check_targets(lm.model, cfg.inner_loop, "inner_loop.target_modules")
+    check_targets(lm.model, cfg.restem.sft, "restem.sft.target_modules")
+    with Progress(enabled=not quiet) as progress:
+        run_restem(run, lm, domain, train, progress)
+        console.print(f"ReST-EM: {cfg.restem.rounds} round(s) on {len(train)} tasks done in {time.perf_counter() - start:.0f} s")
+        if eval and held:
+            rows = evaluate(run, domain, held, progress, policy_run=run.path)
+    if eval and held:
+        _print_arc_table(run, rows)
+
+
+@arc.command("evaluate")
+@_guard
+def arc_evaluate(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None,
+                 policy: Annotated[Optional[Path], typer.Option(help="An arc restem run directory: adds its rounds' rows.")] = None,
+                 quiet: QuietOpt = False):
+    """The baseline table on the evaluation tasks: ICL, TTT with base self-edits, oracle TTT (and SEAL rounds)."""
+    from seal.arc.evaluate import evaluate
+
+    if policy is not None and not (policy / "config.yaml").is_file():
+        _fail(f"--policy {policy}: not a run directory (no config.yaml)")
+    run, _, held, domain = _arc_start("arc-evaluate", config, set, resume)
+    if not held:
+        _fail("no evaluation tasks: set data.eval_ids, or loosen data.max_tokens / data.max_grid")
+    with Progress(enabled=not quiet) as progress:
+        rows = evaluate(run, domain, held, progress, policy_run=policy)
+    _print_arc_table(run, rows)
+
+
+@arc.command("table")
+@_guard
+def arc_table(run_dir: Annotated[Path, typer.Argument(help="An arc restem or evaluate run directory.")]):
+    """Print (and rewrite table.md/table.csv of) the baseline table recorded in a run directory."""
+    from seal.arc.evaluate import table_rows
+    from seal.core.runs import Run
+
+    run = Run.resume(run_dir)
+    _print_arc_table(run, table_rows(run, run.config))
+
+
+@arc.command("tasks")
+@_guard
+def arc_tasks(config: ConfigOpt = None, set: SetOpt = None):
+    """List the configured training and evaluation tasks with their sizes (no run directory)."""
+    from seal.arc.tasks import configured_tasks, max_side, task_tokens
+
+    cfg = load_config(config, set or [], domain="arc")
+    count = _token_counter(cfg)
+    train, held = configured_tasks(cfg.data, count)
+    print("| set | task | demonstrations | tests | largest grid | tokens |\n|---|---|---|---|---|---|")
+    for name, tasks in (("train", train), ("eval", held)):
+        for t in tasks:
+            print(f"| {name} | {t.id} | {len(t.train)} | {len(t.test)} | {max_side(t)} | {task_tokens(t, count)} |")
+
+
+@arc.command("show")
+@_guard
+def arc_show(task_id: Annotated[str, typer.Argument(help="A task id of the configured source (either split).")],
+             config: ConfigOpt = None, set: SetOpt = None,
+             png: Annotated[Optional[Path], typer.Option(help="Also draw the task to this PNG file.")] = None):
+    """Print a task as text (and draw it as a picture with --png)."""
+    from seal.arc.tasks import TaskError, load_split, save_picture, task_text
+
+    cfg = load_config(config, set or [], domain="arc")
+    for split in ("train", "eval"):
+        tasks = load_split(cfg.data, split)
+        if task_id in tasks:
+            print(task_text(tasks[task_id]))
+            if png is not None:
+                console.print(f"[dim]picture written to {save_picture(tasks[task_id], png)}[/dim]")
+            return
+    raise TaskError(f"task '{task_id}' not found in {cfg.data.source} {cfg.data.version}")
+
+
+def _print_arc_table(run, rows) -> None:
+    from seal.arc.evaluate import task_table, write_table
+    from seal.core.restem import timing_summary
+
+    if not rows:
+        console.print("no evaluation records in this run yet")
+        return
+    print(write_table(run, rows))
+    print()
+    print(task_table(rows))
+    for line in timing_summary(run):
+        console.print(f"[dim]{line}[/dim]")
+    console.print(f"[dim]table written to {run.path / 'table.md'} and table.csv[/dim]")
+
+
 @app.command("config")
 @_guard
 def show_config(config: ConfigOpt = None, set: SetOpt = None,
-                schema: Annotated[bool, typer.Option(help="List every field with its type and meaning instead.")] = False):
+                schema: Annotated[bool, typer.Option(help="List every field with its type and meaning instead.")] = False,
+                domain: Annotated[Optional[str], typer.Option(help="knowledge or arc (default: the file's, else knowledge)")] = None):
     """Print the resolved configuration (defaults + file + overrides) as YAML."""
-    cfg = load_config(config, set or [])
+    from seal.config import config_class
+
+    cfg = load_config(config, set or [], domain=domain)
     if not schema:
         print(dump_config(cfg), end="")
         return
-    for line in _schema_lines(Config):
+    for line in _schema_lines(config_class(cfg.domain)):
         print(line)
 
 

@@ -43,6 +43,7 @@ class LoraTrainConfig(Section):
     batch_size: int = Field(4, ge=1, le=4096, description="sequences per optimiser step (dynamic padding)")
     max_seq_len: int = Field(512, ge=8, description="longer training sequences are truncated")
     weight_decay: float = Field(0.0, ge=0)
+    max_steps: int | None = Field(None, ge=1, description="optimiser steps at most, whatever the epochs (the schedule decays over the capped total)")
 
 
 # The inner-loop settings of the paper's reference code, kept by name (`preset: reference`).
@@ -51,17 +52,22 @@ INNER_LOOP_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class InnerLoopConfig(LoraTrainConfig):
-    """One self-edit evaluation: a fresh LoRA trained on the self-edit, then the questions."""
+class InnerLoopBase(LoraTrainConfig):
+    """What the core's inner loop (restem.evaluate_jobs) reads, shared by every domain."""
 
-    preset: Literal["reference"] | None = Field(None, description="start from a named recipe; fields set next to it still win")
     eval_times: int = Field(1, ge=1, le=100, description="independent trainings per self-edit; the reward is their mean")
-    split_lines: bool = Field(True, description="one training sequence per self-edit line (else the whole self-edit is one sequence)")
-    include_passage: bool = Field(True, description="add the passage itself as one more training sequence")
-    max_lines: int = Field(64, ge=1, description="self-edit lines used at most; the rest are dropped and recorded")
     batched: bool = Field(True, description="train and evaluate many self-edits' adapters in shared batches (multi-LoRA); false: one PEFT adapter at a time, for comparison and debugging")
     adapters_per_batch: int | None = Field(None, ge=1, le=1024, description="batched: adapters trained together (K); None: chosen from the memory available")
     tokens_per_forward: int = Field(4096, ge=64, description="batched: tokens (padding included) per forward pass; bounds the activation memory")
+
+
+class InnerLoopConfig(InnerLoopBase):
+    """One self-edit evaluation: a fresh LoRA trained on the self-edit, then the questions."""
+
+    preset: Literal["reference"] | None = Field(None, description="start from a named recipe; fields set next to it still win")
+    split_lines: bool = Field(True, description="one training sequence per self-edit line (else the whole self-edit is one sequence)")
+    include_passage: bool = Field(True, description="add the passage itself as one more training sequence")
+    max_lines: int = Field(64, ge=1, description="self-edit lines used at most; the rest are dropped and recorded")
 
     @model_validator(mode="before")
     @classmethod
@@ -73,14 +79,18 @@ class InnerLoopConfig(LoraTrainConfig):
         return data
 
 
-class SamplingConfig(Section):
-    """How self-edits are written by the model."""
+class SamplingBase(Section):
+    """How self-edits are written by the model (what the core's sampler reads)."""
 
-    prompt: str = Field("implications", description="implications, implications-long, implications-very-long, rewrite, self-qa, or a template file with {title} and {passage}")
     temperature: float = Field(1.0, ge=0, le=5, description="0 = greedy")
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=1, le=8192, description="self-edit length limit in tokens")
     batch_size: int = Field(8, ge=1, description="prompts generated together")
+    max_resamples: int = Field(0, ge=0, le=20, description="a self-edit the domain cannot use (e.g. unparseable) is sampled again at most this many times; the last try is kept and scored")
+
+
+class SamplingConfig(SamplingBase):
+    prompt: str = Field("implications", description="implications, implications-long, implications-very-long, rewrite, self-qa, or a template file with {title} and {passage}")
 
 
 class AnswerConfig(Section):
@@ -135,6 +145,8 @@ class DataConfig(Section):
 class RestemConfig(Section):
     rounds: int = Field(1, ge=0, le=100, description="ReST-EM rounds")
     k: int = Field(3, ge=1, le=256, description="self-edits sampled per training passage per round")
+    keep: Literal["best", "all"] = Field("best", description="per training context, keep its best self-edit, or every self-edit that reaches min_reward")
+    min_reward: float | None = Field(None, description="a kept self-edit needs at least this reward (None: any)")
     sft: LoraTrainConfig = Field(
         default_factory=lambda: LoraTrainConfig(rank=64, alpha=128, lr=3e-4, epochs=2, batch_size=4, max_seq_len=1024),
         description="fine-tuning the policy on (prompt -> kept self-edit); merged into the weights after each round")
@@ -147,6 +159,7 @@ class EvalConfig(Section):
 
 
 class Config(Section):
+    domain: Literal["knowledge"] = Field("knowledge", description="the experiment this configuration is for")
     seed: int = Field(0, description="seeds data selection, sampling and adapter initialisation")
     runs_dir: str = Field("runs", description="where new run directories are created")
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -185,8 +198,19 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Read a YAML file (or start from defaults) and apply `section.field=value` overrides."""
+def config_class(domain: str) -> type[Section]:
+    """The root configuration class of a domain (the `domain` field of a configuration)."""
+    if domain == "arc":
+        from seal.arc.config import ArcConfig
+        return ArcConfig
+    if domain == "knowledge":
+        return Config
+    raise ConfigError(f"domain '{domain}': choose knowledge or arc")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), domain: str | None = None):
+    """Read a YAML file (or start from defaults) and apply `section.field=value` overrides. The file's
+    `domain` field picks the configuration class; `domain` (a command's own) must agree with it."""
     tree: dict = {}
     source = "defaults"
     if path is not None:
@@ -207,8 +231,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         _set_dotted(tree, key.strip(), raw.strip(), f"override '{item}'")
     if overrides:
         source += " + overrides " + " ".join(overrides)
+    found = tree.get("domain", domain or "knowledge")
+    if domain is not None and found != domain:
+        raise ConfigError(f"{source}: a configuration for domain '{found}', but this command is for '{domain}'")
     try:
-        return Config.model_validate(tree)
+        return config_class(found).model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
 

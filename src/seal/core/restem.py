@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from seal.config import Config
 from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
 from seal.core.models import LoadedModel
 from seal.core.multi_lora import adapters_per_batch
@@ -37,6 +36,8 @@ class Domain(Protocol):
     # Optional, and used when present (inner_loop.batched): the same for several self-edits at once,
     # items being (context, self_edit, seed, pre); results equal to `evaluate` on each.
     # def evaluate_batch(self, lm: LoadedModel, items: list[tuple]) -> list[dict]: ...
+    # Optional: whether a sampled self-edit is usable at all; unusable ones are re-sampled.
+    # def self_edit_ok(self, text: str) -> bool: ...
 
 
 def derive_seed(*parts) -> int:
@@ -44,28 +45,49 @@ def derive_seed(*parts) -> int:
     return zlib.crc32("/".join(str(p) for p in parts).encode()) & 0x7FFFFFFF
 
 
-def sample_self_edits(lm: LoadedModel, prompts: list[str], n: int, config: Config, seed: int) -> list[dict]:
+def sample_self_edits(lm: LoadedModel, prompts: list[str], n: int, config, seed: int,
+                      valid: Callable[[str], bool] | None = None, prefill: str = "") -> list[dict]:
     """n self-edits for each prompt, all generated in batches of `self_edit.batch_size` rows (a batch of
-    8 rows decodes about 4x faster per token than one row on a CPU)."""
+    8 rows decodes about 4x faster per token than one row on a CPU). With `valid`, a self-edit it
+    rejects is sampled again, at most `self_edit.max_resamples` times (the last try is kept); the
+    rejected texts are recorded too. `prefill` starts every answer (after the chat template's
+    assistant turn) and is part of the recorded self-edit."""
     cfg = config.self_edit
     chat = use_chat(lm, config.model.chat_template)
-    texts = [format_prompt(lm, p, chat) for p in prompts for _ in range(n)]
-    gens = generate(lm, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                    top_p=cfg.top_p, batch_size=cfg.batch_size, seed=seed,
-                    precision=resolve_precision(config.model.precision, lm.device))
+    texts = [format_prompt(lm, p, chat) + prefill for p in prompts for _ in range(n)]
+    sample = lambda rows, s: generate(lm, [texts[i] for i in rows], max_new_tokens=cfg.max_new_tokens,
+                                      temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
+                                      seed=s, precision=resolve_precision(config.model.precision, lm.device))
+    gens = sample(range(len(texts)), seed)
+    for g in gens:
+        g.text = prefill + g.text
+    rejected: list[list[str]] = [[] for _ in texts]
+    for attempt in range(1, cfg.max_resamples + 1 if valid else 1):
+        again = [i for i, g in enumerate(gens) if not valid(g.text)]
+        if not again:
+            break
+        for i, g in zip(again, sample(again, derive_seed(seed, "resample", attempt))):
+            rejected[i].append(gens[i].text)
+            g.text = prefill + g.text
+            gens[i] = g
     out = []
     for i, prompt in enumerate(prompts):
-        mine = gens[i * n:(i + 1) * n]
-        out.append(dict(prompt=prompt, self_edits=[g.text for g in mine], n_tokens=[g.n_tokens for g in mine],
-                        hit_limit=[g.hit_limit for g in mine]))
+        mine = slice(i * n, (i + 1) * n)
+        record = dict(prompt=prompt, self_edits=[g.text for g in gens[mine]], n_tokens=[g.n_tokens for g in gens[mine]],
+                      hit_limit=[g.hit_limit for g in gens[mine]])
+        if valid:
+            record["rejected"] = rejected[mine]
+        out.append(record)
     return out
 
 
-def self_edit_writer(lm: LoadedModel, domain: Domain, n: int, config: Config) -> Callable[[list, int], list[dict]]:
+def self_edit_writer(lm: LoadedModel, domain: Domain, n: int, config) -> Callable[[list, int], list[dict]]:
     """`write(contexts, seed)` for `record_samples`: n self-edits per context from `lm`, which it reads at
-    call time (so it follows policy adapters merged into `lm` later)."""
+    call time (so it follows policy adapters merged into `lm` later). A domain with `self_edit_ok`
+    gets its unusable self-edits re-sampled (self_edit.max_resamples)."""
     return lambda contexts, seed: sample_self_edits(
-        lm, [domain.self_edit_prompt(c) for c in contexts], n, config, seed)
+        lm, [domain.self_edit_prompt(c) for c in contexts], n, config, seed,
+        valid=getattr(domain, "self_edit_ok", None), prefill=getattr(config.self_edit, "prefill", ""))
 
 
 def record_samples(run: Run, jobs: list[tuple[str, Any, dict]], write: Callable[[list, int], list[dict]],
@@ -154,16 +176,22 @@ def restem_round(run: Run, lm: LoadedModel, domain: Domain, contexts: list, roun
             rewards = [r["reward"] for r in results[f"round{round_idx}/eval/{cid}/{i}"] if r["reward"] is not None]
             if rewards:  # all repeats ungraded (a failed judge): not a candidate, not a zero
                 candidates.append((sum(rewards) / len(rewards), i))
-        if not candidates:
-            continue
-        best_reward, best = max(candidates)  # ties go to the later sample; order is random anyway
         pre = pres[cid]
         pre_reward = pre["reward"] if pre["reward"] is not None else 0.0
-        if cfg.reward.require_improvement and best_reward <= pre_reward:
-            continue
-        kept.append(dict(context_id=cid, prompt=samples["prompt"], self_edit=samples["self_edits"][best],
-                         reward=best_reward, pre_reward=pre["reward"], sample=best))
+        for reward, i in keep(candidates, cfg.restem.keep, cfg.restem.min_reward):
+            if cfg.reward.require_improvement and reward <= pre_reward:
+                continue
+            kept.append(dict(context_id=cid, prompt=samples["prompt"], self_edit=samples["self_edits"][i],
+                             reward=reward, pre_reward=pre["reward"], sample=i))
     return kept
+
+
+def keep(candidates: list[tuple[float, int]], how: str, min_reward: float | None) -> list[tuple[float, int]]:
+    """The (reward, sample) pairs kept for the M-step: the best one, or all; none below min_reward."""
+    good = [c for c in candidates if min_reward is None or c[0] >= min_reward]
+    if how == "best":
+        return [max(good)] if good else []  # ties go to the later sample; order is random anyway
+    return sorted(good, key=lambda c: c[1])
 
 
 def restem(run: Run, lm: LoadedModel, domain: Domain, contexts: list, progress: Progress) -> None:

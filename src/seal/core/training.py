@@ -130,7 +130,7 @@ def epoch_batches(n: int, cfg: LoraTrainConfig, seed: int) -> list[list[int]]:
     for _ in range(cfg.epochs):
         order = torch.randperm(n, generator=gen).tolist()
         out += [order[b:b + cfg.batch_size] for b in range(0, n, cfg.batch_size)]
-    return out
+    return out[:cfg.max_steps] if cfg.max_steps else out
 
 
 def train(model: torch.nn.Module, examples: list[Example], cfg: LoraTrainConfig, *, seed: int,

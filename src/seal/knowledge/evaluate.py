@@ -13,7 +13,6 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 
 from seal.config import Config
 from seal.core.endpoint import ChatEndpoint, EndpointError
@@ -21,6 +20,7 @@ from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
 from seal.core.restem import EvalJob, evaluate_jobs, record_samples, self_edit_writer
 from seal.core.runs import Run
+from seal.core.stats import bootstrap_ci
 from seal.core.training import merge_saved_adapter
 from seal.knowledge.data import Passage
 from seal.knowledge.inner_loop import KnowledgeDomain, mean
@@ -104,16 +104,6 @@ def evaluate(run: Run, domain: KnowledgeDomain, passages: list[Passage], progres
     return table_rows(run, config)
 
 
-def _bootstrap(per_passage: list[float], n: int, seed: int) -> tuple[float, float]:
-    """95% percentile interval of the mean, resampling passages (questions of a passage correlate)."""
-    values = np.asarray(per_passage, dtype=float)
-    if len(values) < 2:
-        return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def table_rows(run: Run, config: Config) -> list[dict]:
     """Aggregate the run's eval records into one row per condition (in the order they were run).
 
@@ -134,7 +124,7 @@ def table_rows(run: Run, config: Config) -> list[dict]:
     for name, row in rows.items():
         # A passage whose every answer went ungraded (a failed judge) is left out, not counted as 0.
         per_passage = [m for m in map(mean, row["rewards"].values()) if m is not None]
-        low, high = _bootstrap(per_passage, config.eval.bootstrap, config.seed)
+        low, high = bootstrap_ci(per_passage, config.eval.bootstrap, config.seed)
         g = row["grades"]
         out.append({
             "condition": name,

