@@ -1,10 +1,11 @@
 # make demo: set up .venv and run the main job (one ReST-EM round + the comparison table, ~7 min on 2 CPU cores)
+# make demo-arc: the same for few-shot ARC (a small round on 3 tasks + the baseline table on 2)
 # make test: set up .venv and run the tests (unit and pipeline tests on tiny models, then embedded-model tests)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo demo-arc test test-fast clean
 
 $(BIN)/seal: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +20,9 @@ setup: $(BIN)/seal
 
 demo: setup
 	$(BIN)/seal knowledge restem --config configs/knowledge-demo.yaml
+
+demo-arc: setup
+	$(BIN)/seal arc restem --config configs/arc-demo.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from seal.arc.inner_loop import ArcDomain
@@ -42,8 +43,11 @@ def test_batched_evaluation_equals_one_at_a_time(tiny, arc_config):
     items = [(tasks["6150a2bd"], USABLE, 3, {"reward": 0.0}),
              (tasks["5582e5ca"], "no json here", 4, {"reward": 0.0}),
              (tasks["5582e5ca"], USABLE.replace("0.001", "0.002").replace('"num_train_epochs": 1', '"num_train_epochs": 2'), 5, {"reward": 0.0})]
+    before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
     batched = domain.evaluate_batch(tiny, items)
     alone = [domain.evaluate(tiny, *item) for item in items]
+    after = tiny.model.state_dict()  # every adapter is removed again: the next use starts from the base
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert batched[1]["valid"] is False and batched[1]["reward"] == 0.0 and batched[1]["problem"] == "no JSON object"
     assert batched[2]["recipe"]["lr"] == 0.002 and batched[2]["recipe"]["epochs"] == 2
     assert batched[2]["train"]["steps"] == 2 * -(-batched[2]["ttt"]["examples"] // 2)  # 2 epochs of batch 2
@@ -98,3 +102,21 @@ def test_arc_bad_input_is_one_line(tiny_dir, tmp_path):
     assert wrong.exit_code == 2 and "domain 'knowledge'" in wrong.output
     rng = runner.invoke(app, ["arc", "tasks", "--set", "self_edit.lr_range=[0.1, 0.01]"])
     assert rng.exit_code == 2 and "self_edit.lr_range" in rng.output
+
+
+def test_unusable_self_edits_are_resampled_a_bounded_number_of_times(tiny, arc_config):
+    from seal.core.restem import sample_self_edits
+
+    arc_config.self_edit.prefill = ""
+    arc_config.self_edit.max_resamples = 2
+    calls = []
+
+    def never(text):
+        calls.append(text)
+        return False
+
+    [record] = sample_self_edits(tiny, ["write JSON"], 3, arc_config, seed=0, valid=never)
+    assert len(record["self_edits"]) == 3 and [len(r) for r in record["rejected"]] == [2, 2, 2]
+    assert len(calls) == 3 * 2  # checked after the first sample and after each re-sample but the last
+    [kept] = sample_self_edits(tiny, ["write JSON"], 2, arc_config, seed=0, valid=lambda t: True)
+    assert kept["rejected"] == [[], []]

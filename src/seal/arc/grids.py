@@ -36,13 +36,20 @@ def to_text(g: np.ndarray) -> str:
 
 
 def parse(text: str) -> np.ndarray | None:
-    """The grid written in `text` (model output), or None when it is not one: a wrong attempt, never
-    an exception. Spaces between digits are tolerated; anything else must be digits in equal rows."""
-    lines = [line.replace(" ", "") for line in text.strip().split("\n")]
-    if not lines or not lines[0] or len(lines) > MAX_SIDE:
+    """The grid at the start of `text` (model output), or None when there is none: a wrong attempt,
+    never an exception. The grid is the run of digit lines at the start (spaces between digits are
+    tolerated); it ends at the first line that is not digits, so a model that goes on to write the
+    next "input:" still answers. Rows of unequal length (a cut-off answer) are no grid."""
+    lines = []
+    for line in text.strip().split("\n"):
+        line = line.replace(" ", "")
+        if not line.isdigit():
+            break
+        lines.append(line)
+    if not lines or len(lines) > MAX_SIDE:
         return None
     width = len(lines[0])
-    if width > MAX_SIDE or any(len(line) != width or not line.isdigit() for line in lines):
+    if width > MAX_SIDE or any(len(line) != width for line in lines):
         return None
     return np.array([[int(c) for c in line] for line in lines], dtype=np.int8)
 

@@ -20,6 +20,9 @@ from seal.core.generation import generate
 from seal.core.models import LoadedModel
 
 
+RAW_CHARS = 200  # each view's answer is recorded as written, up to this length, to see how it failed
+
+
 @dataclass(frozen=True)
 class View:
     transform: Dihedral
@@ -101,13 +104,14 @@ def predict(lm: LoadedModel, jobs: list[tuple[Task, int | None]], cfg, *, precis
         for (j, t, v), gen in zip(where, gens):
             g = parse(gen.text)
             back = None if g is None else v.transform.inverse(g)
-            answers.setdefault((j, t), []).append((v.name, back))
+            answers.setdefault((j, t), []).append((v.name, back, gen.text))
         for j in indices:
             tests = []
             for t, example in enumerate(task.test):
                 mine = answers[(j, t)]
-                attempts = vote([g for _, g in mine], cfg.attempts)
+                attempts = vote([g for _, g, _ in mine], cfg.attempts)
                 tests.append(dict(solved=solved(attempts, example.output), attempts=[to_text(a) for a in attempts],
-                                  well_formed=sum(g is not None for _, g in mine), views=len(mine)))
+                                  well_formed=sum(g is not None for _, g, _ in mine), views=len(mine),
+                                  raw={name: text[:RAW_CHARS] for name, _, text in mine}))
             out[j] = dict(solved=all(x["solved"] for x in tests), tests=tests)
     return out

