@@ -120,3 +120,15 @@ def test_unusable_self_edits_are_resampled_a_bounded_number_of_times(tiny, arc_c
     assert len(calls) == 3 * 2  # checked after the first sample and after each re-sample but the last
     [kept] = sample_self_edits(tiny, ["write JSON"], 2, arc_config, seed=0, valid=lambda t: True)
     assert kept["rejected"] == [[], []]
+
+
+def test_arc_tasks_and_show(tmp_path):
+    listed = runner.invoke(app, ["arc", "tasks", "--set", "data.eval_count=3"])
+    assert listed.exit_code == 0, listed.output
+    lines = [l for l in listed.output.splitlines() if l.startswith("| train |") or l.startswith("| eval |")]
+    assert len(lines) == 12 + 3 and "| train | 6150a2bd | 2 | 1 | 3 |" in listed.output
+    shown = runner.invoke(app, ["arc", "show", "6150a2bd", "--png", str(tmp_path / "t.png")])
+    assert shown.exit_code == 0 and "task 6150a2bd: 2 demonstrations" in shown.output
+    assert (tmp_path / "t.png").stat().st_size > 1000
+    missing = runner.invoke(app, ["arc", "show", "zzz"])
+    assert missing.exit_code == 2 and "task 'zzz' not found" in missing.output
