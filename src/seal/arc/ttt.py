@@ -95,9 +95,8 @@ def build(task: Task, recipe: Recipe, *, seed: int, leave_two_out: bool, colour_
                 c = random_colour_map(rng)
                 variants.append(LeaveOut(tuple(e.map(c) for e in v.demos), v.held.map(c), f"{v.source}|{c.name}"))
         for v in list(variants):
-            orders = [p for p in permutations(range(len(v.demos))) if list(p) != sorted(p)]
-            for k in rng.permutation(len(orders))[:example_permutations] if orders else []:
-                variants.append(LeaveOut(tuple(v.demos[i] for i in orders[k]), v.held, f"{v.source}|order{orders[k]}"))
+            for order in _reorderings(len(v.demos), example_permutations, rng):
+                variants.append(LeaveOut(tuple(v.demos[i] for i in order), v.held, f"{v.source}|order{order}"))
         made += variants
     unique, seen = [], set()
     for item in made:
@@ -107,6 +106,22 @@ def build(task: Task, recipe: Recipe, *, seed: int, leave_two_out: bool, colour_
             unique.append(item)
     keep = sorted(rng.permutation(len(unique))[:max_examples].tolist())
     return TTTSet([unique[i] for i in keep], len(made), len(made) - len(unique), too_large)
+
+
+def _reorderings(n: int, count: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
+    """`count` distinct orders of n demonstrations other than the given one: drawn from all of them
+    while n! is small, else sampled (ARC tasks have up to 10 demonstrations: 3.6M orders)."""
+    if n < 2 or count == 0:
+        return []
+    if n <= 7:
+        orders = [p for p in permutations(range(n)) if list(p) != sorted(p)]
+        return [orders[k] for k in rng.permutation(len(orders))[:count]]
+    out: list[tuple[int, ...]] = []
+    while len(out) < count:
+        p = tuple(int(i) for i in rng.permutation(n))
+        if p != tuple(range(n)) and p not in out:
+            out.append(p)
+    return out
 
 
 def examples(tokenizer, items: list[LeaveOut], strategy: str, end_marker: bool,
