@@ -222,3 +222,13 @@ def test_reorderings_are_distinct_and_never_the_given_order():
         orders = ttt._reorderings(n, 5, rng)
         assert len(orders) == min(5, math.factorial(n) - 1) and len(set(orders)) == len(orders)
         assert all(sorted(o) == list(range(n)) and o != tuple(range(n)) for o in orders)
+
+
+def test_a_partial_section_keeps_the_domain_defaults():
+    from seal.config import load_config
+
+    arc = load_config(None, ["restem.k=2", "restem.sft.lr=1e-5"], domain="arc")
+    assert (arc.restem.keep, arc.restem.min_reward, arc.restem.sft.rank, arc.restem.sft.epochs) == ("all", 1.0, 16, 8)
+    assert arc.restem.sft.lr == 1e-5
+    knowledge = load_config(None, ["restem.sft.lr=1e-5"])
+    assert (knowledge.restem.keep, knowledge.restem.sft.rank, knowledge.restem.sft.epochs) == ("best", 64, 2)

@@ -142,14 +142,24 @@ class DataConfig(Section):
     split_by_article: bool = Field(True, description="keep training and held-out passages in different articles")
 
 
+class PolicySftConfig(LoraTrainConfig):
+    """Fine-tuning the policy on (prompt -> kept self-edit). Its own class, not a default instance, so
+    that a partial section (`--set restem.sft.lr=1e-4`) keeps these defaults for the other fields."""
+
+    rank: int = Field(64, ge=1, le=1024, description="LoRA rank r")
+    alpha: float = Field(128, gt=0, description="LoRA alpha (scale = alpha / rank)")
+    lr: float = Field(3e-4, gt=0, le=1, description="peak learning rate (AdamW, linear decay)")
+    epochs: int = Field(2, ge=1, le=1000, description="passes over the kept pairs")
+    max_seq_len: int = Field(1024, ge=8, description="longer (prompt + self-edit) pairs are truncated")
+
+
 class RestemConfig(Section):
     rounds: int = Field(1, ge=0, le=100, description="ReST-EM rounds")
     k: int = Field(3, ge=1, le=256, description="self-edits sampled per training passage per round")
     keep: Literal["best", "all"] = Field("best", description="per training context, keep its best self-edit, or every self-edit that reaches min_reward")
     min_reward: float | None = Field(None, description="a kept self-edit needs at least this reward (None: any)")
-    sft: LoraTrainConfig = Field(
-        default_factory=lambda: LoraTrainConfig(rank=64, alpha=128, lr=3e-4, epochs=2, batch_size=4, max_seq_len=1024),
-        description="fine-tuning the policy on (prompt -> kept self-edit); merged into the weights after each round")
+    sft: PolicySftConfig = Field(default_factory=PolicySftConfig,
+                                 description="fine-tuning the policy on (prompt -> kept self-edit); merged into the weights after each round")
 
 
 class EvalConfig(Section):

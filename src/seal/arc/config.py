@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from seal.arc.tasks import PAPER_TRAIN_IDS
-from seal.config import ALL_LINEAR, InnerLoopBase, LoraTrainConfig, ModelConfig, RestemConfig, SamplingBase, Section
+from seal.config import ALL_LINEAR, InnerLoopBase, ModelConfig, PolicySftConfig, RestemConfig, SamplingBase, Section
 
 # The hand-made configuration of the "oracle TTT" row: what worked best on the embedded model.
 ORACLE = dict(use_basic_augmentations=True, use_size_augmentations=False, use_chain_augmentations=False,
@@ -88,9 +88,20 @@ class ArcEvalConfig(Section):
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples (over tasks) for the 95% interval")
 
 
-def _arc_restem() -> RestemConfig:
-    return RestemConfig(k=3, keep="all", min_reward=1.0, sft=LoraTrainConfig(
-        rank=16, alpha=32, lr=1e-4, epochs=8, batch_size=4, max_seq_len=2048))
+class ArcPolicySftConfig(PolicySftConfig):
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank r")
+    alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / rank)")
+    lr: float = Field(1e-4, gt=0, le=1, description="peak learning rate (the paper: 5e-5)")
+    epochs: int = Field(8, ge=1, le=1000, description="passes over the kept pairs")
+    max_seq_len: int = Field(2048, ge=8, description="longer (prompt + self-edit) pairs are truncated")
+
+
+class ArcRestemConfig(RestemConfig):
+    """ReST-EM for ARC: every self-edit that solved its task is kept (reward 1), not only the best."""
+
+    keep: Literal["best", "all"] = Field("all", description="per training task, keep every self-edit that reaches min_reward, or only its best")
+    min_reward: float | None = Field(1.0, description="a kept self-edit needs at least this reward: 1 = it solved its task")
+    sft: ArcPolicySftConfig = Field(default_factory=ArcPolicySftConfig, description="fine-tuning the policy on (prompt -> solved self-edit)")
 
 
 class ArcConfig(Section):
@@ -103,5 +114,5 @@ class ArcConfig(Section):
     inner_loop: ArcInnerLoopConfig = Field(default_factory=ArcInnerLoopConfig)
     predict: ArcPredictConfig = Field(default_factory=ArcPredictConfig)
     reward: ArcRewardConfig = Field(default_factory=ArcRewardConfig)
-    restem: RestemConfig = Field(default_factory=_arc_restem, description="keep: all and min_reward: 1 keep every self-edit that solved its task")
+    restem: ArcRestemConfig = Field(default_factory=ArcRestemConfig)
     eval: ArcEvalConfig = Field(default_factory=ArcEvalConfig)
