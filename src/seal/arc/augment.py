@@ -145,10 +145,5 @@ REPEAT = [Tile(2, 1), Tile(1, 2), Tile(2, 2)]
 FAMILIES = {"basic": BASIC, "size": SIZE, "chain": CHAIN, "repeat": REPEAT}
 
 
-def by_name(name: str) -> Transform:
-    """A prediction view's transform from its name (the dihedral ones are the invertible views)."""
-    return Dihedral(name)
-
-
 def fits(g: np.ndarray) -> bool:
     return max(g.shape) <= MAX_SIDE

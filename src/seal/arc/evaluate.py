@@ -99,7 +99,7 @@ def table_rows(run: Run, config: ArcConfig) -> list[dict]:
             "95% CI": bootstrap_ci(per_task, config.eval.bootstrap, config.seed),
             "pass@k": sum(any(r >= 1 for r in v) for v in row["tasks"].values()) / len(per_task),
             "valid self-edits": sum(row["valid"]) / len(row["valid"]) if row["valid"] else None,
-            "per_task": {tid: v for tid, v in row["tasks"].items()},
+            "per_task": row["tasks"],
         })
     return out
 

@@ -153,4 +153,4 @@ def parse(text: str | None, fallback: Recipe, lr_range, epochs_range, out_of_ran
                 values[field] = _bool(raw)
         except (ValueError, TypeError):
             return Parsed(None, f"{key} = {raw!r} is not a valid value", notes)
-    return Parsed(Recipe(**values, notes=notes), None, notes)
+    return Parsed(Recipe(**values), None, notes)

@@ -8,7 +8,7 @@ reordered. Duplicates are removed and a seeded sample of at most max_examples is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import permutations
 
 import numpy as np
@@ -66,7 +66,6 @@ class Recipe:
     strategy: str = "outputs"  # "outputs": loss on the answer grid only; "all": on every token
     lr: float = 1e-3
     epochs: int = 2
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass

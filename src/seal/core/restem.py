@@ -55,12 +55,16 @@ def sample_self_edits(lm: LoadedModel, prompts: list[str], n: int, config, seed:
     cfg = config.self_edit
     chat = use_chat(lm, config.model.chat_template)
     texts = [format_prompt(lm, p, chat) + prefill for p in prompts for _ in range(n)]
-    sample = lambda rows, s: generate(lm, [texts[i] for i in rows], max_new_tokens=cfg.max_new_tokens,
-                                      temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
-                                      seed=s, precision=resolve_precision(config.model.precision, lm.device))
+
+    def sample(rows, s):
+        gens = generate(lm, [texts[i] for i in rows], max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                        top_p=cfg.top_p, batch_size=cfg.batch_size, seed=s,
+                        precision=resolve_precision(config.model.precision, lm.device))
+        for g in gens:
+            g.text = prefill + g.text
+        return gens
+
     gens = sample(range(len(texts)), seed)
-    for g in gens:
-        g.text = prefill + g.text
     rejected: list[list[str]] = [[] for _ in texts]
     for attempt in range(1, cfg.max_resamples + 1 if valid else 1):
         again = [i for i, g in enumerate(gens) if not valid(g.text)]
@@ -68,7 +72,6 @@ def sample_self_edits(lm: LoadedModel, prompts: list[str], n: int, config, seed:
             break
         for i, g in zip(again, sample(again, derive_seed(seed, "resample", attempt))):
             rejected[i].append(gens[i].text)
-            g.text = prefill + g.text
             gens[i] = g
     out = []
     for i, prompt in enumerate(prompts):
