@@ -169,14 +169,79 @@ def generate(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = N
     console.print(f"{len(passages) * n} self-edits written to {run.path / 'records.jsonl'}")
 
 
+@knowledge.command("cpt")
+@_guard
+def cpt_cmd(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None,
+            policy: Annotated[Optional[Path], typer.Option(help="A restem run directory: adds its rounds' rows to the table.")] = None,
+            quiet: QuietOpt = False):
+    """Continued pretraining: one update on the pooled sequences of all held-out passages (per condition),
+    then every question without its passage; prints the table."""
+    from seal.knowledge.cpt import cpt
+
+    if policy is not None and not (policy / "config.yaml").is_file():
+        _fail(f"--policy {policy}: not a run directory (no config.yaml)")
+    run, _, held, domain = _start("cpt", config, set, resume)
+    if not held:
+        _fail("no passages: set data.eval_passages (the passages pooled for continued pretraining)")
+    cfg = run.config.cpt
+    console.print(f"{len(held)} passages, {cfg.update} update ({cfg.epochs} epoch(s), lr {cfg.lr})")
+    with Progress(enabled=not quiet) as progress:
+        rows = cpt(run, domain, held, progress, policy_run=policy)
+    _print_table(run, rows)
+
+
+@knowledge.command("continual")
+@_guard
+def continual_cmd(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None,
+                  policy: Annotated[Optional[Path], typer.Option(help="A restem run directory: start from its SEAL policy (else the base model).")] = None,
+                  remedy: Annotated[Optional[list[str]], typer.Option(help="none, replay, kl, orthogonal or route (repeatable); sets continual.remedies.")] = None,
+                  quiet: QuietOpt = False):
+    """Continual self-edits: T passages learned one after another (S seeded sequences), the questions of
+    every seen passage asked after each step; prints retention, plasticity and the accuracy matrices."""
+    from seal.knowledge.continual import continual
+
+    if policy is not None and not (policy / "config.yaml").is_file():
+        _fail(f"--policy {policy}: not a run directory (no config.yaml)")
+    if remedy:
+        if resume is not None:
+            _fail("--resume takes the run's saved configuration; drop --remedy")
+        set = list(set or []) + [f"continual.remedies=[{', '.join(remedy)}]"]
+    run, _, held, domain = _start("continual", config, set, resume)
+    c = run.config.continual
+    console.print(f"{c.sequences} sequence(s) of {c.steps} steps from {len(held)} passages; "
+                  f"remedies: {', '.join(c.remedies)}; mode: {c.mode}")
+    with Progress(enabled=not quiet) as progress:
+        continual(run, domain, held, progress, policy_run=policy)
+    _print_continual(run)
+
+
+def _print_continual(run) -> None:
+    from seal.knowledge.continual import matrix_table, summary, summary_table
+
+    summ = summary(run)
+    if not summ:
+        console.print("no continual steps in this run yet")
+        return
+    parts = [summary_table(summ, run.config.reward.metric)]
+    for name, s in summ.items():
+        parts.append(f"{name}: mean ± sd over sequences\n\n{matrix_table(s)}")
+    md = "\n\n".join(parts)
+    (run.path / "continual.md").write_text(md + "\n", encoding="utf-8")
+    print(md)
+    console.print(f"[dim]written to {run.path / 'continual.md'}[/dim]")
+
+
 @knowledge.command()
 @_guard
-def table(run_dir: Annotated[Path, typer.Argument(help="A restem or evaluate run directory.")]):
+def table(run_dir: Annotated[Path, typer.Argument(help="A restem, evaluate, cpt or continual run directory.")]):
     """Print (and rewrite table.md/table.csv of) the comparison table recorded in a run directory."""
     from seal.core.runs import Run
     from seal.knowledge.evaluate import table_rows
 
     run = Run.resume(run_dir)
+    if run.command == "continual":
+        _print_continual(run)
+        return
     _print_table(run, table_rows(run, run.config))
 
 

@@ -168,6 +168,41 @@ class EvalConfig(Section):
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples (over passages) for the 95% interval")
 
 
+class CptConfig(LoraTrainConfig):
+    """Continued pretraining: one update on the pooled training sequences of all the held-out passages
+    (data.eval_passages), then every question without its passage. The defaults are the paper's first
+    (LoRA) recipe; its revised one is full fine-tuning: update=full, lr=7e-5, epochs=1."""
+
+    update: Literal["lora", "full"] = Field("lora", description="lora: one adapter (rank, alpha, target_modules); full: every weight of the model")
+    rank: int = Field(32, ge=1, le=1024, description="LoRA rank r (update=lora)")
+    alpha: float = Field(64, gt=0, description="LoRA alpha (update=lora)")
+    lr: float = Field(1e-3, gt=0, le=1, description="peak learning rate (AdamW, linear decay)")
+    epochs: int = Field(3, ge=1, le=1000, description="passes over the pooled sequences")
+    batch_size: int = Field(8, ge=1, le=4096, description="sequences per optimiser step")
+    answer_chunk: int = Field(8, ge=1, description="passages whose questions are answered (and recorded) together")
+
+
+REMEDIES = ("none", "replay", "kl", "orthogonal", "route")
+
+
+class ContinualConfig(Section):
+    """Sequential self-edits: T passages one after another, the questions of all seen passages after each."""
+
+    steps: int = Field(4, ge=1, le=1000, description="T: self-edits applied one after another in each sequence")
+    sequences: int = Field(2, ge=1, le=1000, description="S: seeded sequences of T passages drawn from the held-out passages")
+    mode: Literal["merge", "stack"] = Field("merge", description="merge: fold each step's adapter into the weights; stack: keep the adapters, all active")
+    remedies: list[Literal["none", "replay", "kl", "orthogonal", "route"]] = Field(
+        default_factory=lambda: ["none"],
+        description="none: plain sequential updates; replay: also train on earlier self-edits; kl: KL to the previous "
+                    "model on earlier self-edits; orthogonal: penalise overlap of the new LoRA's A with earlier ones; "
+                    "route: one adapter per passage, each question routed to one by retrieval")
+    replay_ratio: float = Field(1.0, gt=0, le=100, description="replay: earlier sequences added per new training sequence")
+    kl_weight: float = Field(1.0, gt=0, description="kl: weight of the KL term")
+    kl_batch: int = Field(4, ge=1, description="kl: earlier sequences per optimiser step for the KL term")
+    orthogonal_weight: float = Field(1.0, gt=0, description="orthogonal: weight of sum ||A_new A_old^T||^2 over layers and earlier steps")
+    keep_adapters: bool = Field(False, description="keep every step's adapter in the run directory (they are always kept until their sequence ends, for --resume)")
+
+
 class Config(Section):
     domain: Literal["knowledge"] = Field("knowledge", description="the experiment this configuration is for")
     seed: int = Field(0, description="seeds data selection, sampling and adapter initialisation")
@@ -182,6 +217,8 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    cpt: CptConfig = Field(default_factory=CptConfig)
+    continual: ContinualConfig = Field(default_factory=ContinualConfig)
 
 
 def _set_dotted(tree: dict, dotted: str, raw: str, where: str) -> None:

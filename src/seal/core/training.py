@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -34,10 +35,14 @@ class TrainStats:
     first_loss: float
     last_loss: float
     seconds: float
+    extra_loss: float | None = None  # mean of the added loss term (a forgetting remedy's), when there is one
 
     def as_dict(self) -> dict:
-        return dict(steps=self.steps, tokens=self.tokens, first_loss=round(self.first_loss, 4),
-                    last_loss=round(self.last_loss, 4), seconds=round(self.seconds, 2))
+        out = dict(steps=self.steps, tokens=self.tokens, first_loss=round(self.first_loss, 4),
+                   last_loss=round(self.last_loss, 4), seconds=round(self.seconds, 2))
+        if self.extra_loss is not None:
+            out["extra_loss"] = round(self.extra_loss, 6)
+        return out
 
 
 def peft_config(cfg: LoraTrainConfig) -> LoraConfig:
@@ -80,12 +85,12 @@ def init_lora_a(seed: int, module_name: str, rank: int, in_features: int) -> tor
 
 
 @torch.no_grad()
-def init_like_bank(wrapped: torch.nn.Module, seed: int) -> None:
-    """Give every lora_A the initial weights that adapter `seed` of a multi_lora.AdapterBank gets, so
-    that the one-at-a-time and the batched inner loops start from the same adapter."""
+def init_like_bank(wrapped: torch.nn.Module, seed: int, adapter: str = "default") -> None:
+    """Give every lora_A of `adapter` the initial weights that adapter `seed` of a multi_lora.AdapterBank
+    gets, so that the one-at-a-time and the batched inner loops start from the same adapter."""
     for name, module in wrapped.named_modules():
-        if "default" in getattr(module, "lora_A", {}):
-            weight = module.lora_A["default"].weight
+        if adapter in getattr(module, "lora_A", {}):
+            weight = module.lora_A[adapter].weight
             weight.copy_(init_lora_a(seed, name, weight.shape[0], weight.shape[1]))
 
 
@@ -133,32 +138,39 @@ def epoch_batches(n: int, cfg: LoraTrainConfig, seed: int) -> list[list[int]]:
     return out[:cfg.max_steps] if cfg.max_steps else out
 
 
-def train(model: torch.nn.Module, examples: list[Example], cfg: LoraTrainConfig, *, seed: int,
-          pad_id: int, device: torch.device, precision: str = "fp32", on_step=None) -> TrainStats:
-    """AdamW with linear decay over `cfg.epochs` passes; shuffled each epoch with a seeded generator."""
+def train(model: torch.nn.Module, examples: Sequence[Example], cfg: LoraTrainConfig, *, seed: int,
+          pad_id: int, device: torch.device, precision: str = "fp32", on_step=None,
+          extra_loss: Callable[[int], torch.Tensor] | None = None) -> TrainStats:
+    """AdamW with linear decay over `cfg.epochs` passes; shuffled each epoch with a seeded generator.
+    `extra_loss(step)` is added to each step's language-modelling loss (the last loss reported is the
+    language-modelling loss alone). `examples` may be any sequence, e.g. a TokenStore on disk."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     plan = epoch_batches(len(examples), cfg, seed)
     total = len(plan)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
     model.train()
-    losses, tokens, start = [], 0, time.perf_counter()
+    losses, extras, tokens, start = [], [], 0, time.perf_counter()
     for indices in plan:
         batch = collate([examples[i] for i in indices], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(precision, device):
             loss = model(**batch).loss
-        loss.backward()
+            extra = extra_loss(len(losses)) if extra_loss is not None else None
+        (loss if extra is None else loss + extra).backward()
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if extra is not None:
+            extras.append(extra.item())
         tokens += int(batch["attention_mask"].sum())
         if on_step:
             on_step(len(losses), total)
     model.eval()
     return TrainStats(steps=len(losses), tokens=tokens, first_loss=losses[0] if losses else math.nan,
-                      last_loss=losses[-1] if losses else math.nan, seconds=time.perf_counter() - start)
+                      last_loss=losses[-1] if losses else math.nan, seconds=time.perf_counter() - start,
+                      extra_loss=sum(extras) / len(extras) if extras else None)
 
 
 def sft_and_merge(lm: LoadedModel, examples: list[Example], cfg: LoraTrainConfig, *, seed: int,
@@ -180,3 +192,48 @@ def merge_saved_adapter(lm: LoadedModel, adapter_dir) -> None:
     """Apply a saved policy adapter (from `sft_and_merge`) to the model in place."""
     lm.model = PeftModel.from_pretrained(lm.model, str(adapter_dir)).merge_and_unload()
     lm.model.eval()
+
+
+@contextmanager
+def temporary_update(lm: LoadedModel, examples: Sequence[Example], cfg: LoraTrainConfig, *, full: bool, seed: int,
+                     precision: str, adapter_dir=None, on_step=None):
+    """Yield the training stats (None when a saved adapter was loaded) while `lm.model` carries one update
+    on `examples`: a LoRA adapter, or every weight (`full`); the model is restored afterwards. A LoRA
+    update is saved to `adapter_dir` once trained and loaded from there on a later call (--resume); a
+    full update is not saved (a whole model per condition) and is trained again, with the same seed."""
+    from pathlib import Path
+
+    if full:
+        snapshot = {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
+        torch.manual_seed(seed)
+        for p in lm.model.parameters():
+            p.requires_grad_(True)
+        try:
+            stats = train(lm.model, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=lm.device,
+                          precision=precision, on_step=on_step)
+            for p in lm.model.parameters():
+                p.requires_grad_(False)
+            yield stats
+        finally:
+            for p in lm.model.parameters():
+                p.requires_grad_(False)
+            lm.model.load_state_dict(snapshot)
+            lm.model.eval()
+        return
+    saved = Path(adapter_dir) if adapter_dir is not None else None
+    if saved is not None and (saved / "adapter_config.json").is_file():
+        wrapped = PeftModel.from_pretrained(lm.model, str(saved))
+        try:
+            yield None
+        finally:
+            wrapped.unload()
+            lm.model.eval()
+        return
+    with fresh_adapter(lm, cfg, seed) as wrapped:
+        stats = train(wrapped, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=lm.device,
+                      precision=precision, on_step=on_step)
+        if saved is not None:
+            tmp = saved.with_name(saved.name + ".tmp")
+            wrapped.save_pretrained(tmp)
+            tmp.rename(saved)  # complete or absent
+        yield stats

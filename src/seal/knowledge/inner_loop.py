@@ -116,15 +116,17 @@ class KnowledgeDomain:
     def score(self, lm: LoadedModel, passage: Passage) -> dict:
         return self.score_many(lm, [passage])[0]
 
-    def score_many(self, lm: LoadedModel, passages: list[Passage], adapters: list[int] | None = None) -> list[dict]:
+    def score_many(self, lm: LoadedModel, passages: list[Passage], adapters: list | None = None) -> list[dict]:
         """Answer and grade the questions of each passage, all in shared batches; with `adapters`,
-        passage i's questions go through adapter adapters[i] of the installed adapter bank."""
+        passage i's questions go through adapter adapters[i] of the installed adapter bank (or, when
+        adapters[i] is a list, question j through adapter adapters[i][j])."""
         cfg = self.config.answer
         precision = self.precision(lm)
         questions = [self.questions(p) for p in passages]
         prompts = [format_prompt(lm, answer_prompt(cfg.prompt_style, p.title, q.question), chat=cfg.prompt_style == "chat")
                    for p, qs in zip(passages, questions) for q in qs]
-        rows = None if adapters is None else [a for a, qs in zip(adapters, questions) for _ in qs]
+        rows = None if adapters is None else [
+            r for a, qs in zip(adapters, questions) for r in (a if isinstance(a, list) else [a] * len(qs))]
         gold = [q.answers[0] for qs in questions for q in qs]
         start = time.perf_counter()
         answers = generate(lm, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,

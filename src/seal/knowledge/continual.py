@@ -1,0 +1,257 @@
+"""Continual self-edits: passages learned one after another, and how much of the earlier ones survives.
+
+S seeded sequences of T passages are drawn from the held-out passages. Each passage gets one
+self-edit written by the starting model (the base model, or a SEAL policy), shared by every sequence
+and remedy so that remedies differ in the update alone. For each remedy and sequence, step t trains
+one LoRA on passage t's self-edit (the inner-loop recipe), folds it into the model or stacks it, and
+then asks the questions of passages 1..t without their passages: row t of a lower-triangular
+accuracy matrix. Remedies (continual.remedies):
+
+- none: plain sequential updates, the baseline every remedy is compared with;
+- replay: step t also trains on a sample of the training sequences of steps < t;
+- kl: step t adds a KL term to the model before step t on sequences of steps < t;
+- orthogonal: step t penalises overlap between its LoRA A matrices and those of steps < t;
+- route: no sequential update at all: one adapter per passage (from the starting model), and each
+  question goes to the adapter of the seen passage that TF-IDF retrieval finds closest to it.
+
+Each step is a record, written when its questions are graded; a step's adapter is saved until its
+sequence is complete, so `--resume` re-applies finished steps and goes on from the first missing one.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import statistics
+from pathlib import Path
+
+from seal.config import ConfigError
+from seal.core.continual import SequentialLora, kl_loss, orthogonal_penalty, replay_sample
+from seal.core.generation import resolve_precision
+from seal.core.models import LoadedModel, load_model
+from seal.core.multi_lora import adapter_bank, train_bank
+from seal.core.progress import Progress
+from seal.core.restem import derive_seed, record_samples, self_edit_writer
+from seal.core.runs import Run
+from seal.core.training import Example, lm_examples, merge_saved_adapter, train
+from seal.knowledge.data import Passage
+from seal.knowledge.inner_loop import KnowledgeDomain
+from seal.knowledge.retrieval import TfIdf
+from seal.knowledge.self_edit import training_set
+
+
+def draw_sequences(pool: list[Passage], steps: int, n: int, seed: int) -> list[list[Passage]]:
+    """n sequences of `steps` distinct passages each; sequence s depends on (seed, s) only."""
+    if steps > len(pool):
+        raise ConfigError(f"continual.steps={steps} needs at least that many passages; data.eval_passages gives {len(pool)}")
+    return [random.Random(derive_seed(seed, "continual", s)).sample(pool, steps) for s in range(n)]
+
+
+def continual(run: Run, domain: KnowledgeDomain, pool: list[Passage], progress: Progress,
+              policy_run: Path | None = None, lm: LoadedModel | None = None) -> dict:
+    """Every (remedy, sequence) of the configuration; returns `summary(run)`."""
+    config = run.config
+    c = config.continual
+    lm = lm or load_model(config.model.name, config.model.device)
+    if policy_run is not None:
+        policy = Run.resume(policy_run)
+        for r in range(1, policy.config.restem.rounds + 1):
+            done = policy.get(f"round{r}/done")
+            if done is None:
+                break
+            if done["adapter"]:
+                merge_saved_adapter(lm, Path(policy_run) / done["adapter"])
+    sequences = draw_sequences(pool, c.steps, c.sequences, config.seed)
+    run.cached("continual_plan", "continual/plan", lambda: dict(
+        sequences=[[p.id for p in seq] for seq in sequences], policy=str(policy_run) if policy_run else None))
+    used = list({p.id: p for seq in sequences for p in seq}.values())
+    record_samples(run, [(f"continual/samples/{p.id}", p, dict(context_id=p.id)) for p in used],
+                   self_edit_writer(lm, domain, 1, config), config.self_edit.batch_size, ("continual",), progress)
+    # The starting model's scores: the level each passage starts from before any edit.
+    todo = [p for p in used if run.get(f"continual/start/{p.id}") is None]
+    for p, scored in zip(todo, domain.score_many(lm, todo) if todo else []):
+        run.append("pre_update", f"continual/start/{p.id}", context_id=p.id, **scored)
+    data = {p.id: _training_data(run, lm, p) for p in used}
+
+    total = len(c.remedies) * c.sequences * c.steps
+    progress.start("steps", "continual steps", total)
+    for remedy in c.remedies:
+        for s, seq in enumerate(sequences):
+            if remedy == "route":
+                _routed(run, lm, domain, seq, s, data, progress)
+            else:
+                _sequential(run, lm, domain, seq, s, remedy, data, progress)
+    return summary(run)
+
+
+def _training_data(run: Run, lm: LoadedModel, passage: Passage) -> tuple[list[Example], str | None]:
+    """A passage's training examples from its recorded self-edit, or ([], why) when it is unusable."""
+    cfg = run.config.inner_loop
+    text = run.get(f"continual/samples/{passage.id}")["self_edits"][0]
+    ts = training_set(passage, text, split_lines=cfg.split_lines, include_passage=cfg.include_passage,
+                      max_lines=cfg.max_lines)
+    return lm_examples(lm.tokenizer, ts.sequences, cfg.max_seq_len), ts.problem
+
+
+def _record_step(run: Run, key: str, domain: KnowledgeDomain, lm: LoadedModel, seq: list[Passage], t: int,
+                 **fields) -> None:
+    seen = seq[:t]
+    scored = domain.score_many(lm, seen, adapters=fields.pop("adapters", None))
+    scores = [dict(passage_id=p.id, position=j + 1, reward=sc["reward"], means=sc["means"], answers=sc["answers"],
+                   grades=sc["grades"]) for j, (p, sc) in enumerate(zip(seen, scored))]
+    run.append("continual_step", key, step=t, passage_id=seq[t - 1].id, scores=scores, **fields)
+
+
+def _sequential(run: Run, lm: LoadedModel, domain: KnowledgeDomain, seq: list[Passage], s: int, remedy: str,
+                data: dict, progress: Progress) -> None:
+    config = run.config
+    c, cfg = config.continual, config.inner_loop
+    prefix = f"continual/{remedy}/s{s}"
+    if all(run.get(f"{prefix}/t{t}") is not None for t in range(1, len(seq) + 1)):
+        progress.advance("steps", len(seq))
+        return
+    precision = resolve_precision(config.model.precision, lm.device)
+    with SequentialLora(lm, cfg, c.mode) as model:
+        for t, passage in enumerate(seq, 1):
+            key, folder = f"{prefix}/t{t}", run.path / prefix / f"t{t}"
+            done = run.get(key)
+            if done is not None and (done["adapter"] is None or (run.path / done["adapter"]).is_dir()):
+                if done["adapter"]:
+                    model.load(run.path / done["adapter"])
+                progress.advance("steps")
+                continue
+            examples, problem = data[passage.id]
+            earlier = [data[p.id][0] for p in seq[:t - 1]]
+            seed = derive_seed(config.seed, "continual", s, t)  # the same for every remedy
+            fields = dict(remedy=remedy, mode=c.mode, sequence=s, valid=problem is None, problem=problem,
+                          train=None, adapter=None)
+            if problem is None:
+                train_on = list(examples)
+                if remedy == "replay":
+                    picks = replay_sample(earlier, round(c.replay_ratio * len(examples)), seed)
+                    train_on += [earlier[step][i] for step, i in picks]
+                    fields["replayed"] = [[step + 1, i] for step, i in picks]  # (earlier step, sequence)
+                wrapped = model.begin(seed)
+                extra = None
+                if remedy == "kl":
+                    extra = kl_loss(wrapped, earlier, c.kl_batch, c.kl_weight, model.reference, seed,
+                                    lm.tokenizer.pad_token_id, lm.device)
+                elif remedy == "orthogonal" and model.history:
+                    name = model.current
+                    extra = lambda step: c.orthogonal_weight * orthogonal_penalty(wrapped, name, model.history)
+                stats = train(wrapped, train_on, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=lm.device,
+                              precision=precision, extra_loss=extra)
+                model.commit(folder)
+                fields.update(train=stats.as_dict(), adapter=str(folder.relative_to(run.path)))
+            _record_step(run, key, domain, lm, seq, t, **fields)
+            progress.advance("steps")
+    if not c.keep_adapters:  # the sequence is complete: its adapters are no longer needed to resume
+        shutil.rmtree(run.path / prefix, ignore_errors=True)
+
+
+def _routed(run: Run, lm: LoadedModel, domain: KnowledgeDomain, seq: list[Passage], s: int, data: dict,
+            progress: Progress) -> None:
+    """One adapter per passage, all trained together in one adapter bank (they are independent of
+    each other); after step t each question goes to the adapter of the closest seen passage."""
+    config = run.config
+    cfg = config.inner_loop
+    prefix = f"continual/route/s{s}"
+    if all(run.get(f"{prefix}/t{t}") is not None for t in range(1, len(seq) + 1)):
+        progress.advance("steps", len(seq))
+        return
+    # Adapter t-1 belongs to passage t; the last one is never trained: the starting model, for a
+    # question whose closest seen passage has no adapter (an unusable self-edit).
+    datasets = [data[p.id][0] if data[p.id][1] is None else [] for p in seq] + [[]]
+    seeds = [derive_seed(config.seed, "continual", s, t) for t in range(1, len(seq) + 1)] + [0]
+    index = TfIdf([f"{p.title}\n{p.context}" for p in seq])
+    with adapter_bank(lm, cfg, seeds) as bank:
+        stats = train_bank(lm, bank, datasets, cfg, seeds=seeds, precision=resolve_precision(config.model.precision, lm.device),
+                           max_tokens=cfg.tokens_per_forward)
+        for t, passage in enumerate(seq, 1):
+            key = f"{prefix}/t{t}"
+            if run.get(key) is not None:
+                progress.advance("steps")
+                continue
+            problem = data[passage.id][1]
+            seen = list(range(t))
+            routes, hits, total = [], 0, 0
+            for j, p in enumerate(seq[:t]):
+                picks = [index.best(q.question, among=seen) for q in domain.questions(p)]
+                hits += sum(k == j for k in picks)
+                total += len(picks)
+                routes.append([k if data[seq[k].id][1] is None else len(seq) for k in picks])
+            _record_step(run, key, domain, lm, seq, t, remedy="route", mode="route", sequence=s,
+                         valid=problem is None, problem=problem,
+                         train=stats[t - 1].as_dict() if problem is None else None, adapter=None,
+                         routing_accuracy=hits / total if total else None, adapters=routes)
+            progress.advance("steps")
+
+
+# --- the summary ----------------------------------------------------------------------------------
+def matrices(run: Run) -> dict[str, list[list[list[float | None]]]]:
+    """remedy -> one T x T matrix per sequence: [s][t-1][j-1] = reward on passage j after step t (None above
+    the diagonal, and for steps not recorded yet)."""
+    c = run.config.continual
+    out: dict[str, list] = {}
+    for record in run.records("continual_step"):
+        mats = out.setdefault(record["remedy"], [[[None] * c.steps for _ in range(c.steps)] for _ in range(c.sequences)])
+        for score in record["scores"]:
+            mats[record["sequence"]][record["step"] - 1][score["position"] - 1] = score["reward"]
+    return {r: out[r] for r in c.remedies if r in out}
+
+
+def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summary(run: Run) -> dict:
+    """Per remedy: the mean and standard deviation (over sequences) of each matrix cell; retention (mean
+    reward on passages 1..T-1 after the last step), plasticity (mean reward on each passage right after its
+    own step), both with their spread over sequences; and the starting model's mean on the same passages."""
+    c = run.config.continual
+    plan = run.get("continual/plan")
+    start = {pid: run.get(f"continual/start/{pid}") for seq in (plan["sequences"] if plan else []) for pid in seq}
+    out = {}
+    for remedy, mats in matrices(run).items():
+        T = c.steps
+        cells = [[_mean_sd([m[t][j] for m in mats]) if j <= t else (None, None) for j in range(T)] for t in range(T)]
+        retention = [statistics.fmean(m[T - 1][:T - 1]) for m in mats
+                     if T > 1 and all(v is not None for v in m[T - 1][:T - 1])]
+        plasticity = [statistics.fmean([m[t][t] for t in range(T)]) for m in mats
+                      if all(m[t][t] is not None for t in range(T))]
+        before = [statistics.fmean([start[pid]["reward"] for pid in seq if start.get(pid)]) for seq in plan["sequences"]]
+        routing = [r["routing_accuracy"] for r in run.records("continual_step")
+                   if r["remedy"] == remedy and r.get("routing_accuracy") is not None]
+        out[remedy] = dict(
+            mean=[[cell[0] for cell in row] for row in cells], sd=[[cell[1] for cell in row] for row in cells],
+            retention=_mean_sd(retention), plasticity=_mean_sd(plasticity), start=_mean_sd(before),
+            sequences_done=len(plasticity), routing_accuracy=statistics.fmean(routing) if routing else None)
+    return out
+
+
+def summary_table(summ: dict, metric: str) -> str:
+    """Markdown: one row per remedy."""
+    def f(pair):
+        return "-" if pair[0] is None else f"{pair[0]:.3f} ± {pair[1]:.3f}"
+    lines = [f"| remedy | retention ({metric}) | plasticity ({metric}) | starting model | sequences | routing accuracy |",
+             "|---|---|---|---|---|---|"]
+    for remedy, s in summ.items():
+        routing = "-" if s["routing_accuracy"] is None else f"{s['routing_accuracy']:.2f}"
+        lines.append(f"| {remedy} | {f(s['retention'])} | {f(s['plasticity'])} | {f(s['start'])} | "
+                     f"{s['sequences_done']} | {routing} |")
+    return "\n".join(lines)
+
+
+def matrix_table(summ_remedy: dict) -> str:
+    """Markdown: the mean ± sd matrix of one remedy, rows = after step t, columns = passage j."""
+    mean, sd = summ_remedy["mean"], summ_remedy["sd"]
+    T = len(mean)
+    lines = ["| after step | " + " | ".join(f"passage {j + 1}" for j in range(T)) + " |",
+             "|---|" + "---|" * T]
+    for t in range(T):
+        cells = ["" if j > t else ("-" if mean[t][j] is None else f"{mean[t][j]:.3f} ± {sd[t][j]:.3f}") for j in range(T)]
+        lines.append(f"| {t + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""Continued pretraining (CPT): many passages learned in one update, then all their questions asked.
+
+The conditions are those of the single-passage table (evaluate.py): the model with no update; trained
+on the passages alone; on the passages plus the base model's, a teacher's, or each SEAL round's
+self-edits. For a trained condition the training sequences of every passage are pooled into one
+on-disk `TokenStore` (streamed from the run's recorded self-edits, one passage at a time), one update
+is trained on the pool (LoRA or full fine-tuning, `cpt` section), and the questions of all passages
+are answered without their passage, a chunk of passages at a time. Records use the table's keys, so
+`table_rows` builds the CPT table exactly as it builds the single-passage one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from seal.config import Config
+from seal.core.generation import resolve_precision
+from seal.core.models import LoadedModel, load_model
+from seal.core.progress import Progress
+from seal.core.restem import derive_seed, record_samples, self_edit_writer
+from seal.core.runs import Run
+from seal.core.token_store import TokenStore
+from seal.core.training import merge_saved_adapter, temporary_update
+from seal.knowledge.data import Passage
+from seal.knowledge.evaluate import Writer, _teacher_writer, table_rows
+from seal.knowledge.inner_loop import KnowledgeDomain
+from seal.knowledge.self_edit import training_set
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def cpt(run: Run, domain: KnowledgeDomain, passages: list[Passage], progress: Progress,
+        policy_run: Path | None = None, lm: LoadedModel | None = None) -> list[dict]:
+    """Every CPT condition on `passages`; returns the table rows."""
+    config = run.config
+    lm = lm or load_model(config.model.name, config.model.device)
+    own = self_edit_writer(lm, domain, 1, config)  # follows lm as policy adapters are merged into it
+    base = "base model, no update"
+    _no_update(run, lm, domain, passages, base, progress)
+    if config.eval.passage_only:
+        _condition(run, lm, domain, passages, "passage only", progress, None)
+    if config.eval.base_self_edits:
+        _condition(run, lm, domain, passages, "passage + base self-edits", progress, own)
+    teacher = _teacher_writer(config, domain)
+    if teacher is not None:
+        _condition(run, lm, domain, passages, "passage + teacher self-edits", progress, teacher)
+    if policy_run is not None:
+        policy = Run.resume(policy_run)
+        for r in range(1, policy.config.restem.rounds + 1):
+            done = policy.get(f"round{r}/done")
+            if done is None:
+                break
+            if done["adapter"]:
+                merge_saved_adapter(lm, Path(policy_run) / done["adapter"])
+            _no_update(run, lm, domain, passages, f"SEAL round {r}, no update", progress)
+            _condition(run, lm, domain, passages, f"passage + SEAL round {r} self-edits", progress, own)
+    return table_rows(run, config)
+
+
+def _answer(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], key, tags,
+            progress: Progress, bar: str, extra: dict | None = None) -> None:
+    """Answer the questions of every passage without a record under key(pid), `answer_chunk` passages
+    per batch of generations, and record each passage's grades."""
+    todo = [p for p in passages if run.get(key(p.id)) is None]
+    progress.start(bar, bar, len(passages))
+    progress.advance(bar, len(passages) - len(todo))
+    size = run.config.cpt.answer_chunk
+    for begin in range(0, len(todo), size):
+        chunk = todo[begin:begin + size]
+        for passage, scored in zip(chunk, domain.score_many(lm, chunk)):
+            kind = "pre_update" if key(passage.id).startswith("eval/pre/") else "self_edit_eval"
+            run.append(kind, key(passage.id), **tags(passage.id), **(extra or {}), **scored)
+        progress.advance(bar, len(chunk))
+
+
+def _no_update(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], row: str,
+               progress: Progress) -> None:
+    _answer(run, lm, domain, passages, lambda pid: f"eval/pre/{row}/{pid}",
+            lambda pid: dict(condition=row, context_id=pid), progress, f"answering: {row}")
+
+
+def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], name: str,
+               progress: Progress, write: Writer | None) -> None:
+    """One trained row: the self-edits (when `write`), the pooled update, then every question."""
+    config = run.config
+    key = lambda pid: f"eval/eval/{name}/{pid}/0"
+    if all(run.get(key(p.id)) is not None for p in passages):
+        return
+    if write is not None:
+        record_samples(run, [(f"eval/samples/{name}/{p.id}", p, dict(condition=name, context_id=p.id)) for p in passages],
+                       write, config.self_edit.batch_size, ("eval", name), progress)
+    folder = run.path / "cpt" / slug(name)
+    # Rebuilt on every (re)start: tokenizing is cheap, and a store cut short by a kill is never reused.
+    problems: dict[str, str] = {}
+    store = TokenStore.write(folder / "sequences", lm.tokenizer,
+                             _sequences(run, config, passages, name, write is not None, problems),
+                             config.cpt.max_seq_len)
+    info = run.cached("cpt_data", f"cpt/{slug(name)}/data", lambda: dict(
+        condition=name, sequences=len(store), tokens=store.n_tokens, passages=len(passages),
+        unusable_self_edits=problems))
+    cfg = config.cpt
+    steps = cfg.epochs * -(-len(store) // cfg.batch_size)
+    steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
+    progress.start("cpt", f"CPT update: {name} ({len(store)} sequences, {store.n_tokens} tokens)", steps)
+    seed = derive_seed(config.seed, "cpt", name)
+    precision = resolve_precision(config.model.precision, lm.device)
+    with temporary_update(lm, store, cfg, full=cfg.update == "full", seed=seed, precision=precision,
+                          adapter_dir=folder / "adapter", on_step=lambda s, total: progress.advance("cpt")) as stats:
+        if stats is not None:
+            run.append("cpt_train", f"cpt/{slug(name)}/train", condition=name, update=cfg.update,
+                       train=stats.as_dict())
+        _answer(run, lm, domain, passages, key, lambda pid: dict(condition=name, context_id=pid, repeat=0),
+                progress, f"answering: {name}", dict(valid=True, n_sequences=info["sequences"]))
+
+
+def _sequences(run: Run, config: Config, passages: list[Passage], name: str, with_self_edits: bool,
+               problems: dict[str, str]) -> Iterator[str]:
+    """Each passage's training sequences in turn (read from its recorded self-edit); a passage whose
+    self-edit is unusable contributes its passage sequence only, and the reason is noted in `problems`."""
+    cfg = config.inner_loop
+    for p in passages:
+        text = run.get(f"eval/samples/{name}/{p.id}")["self_edits"][0] if with_self_edits else None
+        data = training_set(p, text, split_lines=cfg.split_lines, include_passage=cfg.include_passage,
+                            max_lines=cfg.max_lines)
+        if data.problem:
+            problems[p.id] = data.problem
+            data = training_set(p, None, include_passage=True)
+        yield from data.sequences
