@@ -382,6 +382,25 @@ def _print_arc_table(run, rows) -> None:
     console.print(f"[dim]table written to {run.path / 'table.md'} and table.csv[/dim]")
 
 
+@app.command("report")
+@_guard
+def report_cmd(run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
+               out: Annotated[Optional[Path], typer.Option(help="Folder for report.md and the figures (default: RUN_DIR/report for one run, a new reports/report-TIME for several).")] = None):
+    """Markdown tables and PNG plots (with their data as CSV/JSON) for recorded runs, side by side."""
+    from seal.report import write_report
+
+    if out is None:
+        if len(run_dirs) == 1:
+            out = run_dirs[0] / "report"
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            out = next(p for n in range(1, 1000)
+                       if not (p := Path("reports") / (f"report-{stamp}" + (f"-{n}" if n > 1 else ""))).exists())
+    path = write_report(run_dirs, out)
+    print(path.read_text(encoding="utf-8"))
+    console.print(f"[dim]report written to {path} (figures and their data next to it)[/dim]")
+
+
 @app.command("config")
 @_guard
 def show_config(config: ConfigOpt = None, set: SetOpt = None,
