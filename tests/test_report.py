@@ -1,0 +1,96 @@
+"""seal report on recorded run directories: tables, figures, and the data written beside each figure."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from seal.cli import app
+from seal.core.runs import Run
+from seal.knowledge.continual import summary
+from seal.knowledge.evaluate import table_rows
+from seal.report import round_series
+
+from test_cli import overrides
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def recorded(tiny_config):
+    """A restem run and a continual run of the tiny model, recorded once per test."""
+    args = overrides(tiny_config)
+    assert runner.invoke(app, ["knowledge", "restem", "--quiet", *args]).exit_code == 0
+    result = runner.invoke(app, ["knowledge", "continual", "--quiet", *args, "--set", "data.eval_passages=3",
+                                 "--set", "continual.steps=3", "--remedy", "none", "--remedy", "replay"])
+    assert result.exit_code == 0, result.output
+    runs = sorted(Path(tiny_config.runs_dir).iterdir())
+    return next(p for p in runs if p.name.startswith("restem")), next(p for p in runs if p.name.startswith("continual"))
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_report_of_a_restem_run(recorded):
+    restem_dir, _ = recorded
+    result = runner.invoke(app, ["report", str(restem_dir)])
+    assert result.exit_code == 0, result.output
+    out = restem_dir / "report"
+    md = (out / "report.md").read_text()
+    for name in ("conditions", "rounds", "rewards"):
+        assert (out / f"{name}.png").stat().st_size > 5000
+        assert f"]({name}.png)" in md and f"`{name}.csv`" in md
+    rows = table_rows(Run.resume(restem_dir), Run.resume(restem_dir).config)
+    plotted = read_csv(out / "conditions.csv")
+    assert [r["condition"] for r in plotted] == [r["condition"] for r in rows]
+    assert [float(r["reward"]) for r in plotted] == pytest.approx([r["reward"] for r in rows])
+    rewards = read_csv(out / "rewards.csv")
+    evals = [r for r in Run.resume(restem_dir).records("self_edit_eval") if r["key"].startswith("round1/")]
+    assert len(rewards) == len(evals) and {r["round"] for r in rewards} == {"1"}
+    series = {(r["series"], r["round"]) for r in read_csv(out / "rounds.csv")}
+    assert {("no update", "0"), ("no update", "1"), ("with its self-edits", "0"), ("with its self-edits", "1")} <= series
+
+
+def test_report_of_a_continual_run_and_runs_side_by_side(recorded, tmp_path):
+    restem_dir, continual_dir = recorded
+    out = tmp_path / "both"
+    result = runner.invoke(app, ["report", str(restem_dir), str(continual_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    prefix = continual_dir.name + "_"
+    summ = summary(Run.resume(continual_dir))
+    heat = json.loads((out / f"{prefix}forgetting.json").read_text())
+    assert heat["none"]["mean"] == summ["none"]["mean"] and heat["replay"]["sd"] == summ["replay"]["sd"]
+    assert len(heat["none"]["mean"]) == 3 and heat["none"]["mean"][0][2] is None  # lower triangular
+    bars = read_csv(out / f"{prefix}retention_plasticity.csv")
+    assert [b["remedy"] for b in bars] == ["none", "replay"]
+    assert float(bars[0]["retention"]) == pytest.approx(summ["none"]["retention"][0])
+    for name in ("forgetting.png", "retention_plasticity.png"):
+        assert (out / f"{prefix}{name}").stat().st_size > 5000
+    md = (out / "report.md").read_text()
+    assert f"## {restem_dir.name} (restem)" in md and f"## {continual_dir.name} (continual)" in md
+    assert "| none |" in md and "| replay |" in md
+
+
+def test_report_side_by_side_tables_and_a_bad_directory(recorded, tmp_path):
+    restem_dir, _ = recorded
+    result = runner.invoke(app, ["report", str(restem_dir), str(restem_dir), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    compare = read_csv(tmp_path / "r" / "compare_conditions.csv")
+    assert list(compare[0]) == ["condition", f"1-{restem_dir.name}", f"2-{restem_dir.name}"]
+    assert all(r[f"1-{restem_dir.name}"] == r[f"2-{restem_dir.name}"] for r in compare)
+    bad = runner.invoke(app, ["report", str(tmp_path)])
+    assert bad.exit_code == 2 and "not a run directory" in " ".join(bad.output.split())
+
+
+def test_round_series_reads_both_domains_names():
+    rows = [{"condition": c, "reward": v} for c, v in [
+        ("base model, no update", 0.1), ("passage only", 0.2), ("passage + base self-edits", 0.3),
+        ("SEAL round 1, no update", 0.15), ("passage + SEAL round 1 self-edits", 0.35),
+        ("TTT + SEAL round 2 self-edits", 0.5), ("ICL, no TTT", 0.0)]]
+    series = round_series(rows, "reward")
+    assert series["no update"] == {0: 0.0, 1: 0.15}  # the ARC row overwrote round 0: both are "no update"
+    assert series["with its self-edits"] == {0: 0.3, 1: 0.35, 2: 0.5}
