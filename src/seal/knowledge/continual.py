@@ -75,8 +75,8 @@ def continual(run: Run, domain: KnowledgeDomain, pool: list[Passage], progress: 
 
     total = len(c.remedies) * c.sequences * c.steps
     progress.start("steps", "continual steps", total)
-    for remedy in c.remedies:
-        for s, seq in enumerate(sequences):
+    for s, seq in enumerate(sequences):  # sequence-major: a run stopped early has every remedy on the same sequences
+        for remedy in c.remedies:
             if remedy == "route":
                 _routed(run, lm, domain, seq, s, data, progress)
             else:
