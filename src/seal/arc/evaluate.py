@@ -20,10 +20,9 @@ from seal.arc.inner_loop import ArcDomain
 from seal.arc.tasks import Task
 from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
-from seal.core.restem import EvalJob, evaluate_jobs, record_samples, self_edit_writer
+from seal.core.restem import EvalJob, evaluate_jobs, policy_rounds, record_samples, self_edit_writer
 from seal.core.runs import Run
 from seal.core.stats import bootstrap_ci
-from seal.core.training import merge_saved_adapter
 
 COLUMNS = ["condition", "tasks", "pairs", "success", "95% CI", "pass@k", "valid self-edits"]
 ICL, BASE, ORACLE = "ICL, no TTT", "TTT + base self-edits (no RL)", "TTT + oracle configuration"
@@ -68,13 +67,7 @@ def evaluate(run: Run, domain: ArcDomain, tasks: list[Task], progress: Progress,
     if cfg.eval.oracle:
         _ttt(run, lm, domain, tasks, ORACLE, pres, progress, 1, fixed=json.dumps(cfg.eval.oracle_config))
     if policy_run is not None:
-        policy = Run.resume(policy_run)
-        for r in range(1, policy.config.restem.rounds + 1):
-            done = policy.get(f"round{r}/done")
-            if done is None:
-                break  # an unfinished round has no policy
-            if done["adapter"]:
-                merge_saved_adapter(lm, Path(policy_run) / done["adapter"])
+        for r in policy_rounds(lm, policy_run):
             own = _icl(run, lm, domain, tasks, f"SEAL round {r}, ICL no TTT", progress)
             _ttt(run, lm, domain, tasks, f"TTT + SEAL round {r} self-edits", own, progress, n)
     return table_rows(run, cfg)

@@ -16,6 +16,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
@@ -232,6 +233,19 @@ def restem(run: Run, lm: LoadedModel, domain: Domain, contexts: list, progress: 
         run.append("round", f"round{r}/done", round=r, kept=kept, adapter=adapter,
                    sft=stats.as_dict() if stats else None,
                    mean_kept_reward=sum(rewards) / len(rewards) if rewards else None)
+
+
+def policy_rounds(lm: LoadedModel, policy_run: str | Path):
+    """Yield r for each finished round of a restem run, once that round's policy adapter is merged into
+    `lm`: while r is being handled, `lm` is round r's policy. An unfinished round ends the rounds."""
+    policy = Run.resume(policy_run)  # with its own configuration: its number of rounds
+    for r in range(1, policy.config.restem.rounds + 1):
+        done = policy.get(f"round{r}/done")
+        if done is None:
+            return
+        if done["adapter"]:
+            merge_saved_adapter(lm, Path(policy_run) / done["adapter"])
+        yield r
 
 
 def timing_summary(run: Run) -> list[str]:

@@ -31,9 +31,9 @@ from seal.core.generation import resolve_precision
 from seal.core.models import LoadedModel, load_model
 from seal.core.multi_lora import adapter_bank, train_bank
 from seal.core.progress import Progress
-from seal.core.restem import derive_seed, record_samples, self_edit_writer
+from seal.core.restem import derive_seed, policy_rounds, record_samples, self_edit_writer
 from seal.core.runs import Run
-from seal.core.training import Example, lm_examples, merge_saved_adapter, train
+from seal.core.training import Example, lm_examples, train
 from seal.knowledge.data import Passage
 from seal.knowledge.inner_loop import KnowledgeDomain
 from seal.knowledge.retrieval import TfIdf
@@ -54,13 +54,8 @@ def continual(run: Run, domain: KnowledgeDomain, pool: list[Passage], progress: 
     c = config.continual
     lm = lm or load_model(config.model.name, config.model.device)
     if policy_run is not None:
-        policy = Run.resume(policy_run)
-        for r in range(1, policy.config.restem.rounds + 1):
-            done = policy.get(f"round{r}/done")
-            if done is None:
-                break
-            if done["adapter"]:
-                merge_saved_adapter(lm, Path(policy_run) / done["adapter"])
+        for _ in policy_rounds(lm, policy_run):  # start from the last finished round's policy
+            pass
     sequences = draw_sequences(pool, c.steps, c.sequences, config.seed)
     run.cached("continual_plan", "continual/plan", lambda: dict(
         sequences=[[p.id for p in seq] for seq in sequences], policy=str(policy_run) if policy_run else None))

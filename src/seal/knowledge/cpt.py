@@ -19,10 +19,10 @@ from seal.config import Config
 from seal.core.generation import resolve_precision
 from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
-from seal.core.restem import derive_seed, record_samples, self_edit_writer
+from seal.core.restem import derive_seed, policy_rounds, record_samples, self_edit_writer
 from seal.core.runs import Run
 from seal.core.token_store import TokenStore
-from seal.core.training import merge_saved_adapter, temporary_update
+from seal.core.training import temporary_update
 from seal.knowledge.data import Passage
 from seal.knowledge.evaluate import Writer, _teacher_writer, table_rows
 from seal.knowledge.inner_loop import KnowledgeDomain
@@ -49,13 +49,7 @@ def cpt(run: Run, domain: KnowledgeDomain, passages: list[Passage], progress: Pr
     if teacher is not None:
         _condition(run, lm, domain, passages, "passage + teacher self-edits", progress, teacher)
     if policy_run is not None:
-        policy = Run.resume(policy_run)
-        for r in range(1, policy.config.restem.rounds + 1):
-            done = policy.get(f"round{r}/done")
-            if done is None:
-                break
-            if done["adapter"]:
-                merge_saved_adapter(lm, Path(policy_run) / done["adapter"])
+        for r in policy_rounds(lm, policy_run):
             _no_update(run, lm, domain, passages, f"SEAL round {r}, no update", progress)
             _condition(run, lm, domain, passages, f"passage + SEAL round {r} self-edits", progress, own)
     return table_rows(run, config)

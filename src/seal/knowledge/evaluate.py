@@ -18,10 +18,9 @@ from seal.config import Config
 from seal.core.endpoint import ChatEndpoint, EndpointError
 from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
-from seal.core.restem import EvalJob, evaluate_jobs, record_samples, self_edit_writer
+from seal.core.restem import EvalJob, evaluate_jobs, policy_rounds, record_samples, self_edit_writer
 from seal.core.runs import Run
 from seal.core.stats import bootstrap_ci
-from seal.core.training import merge_saved_adapter
 from seal.knowledge.data import Passage
 from seal.knowledge.inner_loop import KnowledgeDomain, mean
 
@@ -92,13 +91,7 @@ def evaluate(run: Run, domain: KnowledgeDomain, passages: list[Passage], progres
     if teacher is not None:
         _condition(run, lm, domain, passages, "passage + teacher self-edits", base, progress, teacher)
     if policy_run is not None:
-        policy = Run.resume(policy_run)  # with its own configuration: its number of rounds
-        for r in range(1, policy.config.restem.rounds + 1):
-            done = policy.get(f"round{r}/done")
-            if done is None:
-                break  # a round that did not finish has no policy to evaluate
-            if done["adapter"]:
-                merge_saved_adapter(lm, Path(policy_run) / done["adapter"])
+        for r in policy_rounds(lm, policy_run):
             _condition(run, lm, domain, passages, f"passage + SEAL round {r} self-edits",
                        f"SEAL round {r}, no update", progress, own)
     return table_rows(run, config)
