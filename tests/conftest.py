@@ -41,8 +41,12 @@ def tiny(tiny_dir):
 @pytest.fixture
 def tiny_config(tiny_dir, tmp_path):
     """A configuration sized for the tiny model: a few short passages, short generations."""
+    return tiny_config_at(tiny_dir, tmp_path / "runs")
+
+
+def tiny_config_at(tiny_dir, runs_dir):
     return load_config(None, [
-        f"model.name={tiny_dir}", f"runs_dir={tmp_path / 'runs'}", "model.precision=fp32",
+        f"model.name={tiny_dir}", f"runs_dir={runs_dir}", "model.precision=fp32",
         "data.train_passages=2", "data.eval_passages=2",
         "self_edit.max_new_tokens=12", "answer.max_new_tokens=6", "answer.max_questions=2",
         "inner_loop.epochs=1", "inner_loop.rank=4", "inner_loop.alpha=8",

@@ -13,14 +13,16 @@ from seal.knowledge.continual import summary
 from seal.knowledge.evaluate import table_rows
 from seal.report import round_series
 
+from conftest import tiny_config_at
 from test_cli import overrides
 
 runner = CliRunner()
 
 
-@pytest.fixture
-def recorded(tiny_config):
-    """A restem run and a continual run of the tiny model, recorded once per test."""
+@pytest.fixture(scope="module")
+def recorded(tiny_dir, tmp_path_factory):
+    """A restem run and a continual run of the tiny model, recorded once for these tests (read only)."""
+    tiny_config = tiny_config_at(tiny_dir, tmp_path_factory.mktemp("runs"))
     args = overrides(tiny_config)
     assert runner.invoke(app, ["knowledge", "restem", "--quiet", *args]).exit_code == 0
     result = runner.invoke(app, ["knowledge", "continual", "--quiet", *args, "--set", "data.eval_passages=3",
