@@ -216,3 +216,10 @@ def test_continual_stack_mode_and_a_clear_error(tiny_config):
     bad = runner.invoke(app, ["knowledge", "continual", "--quiet", *overrides(tiny_config),
                               "--set", "continual.steps=9"])
     assert bad.exit_code == 2 and "continual.steps=9" in bad.output
+
+
+def test_continual_rejects_an_unknown_remedy(tiny_config):
+    bad = runner.invoke(app, ["knowledge", "continual", "--quiet", *overrides(tiny_config), "--remedy", "magic"])
+    assert bad.exit_code == 2
+    assert "continual.remedies" in bad.output and "magic" in bad.output
+    assert not Path(tiny_config.runs_dir).exists() or not any(Path(tiny_config.runs_dir).iterdir())

@@ -98,3 +98,18 @@ def test_cpt_full_finetuning(tiny_config):
     [run_dir] = list(Path(tiny_config.runs_dir).iterdir())
     assert "| passage only |" in (run_dir / "table.md").read_text()
     assert not (run_dir / "cpt" / "passage-only" / "adapter").exists()
+
+
+def test_cpt_with_a_seal_policy_adds_its_rows(tiny_config):
+    assert runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *overrides(tiny_config)]).exit_code == 0
+    [policy] = list(Path(tiny_config.runs_dir).iterdir())
+    args = overrides(tiny_config) + ["--set", "cpt.epochs=1", "--set", "eval.passage_only=false",
+                                     "--set", "eval.base_self_edits=false"]
+    result = runner.invoke(app, ["knowledge", "cpt", "--quiet", "--policy", str(policy), *args])
+    assert result.exit_code == 0, result.output
+    [run_dir] = [p for p in Path(tiny_config.runs_dir).iterdir() if p.name.startswith("cpt")]
+    table = (run_dir / "table.md").read_text()
+    for row in ["base model, no update", "SEAL round 1, no update", "passage + SEAL round 1 self-edits"]:
+        assert f"| {row} |" in table
+    bad = runner.invoke(app, ["knowledge", "cpt", "--quiet", "--policy", str(run_dir / "nope"), *args])
+    assert bad.exit_code == 2 and "not a run directory" in " ".join(bad.output.split())
