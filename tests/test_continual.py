@@ -223,3 +223,25 @@ def test_continual_rejects_an_unknown_remedy(tiny_config):
     assert bad.exit_code == 2
     assert "continual.remedies" in bad.output and "magic" in bad.output
     assert not Path(tiny_config.runs_dir).exists() or not any(Path(tiny_config.runs_dir).iterdir())
+
+
+def test_score_many_sends_each_question_through_its_own_adapter(tiny, tiny_config):
+    from seal.core.multi_lora import adapter_bank, train_bank
+    from seal.knowledge.data import load_builtin
+    from seal.knowledge.inner_loop import KnowledgeDomain
+
+    domain = KnowledgeDomain(tiny_config)
+    passages = load_builtin()[:2]
+    n = [len(domain.questions(p)) for p in passages]
+    cfg = tiny_config.inner_loop.model_copy(update=dict(lr=5e-2, epochs=3))
+    data = examples(tiny.tokenizer, [passages[1].context])
+    with adapter_bank(tiny, cfg, [1, 2]) as bank:
+        train_bank(tiny, bank, [[], data], cfg, seeds=[1, 2])  # adapter 0 stays the starting model
+        per_passage = domain.score_many(tiny, passages, adapters=[0, 1])
+        per_question = domain.score_many(tiny, passages, adapters=[[0] * n[0], [1] * n[1]])
+        swapped = domain.score_many(tiny, passages, adapters=[1, 0])
+        mixed = domain.score_many(tiny, passages, adapters=[[1] * n[0], [0] * n[1]])
+    loglik = lambda scores: [v for s in scores for v in s["grades"]["loglik"]]
+    assert loglik(per_question) == pytest.approx(loglik(per_passage))
+    assert loglik(mixed) == pytest.approx(loglik(swapped))
+    assert per_passage[1]["grades"]["loglik"] != pytest.approx(swapped[1]["grades"]["loglik"])
