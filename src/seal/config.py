@@ -200,6 +200,7 @@ class ContinualConfig(Section):
     kl_weight: float = Field(1.0, gt=0, description="kl: weight of the KL term")
     kl_batch: int = Field(4, ge=1, description="kl: earlier sequences per optimiser step for the KL term")
     orthogonal_weight: float = Field(1.0, gt=0, description="orthogonal: weight of sum ||A_new A_old^T||^2 over layers and earlier steps")
+    orthogonal_init: bool = Field(False, description="orthogonal: also start each new A orthogonal to the earlier ones (projected), so the penalty starts at 0; false: from a random A, as in O-LoRA")
     keep_adapters: bool = Field(False, description="keep every step's adapter in the run directory (they are always kept until their sequence ends, for --resume)")
 
 

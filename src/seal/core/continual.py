@@ -186,6 +186,18 @@ def kl_loss(model: torch.nn.Module, earlier: Sequence[Sequence[Example]], batch_
     return term
 
 
+@torch.no_grad()
+def project_out(peft: PeftModel, name: str, history: list[dict[str, torch.Tensor]]) -> None:
+    """Remove from adapter `name`'s A matrices their components in the row space of every earlier A, so
+    that the new adapter starts out reading an input subspace orthogonal to the earlier ones."""
+    for n, m in peft.named_modules():
+        if name in getattr(m, "lora_A", {}) and history:
+            a = m.lora_A[name].weight
+            old = torch.cat([h[n.removeprefix(PREFIX)].to(a.device, torch.float32) for h in history])  # (r*t, in)
+            q, _ = torch.linalg.qr(old.T)  # (in, r*t): an orthonormal basis of the earlier rows
+            a.copy_((a.float() - (a.float() @ q) @ q.T).to(a.dtype))
+
+
 def orthogonal_penalty(peft: PeftModel, name: str, history: list[dict[str, torch.Tensor]]) -> torch.Tensor:
     """Sum over layers and earlier steps of ||A_new A_old^T||_F^2: zero when the new adapter reads an input
     subspace orthogonal to every earlier one."""

@@ -26,7 +26,7 @@ import statistics
 from pathlib import Path
 
 from seal.config import ConfigError
-from seal.core.continual import SequentialLora, kl_loss, orthogonal_penalty, replay_sample
+from seal.core.continual import SequentialLora, kl_loss, orthogonal_penalty, project_out, replay_sample
 from seal.core.generation import resolve_precision
 from seal.core.models import LoadedModel, load_model
 from seal.core.multi_lora import adapter_bank, train_bank
@@ -133,6 +133,8 @@ def _sequential(run: Run, lm: LoadedModel, domain: KnowledgeDomain, seq: list[Pa
                                     lm.tokenizer.pad_token_id, lm.device)
                 elif remedy == "orthogonal" and model.history:
                     name = model.current
+                    if c.orthogonal_init:
+                        project_out(wrapped, name, model.history)
                     extra = lambda step: c.orthogonal_weight * orthogonal_penalty(wrapped, name, model.history)
                 stats = train(wrapped, train_on, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=lm.device,
                               precision=precision, extra_loss=extra)
