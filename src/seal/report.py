@@ -194,30 +194,37 @@ def continual_section(sec: Section, run: Run) -> dict:
     metric = run.config.reward.metric
     sec.lines += [summary_table(summ, metric), ""]
     sec.path("forgetting.json").write_text(json.dumps(
-        {r: dict(mean=s["mean"], sd=s["sd"]) for r, s in summ.items()}, indent=1), encoding="utf-8")
+        {r: dict(mean=s["mean"], sd=s["sd"], before=s["start_by_position"]) for r, s in summ.items()}, indent=1),
+        encoding="utf-8")
     remedies = list(summ)
     T = len(next(iter(summ.values()))["mean"])
-    values = [v for s in summ.values() for row in s["mean"] for v in row if v is not None]
+    values = [v for s in summ.values() for row in s["mean"] + [[m for m, _ in s["start_by_position"]]]
+              for v in row if v is not None]
     vmin, vmax = (min(values), max(values)) if values else (0, 1)
     fig, axes = plt.subplots(1, len(remedies), figsize=(3.3 * len(remedies) + 1, 3.4), squeeze=False)
-    for ax, remedy in zip(axes[0], remedies):
-        mean = [[math.nan if v is None else v for v in row] for row in summ[remedy]["mean"]]
+    for k, (ax, remedy) in enumerate(zip(axes[0], remedies)):
+        # row 0: the starting model on each passage; row t: after step t
+        before = [m if m is not None else math.nan for m, _ in summ[remedy]["start_by_position"]]
+        mean = [before] + [[math.nan if v is None else v for v in row] for row in summ[remedy]["mean"]]
         im = ax.imshow(mean, vmin=vmin, vmax=vmax, cmap="viridis")
-        for t in range(T):
-            for j in range(t + 1):
+        for t in range(T + 1):
+            for j in range(T if t == 0 else t):
                 if not math.isnan(mean[t][j]):
                     ax.text(j, t, f"{mean[t][j]:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if mean[t][j] < (vmin + vmax) / 2 else "black")
+        ax.axhline(0.5, color="white", lw=2)
         ax.set_xticks(range(T), [str(j + 1) for j in range(T)])
-        ax.set_yticks(range(T), [str(t + 1) for t in range(T)])
+        ax.set_yticks(range(T + 1), ["before"] + [str(t + 1) for t in range(T)] if k == 0 else [])
         ax.set_xlabel("passage (order of its edit)")
-        ax.set_ylabel("after step")
+        if k == 0:
+            ax.set_ylabel("after step")
         ax.set_title(remedy)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=score_label(run))
     fig.suptitle(f"{run.path.name}: score on each passage after each step (mean over sequences)", fontsize=10)
     fig.savefig(sec.path("forgetting.png"), dpi=120, bbox_inches="tight")
     plt.close(fig)
-    sec.figure("forgetting.png", "Forgetting heatmap per remedy: row t = after step t, column j = passage j",
+    sec.figure("forgetting.png", "Forgetting heatmap per remedy: row t = after step t, column j = passage j; "
+               "top row: the starting model",
                "forgetting.json")
     for remedy in remedies:
         sec.lines += [f"**{remedy}** (mean ± sd over sequences):", "", matrix_table(summ[remedy]), ""]

@@ -207,7 +207,9 @@ def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
 def summary(run: Run) -> dict:
     """Per remedy: the mean and standard deviation (over sequences) of each matrix cell; retention (mean
     reward on passages 1..T-1 after the last step), plasticity (mean reward on each passage right after its
-    own step), both with their spread over sequences; and the starting model's mean on the same passages."""
+    own step) and forgetting (mean drop of passages 1..T-1 from right after their own step to after the
+    last step), each with its spread over sequences; and the starting model's score on the same passages
+    (overall, and per position)."""
     c = run.config.continual
     plan = run.get("continual/plan")
     start = {pid: run.get(f"continual/start/{pid}") for seq in (plan["sequences"] if plan else []) for pid in seq}
@@ -219,12 +221,18 @@ def summary(run: Run) -> dict:
                      if T > 1 and all(v is not None for v in m[T - 1][:T - 1])]
         plasticity = [statistics.fmean([m[t][t] for t in range(T)]) for m in mats
                       if all(m[t][t] is not None for t in range(T))]
+        # forgetting: how far each earlier passage fell from right after its own step to after the last step
+        forgetting = [statistics.fmean([m[j][j] - m[T - 1][j] for j in range(T - 1)]) for m in mats
+                      if T > 1 and all(m[j][j] is not None and m[T - 1][j] is not None for j in range(T - 1))]
         before = [statistics.fmean([start[pid]["reward"] for pid in seq if start.get(pid)]) for seq in plan["sequences"]]
+        by_position = [_mean_sd([start[seq[j]]["reward"] for seq in plan["sequences"] if start.get(seq[j])])
+                       for j in range(T)]
         routing = [r["routing_accuracy"] for r in run.records("continual_step")
                    if r["remedy"] == remedy and r.get("routing_accuracy") is not None]
         out[remedy] = dict(
             mean=[[cell[0] for cell in row] for row in cells], sd=[[cell[1] for cell in row] for row in cells],
-            retention=_mean_sd(retention), plasticity=_mean_sd(plasticity), start=_mean_sd(before),
+            retention=_mean_sd(retention), plasticity=_mean_sd(plasticity), forgetting=_mean_sd(forgetting),
+            start=_mean_sd(before), start_by_position=[list(p) for p in by_position],
             sequences_done=len(plasticity), routing_accuracy=statistics.fmean(routing) if routing else None)
     return out
 
@@ -233,11 +241,11 @@ def summary_table(summ: dict, metric: str) -> str:
     """Markdown: one row per remedy."""
     def f(pair):
         return "-" if pair[0] is None else f"{pair[0]:.3f} ± {pair[1]:.3f}"
-    lines = [f"| remedy | retention ({metric}) | plasticity ({metric}) | starting model | sequences | routing accuracy |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"| remedy | retention ({metric}) | plasticity ({metric}) | forgetting | starting model | sequences | routing accuracy |",
+             "|---|---|---|---|---|---|---|"]
     for remedy, s in summ.items():
         routing = "-" if s["routing_accuracy"] is None else f"{s['routing_accuracy']:.2f}"
-        lines.append(f"| {remedy} | {f(s['retention'])} | {f(s['plasticity'])} | {f(s['start'])} | "
+        lines.append(f"| {remedy} | {f(s['retention'])} | {f(s['plasticity'])} | {f(s['forgetting'])} | {f(s['start'])} | "
                      f"{s['sequences_done']} | {routing} |")
     return "\n".join(lines)
 
@@ -248,6 +256,10 @@ def matrix_table(summ_remedy: dict) -> str:
     T = len(mean)
     lines = ["| after step | " + " | ".join(f"passage {j + 1}" for j in range(T)) + " |",
              "|---|" + "---|" * T]
+    start = summ_remedy.get("start_by_position")
+    if start:
+        lines.append("| before (starting model) | " + " | ".join(
+            "-" if m is None else f"{m:.3f} ± {s:.3f}" for m, s in start) + " |")
     for t in range(T):
         cells = ["" if j > t else ("-" if mean[t][j] is None else f"{mean[t][j]:.3f} ± {sd[t][j]:.3f}") for j in range(T)]
         lines.append(f"| {t + 1} | " + " | ".join(cells) + " |")
