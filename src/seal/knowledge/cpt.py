@@ -55,7 +55,7 @@ def cpt(run: Run, domain: KnowledgeDomain, passages: list[Passage], progress: Pr
     return table_rows(run, config)
 
 
-def _answer(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], key, tags,
+def _answer(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], kind: str, key, tags,
             progress: Progress, bar: str, extra: dict | None = None) -> None:
     """Answer the questions of every passage without a record under key(pid), `answer_chunk` passages
     per batch of generations, and record each passage's grades."""
@@ -66,14 +66,13 @@ def _answer(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[P
     for begin in range(0, len(todo), size):
         chunk = todo[begin:begin + size]
         for passage, scored in zip(chunk, domain.score_many(lm, chunk)):
-            kind = "pre_update" if key(passage.id).startswith("eval/pre/") else "self_edit_eval"
             run.append(kind, key(passage.id), **tags(passage.id), **(extra or {}), **scored)
         progress.advance(bar, len(chunk))
 
 
 def _no_update(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], row: str,
                progress: Progress) -> None:
-    _answer(run, lm, domain, passages, lambda pid: f"eval/pre/{row}/{pid}",
+    _answer(run, lm, domain, passages, "pre_update", lambda pid: f"eval/pre/{row}/{pid}",
             lambda pid: dict(condition=row, context_id=pid), progress, f"answering: {row}")
 
 
@@ -107,7 +106,7 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
         if stats is not None:
             run.append("cpt_train", f"cpt/{slug(name)}/train", condition=name, update=cfg.update,
                        train=stats.as_dict())
-        _answer(run, lm, domain, passages, key, lambda pid: dict(condition=name, context_id=pid, repeat=0),
+        _answer(run, lm, domain, passages, "self_edit_eval", key, lambda pid: dict(condition=name, context_id=pid, repeat=0),
                 progress, f"answering: {name}", dict(valid=True, n_sequences=info["sequences"]))
 
 
