@@ -249,7 +249,9 @@ def retention_plasticity_plot(sec: Section, summaries: dict[str, dict], ylabel: 
     starts = [summaries[lb]["start"][0] for lb in labels if summaries[lb]["start"][0] is not None]
     if starts:
         ax.axhline(statistics.fmean(starts), ls="--", color="gray", lw=1, label="starting model, same passages")
-    ax.set_xticks(list(x), [_short(lb, 24) for lb in labels], rotation=20 if len(labels) > 4 else 0)
+    # "run: remedy" labels (runs side by side) show the remedy over the run's time stamp
+    ticks = [f"{lb.split(': ', 1)[1]}\n{lb.split(': ', 1)[0][-15:]}" if ": " in lb else _short(lb, 24) for lb in labels]
+    ax.set_xticks(list(x), ticks, fontsize=8 if len(labels) > 6 else 10)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
