@@ -19,12 +19,12 @@ from seal.config import Config
 from seal.core.generation import resolve_precision
 from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
-from seal.core.restem import derive_seed, policy_rounds, record_samples, self_edit_writer
+from seal.core.restem import derive_seed, record_samples
 from seal.core.runs import Run
 from seal.core.token_store import TokenStore
 from seal.core.training import temporary_update
 from seal.knowledge.data import Passage
-from seal.knowledge.evaluate import Writer, _teacher_writer, table_rows
+from seal.knowledge.evaluate import Writer, conditions, table_rows
 from seal.knowledge.inner_loop import KnowledgeDomain
 from seal.knowledge.self_edit import training_set
 
@@ -36,23 +36,13 @@ def slug(name: str) -> str:
 def cpt(run: Run, domain: KnowledgeDomain, passages: list[Passage], progress: Progress,
         policy_run: Path | None = None, lm: LoadedModel | None = None) -> list[dict]:
     """Every CPT condition on `passages`; returns the table rows."""
-    config = run.config
-    lm = lm or load_model(config.model.name, config.model.device)
-    own = self_edit_writer(lm, domain, 1, config)  # follows lm as policy adapters are merged into it
-    base = "base model, no update"
-    _no_update(run, lm, domain, passages, base, progress)
-    if config.eval.passage_only:
-        _condition(run, lm, domain, passages, "passage only", progress, None)
-    if config.eval.base_self_edits:
-        _condition(run, lm, domain, passages, "passage + base self-edits", progress, own)
-    teacher = _teacher_writer(config, domain)
-    if teacher is not None:
-        _condition(run, lm, domain, passages, "passage + teacher self-edits", progress, teacher)
-    if policy_run is not None:
-        for r in policy_rounds(lm, policy_run):
-            _no_update(run, lm, domain, passages, f"SEAL round {r}, no update", progress)
-            _condition(run, lm, domain, passages, f"passage + SEAL round {r} self-edits", progress, own)
-    return table_rows(run, config)
+    lm = lm or load_model(run.config.model.name, run.config.model.device)
+    for name, model_row, write in conditions(run.config, lm, domain, policy_run):
+        if name is None:
+            _no_update(run, lm, domain, passages, model_row, progress)
+        else:
+            _condition(run, lm, domain, passages, name, progress, write)
+    return table_rows(run, run.config)
 
 
 def _answer(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], kind: str, key, tags,

@@ -75,26 +75,33 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
         evaluate_jobs(run, lm, domain, jobs, progress, bar="eval")
 
 
+def conditions(config: Config, lm: LoadedModel, domain: KnowledgeDomain, policy_run: Path | None):
+    """The table's rows in order, as (trained row or None, the no-update row of its model, self-edit
+    writer or None for the passage alone). A SEAL round's rows come while `lm` is that round's policy.
+    Shared by the single-passage table and CPT."""
+    own = self_edit_writer(lm, domain, 1, config)  # follows lm as policy adapters are merged into it
+    base = "base model, no update"
+    yield None, base, None
+    if config.eval.passage_only:
+        yield "passage only", base, None
+    if config.eval.base_self_edits:
+        yield "passage + base self-edits", base, own
+    teacher = _teacher_writer(config, domain)
+    if teacher is not None:
+        yield "passage + teacher self-edits", base, teacher
+    if policy_run is not None:
+        for r in policy_rounds(lm, policy_run):
+            yield None, f"SEAL round {r}, no update", None
+            yield f"passage + SEAL round {r} self-edits", f"SEAL round {r}, no update", own
+
+
 def evaluate(run: Run, domain: KnowledgeDomain, passages: list[Passage], progress: Progress,
              policy_run: Path | None = None, lm: LoadedModel | None = None) -> list[dict]:
     """Evaluate every condition on the held-out passages and return the table rows."""
-    config = run.config
-    lm = lm or load_model(config.model.name, config.model.device)
-    own = self_edit_writer(lm, domain, 1, config)  # follows lm as policy adapters are merged into it
-    base = "base model, no update"
-    _condition(run, lm, domain, passages, None, base, progress, None)
-    if config.eval.passage_only:
-        _condition(run, lm, domain, passages, "passage only", base, progress, None)
-    if config.eval.base_self_edits:
-        _condition(run, lm, domain, passages, "passage + base self-edits", base, progress, own)
-    teacher = _teacher_writer(config, domain)
-    if teacher is not None:
-        _condition(run, lm, domain, passages, "passage + teacher self-edits", base, progress, teacher)
-    if policy_run is not None:
-        for r in policy_rounds(lm, policy_run):
-            _condition(run, lm, domain, passages, f"passage + SEAL round {r} self-edits",
-                       f"SEAL round {r}, no update", progress, own)
-    return table_rows(run, config)
+    lm = lm or load_model(run.config.model.name, run.config.model.device)
+    for name, model_row, write in conditions(run.config, lm, domain, policy_run):
+        _condition(run, lm, domain, passages, name, model_row, progress, write)
+    return table_rows(run, run.config)
 
 
 def table_rows(run: Run, config: Config) -> list[dict]:
