@@ -272,6 +272,7 @@ def run_section(out: Path, run: Run, prefix: str) -> tuple[list[str], dict]:
     found: dict = {"command": run.command}
     sec.lines += [f"## {run.path.name} ({run.command})", ""]
     if run.command in TABLE_COMMANDS:
+        heading = len(sec.lines)
         rows, md, score = table_of(run)
         if rows:
             sec.lines += [md, ""]
@@ -279,7 +280,7 @@ def run_section(out: Path, run: Run, prefix: str) -> tuple[list[str], dict]:
             rounds_plot(sec, run, rows, score)
             found.update(rows=rows, score=score)
         reward_distributions(sec, run)
-        if not rows and not sec.lines[2:]:
+        if len(sec.lines) == heading:
             sec.lines.append("Nothing recorded yet.\n")
     elif run.command == "continual":
         found["continual"] = continual_section(sec, run)

@@ -14,7 +14,6 @@ adding any remedy's loss:
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ from peft import PeftModel, get_peft_model
 
 from seal.config import LoraTrainConfig
 from seal.core.models import LoadedModel
-from seal.core.training import Example, check_targets, collate, init_like_bank, peft_config
+from seal.core.training import Example, check_targets, collate, init_like_bank, peft_config, save_adapter
 
 PREFIX = "base_model.model."
 
@@ -44,14 +43,17 @@ class SequentialLora:
         self.current: str | None = None
 
     def __enter__(self) -> "SequentialLora":
-        self._start = {k: v.detach().clone() for k, v in self.lm.model.state_dict().items()}
+        # Merging changes the base weights; a stack only adds adapters, which unloading removes.
+        self._start = ({k: v.detach().clone() for k, v in self.lm.model.state_dict().items()}
+                       if self.mode == "merge" else None)
         return self
 
     def __exit__(self, *exc) -> None:
         if self.peft is not None:
             self.lm.model = self.peft.unload()  # the base modules back, without any adapter
             self.peft = None
-        self.lm.model.load_state_dict(self._start)
+        if self._start is not None:
+            self.lm.model.load_state_dict(self._start)
         for p in self.lm.model.parameters():
             p.requires_grad_(False)
         self.lm.model.eval()
@@ -74,7 +76,7 @@ class SequentialLora:
         """Fold the step in progress into the model (merge) or freeze it on the stack; save it first."""
         name, self.current = self.current, None
         if save_dir is not None:
-            save(self.peft, name, Path(save_dir))
+            save_adapter(self.peft, Path(save_dir), name)
         self.history.append(a_matrices(self.peft, name))
         self.names.append(name)
         self._settle()
@@ -124,20 +126,6 @@ class SequentialLora:
         self.peft.base_model.set_adapter(names)  # several active adapters add up
         for n, p in self.peft.named_parameters():
             p.requires_grad_(trainable is not None and f".{trainable}." in n)
-
-
-def save(peft: PeftModel, name: str, folder: Path) -> None:
-    """Write adapter `name` to `folder` (complete or absent) in PEFT's format, loadable by `load`."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    peft.save_pretrained(tmp, selected_adapters=[name])
-    inner = tmp / name if (tmp / name / "adapter_config.json").is_file() else tmp  # PEFT nests non-default names
-    if folder.exists():
-        shutil.rmtree(folder)
-    inner.rename(folder)
-    if tmp.exists():
-        shutil.rmtree(tmp)
 
 
 def a_matrices(peft: PeftModel, name: str) -> dict[str, torch.Tensor]:

@@ -8,11 +8,13 @@ policy update of ReST-EM (`sft_and_merge`) is the one place where weights change
 from __future__ import annotations
 
 import math
+import shutil
 import time
 import zlib
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -194,6 +196,21 @@ def merge_saved_adapter(lm: LoadedModel, adapter_dir) -> None:
     lm.model.eval()
 
 
+def save_adapter(peft: PeftModel, folder: Path, name: str = "default") -> None:
+    """Write adapter `name` to `folder` in PEFT's format (loadable by PeftModel.from_pretrained), complete or
+    not at all: written beside it first, then renamed."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    peft.save_pretrained(tmp, selected_adapters=[name])
+    inner = tmp / name if (tmp / name / "adapter_config.json").is_file() else tmp  # PEFT nests non-default names
+    if folder.exists():
+        shutil.rmtree(folder)
+    inner.rename(folder)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+
+
 @contextmanager
 def temporary_update(lm: LoadedModel, examples: Sequence[Example], cfg: LoraTrainConfig, *, full: bool, seed: int,
                      precision: str, adapter_dir=None, on_step=None):
@@ -201,8 +218,6 @@ def temporary_update(lm: LoadedModel, examples: Sequence[Example], cfg: LoraTrai
     on `examples`: a LoRA adapter, or every weight (`full`); the model is restored afterwards. A LoRA
     update is saved to `adapter_dir` once trained and loaded from there on a later call (--resume); a
     full update is not saved (a whole model per condition) and is trained again, with the same seed."""
-    from pathlib import Path
-
     if full:
         snapshot = {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
         torch.manual_seed(seed)
@@ -211,8 +226,6 @@ def temporary_update(lm: LoadedModel, examples: Sequence[Example], cfg: LoraTrai
         try:
             stats = train(lm.model, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=lm.device,
                           precision=precision, on_step=on_step)
-            for p in lm.model.parameters():
-                p.requires_grad_(False)
             yield stats
         finally:
             for p in lm.model.parameters():
@@ -233,7 +246,5 @@ def temporary_update(lm: LoadedModel, examples: Sequence[Example], cfg: LoraTrai
         stats = train(wrapped, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=lm.device,
                       precision=precision, on_step=on_step)
         if saved is not None:
-            tmp = saved.with_name(saved.name + ".tmp")
-            wrapped.save_pretrained(tmp)
-            tmp.rename(saved)  # complete or absent
+            save_adapter(wrapped, saved)
         yield stats

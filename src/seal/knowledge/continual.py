@@ -89,9 +89,11 @@ def _training_data(run: Run, lm: LoadedModel, passage: Passage) -> tuple[list[Ex
 
 
 def _record_step(run: Run, key: str, domain: KnowledgeDomain, lm: LoadedModel, seq: list[Passage], t: int,
-                 **fields) -> None:
+                 adapters: list | None = None, **fields) -> None:
+    """Ask the questions of passages 1..t (through `adapters` of the installed bank, when given) and
+    record step t with `fields`."""
     seen = seq[:t]
-    scored = domain.score_many(lm, seen, adapters=fields.pop("adapters", None))
+    scored = domain.score_many(lm, seen, adapters=adapters)
     scores = [dict(passage_id=p.id, position=j + 1, reward=sc["reward"], means=sc["means"], answers=sc["answers"],
                    grades=sc["grades"]) for j, (p, sc) in enumerate(zip(seen, scored))]
     run.append("continual_step", key, step=t, passage_id=seq[t - 1].id, scores=scores, **fields)

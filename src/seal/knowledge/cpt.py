@@ -22,7 +22,7 @@ from seal.core.progress import Progress
 from seal.core.restem import derive_seed, record_samples
 from seal.core.runs import Run
 from seal.core.token_store import TokenStore
-from seal.core.training import temporary_update
+from seal.core.training import epoch_batches, temporary_update
 from seal.knowledge.data import Passage
 from seal.knowledge.evaluate import Writer, conditions, table_rows
 from seal.knowledge.inner_loop import KnowledgeDomain
@@ -86,10 +86,9 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
         condition=name, sequences=len(store), tokens=store.n_tokens, passages=len(passages),
         unusable_self_edits=problems))
     cfg = config.cpt
-    steps = cfg.epochs * -(-len(store) // cfg.batch_size)
-    steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
-    progress.start("cpt", f"CPT update: {name} ({len(store)} sequences, {store.n_tokens} tokens)", steps)
     seed = derive_seed(config.seed, "cpt", name)
+    progress.start("cpt", f"CPT update: {name} ({len(store)} sequences, {store.n_tokens} tokens)",
+                   len(epoch_batches(len(store), cfg, seed)))
     precision = resolve_precision(config.model.precision, lm.device)
     with temporary_update(lm, store, cfg, full=cfg.update == "full", seed=seed, precision=precision,
                           adapter_dir=folder / "adapter", on_step=lambda s, total: progress.advance("cpt")) as stats:
