@@ -232,3 +232,11 @@ def test_a_partial_section_keeps_the_domain_defaults():
     assert arc.restem.sft.lr == 1e-5
     knowledge = load_config(None, ["restem.sft.lr=1e-5"])
     assert (knowledge.restem.keep, knowledge.restem.sft.rank, knowledge.restem.sft.epochs) == ("best", 64, 2)
+
+
+def test_only_ascii_digits_make_a_grid():
+    assert parse("12\n3²\n") is None or parse("12\n3²\n").shape == (1, 2)  # '²' ends the grid
+    assert parse("1²\n") is None and parse("٣4\n") is None
+    assert parse("12\n34\n").tolist() == [[1, 2], [3, 4]]
+    huge = "9" * 5000 + "\n" + "x" * 10000
+    assert parse(huge) is None  # wider than 30: a wrong attempt, not an exception

@@ -67,6 +67,7 @@ def test_generate_writes_self_edits(tiny_config):
     (["--set", "self_edit.prompt=implication"], "neither a built-in style"),
     (["--config", "/no/such.yaml"], "config file not found"),
     (["--resume", "/tmp"], "not a run directory"),
+    (["--set", "reward.metric=judge"], "reward.metric 'judge' needs judge.base_url"),
 ])
 def test_bad_input_is_one_clear_line(args, message, tmp_path):
     result = runner.invoke(app, ["knowledge", "restem", "--quiet", "--set", f"runs_dir={tmp_path}", *args]

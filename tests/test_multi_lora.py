@@ -137,3 +137,18 @@ def test_k_comes_from_memory_and_never_exceeds_the_work(tiny, monkeypatch):
     assert ml.choose_adapters(tiny, size, 4096, n_jobs=500) == 10
     monkeypatch.setattr(ml, "available_memory", lambda: 0)
     assert ml.choose_adapters(tiny, size, 4096, n_jobs=500) == 1  # never zero
+
+
+def test_lora_dropout_is_off_when_answering(tiny):
+    """Dropout acts while an adapter trains; once the model is in eval mode, the bank's answers are fixed."""
+    cfg = _cfg(dropout=0.5)
+    datasets = [lm_examples(tiny.tokenizer, t, 64) for t in TEXTS[:2]]
+    with adapter_bank(tiny, cfg, [1, 2]) as bank:
+        train_bank(tiny, bank, datasets, cfg, seeds=[1, 2])
+        # make the adapters' contribution large, so that dropout on it would show
+        for b in bank.b:
+            b.data.normal_()
+        prompts, golds = ["The lighthouse of Varn", "Quill moss grows"], ["was lit", "on slate"]
+        first = completion_logprobs(tiny, prompts, golds, adapter_rows=[0, 1])
+        again = completion_logprobs(tiny, prompts, golds, adapter_rows=[0, 1])
+    assert first == again

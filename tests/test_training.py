@@ -101,3 +101,68 @@ def test_first_line_stop_skips_leading_newlines(tokenizer):
 
     assert stop(rows("\n", " 1873"), None).tolist() == [False, False]
     assert stop(rows("\n 1873\n", " 1873 and\n"), None).tolist() == [True, True]
+
+
+def test_a_long_prompt_loses_its_beginning_not_the_self_edit(tokenizer):
+    prompt, completion = "Read this. " * 200, " The sky is green."
+    e = sft_example(tokenizer, prompt, completion, max_len=64)
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert len(e.input_ids) == 64 and e.input_ids[-len(c):] == c and e.labels[-len(c):] == c
+    assert e.labels[:64 - len(c)] == [-100] * (64 - len(c))  # what is left of the prompt: its end
+    long = sft_example(tokenizer, prompt, " fact." * 100, max_len=64)
+    assert sum(label != -100 for label in long.labels) == 32  # half the window for the prompt
+
+
+def test_a_non_finite_update_is_never_merged(tiny, tmp_path):
+    from seal.core.training import Example, has_target
+
+    before = snapshot(tiny.model)
+    no_target = Example([5, 6, 7], [-100, -100, -100])  # the loss of a batch without labels is NaN
+    assert not has_target(no_target)
+    cfg = LoraTrainConfig(rank=4, alpha=8, lr=1e-2, epochs=1, batch_size=2)
+    stats = sft_and_merge(tiny, [no_target, no_target], cfg, seed=0, precision="fp32", save_dir=tmp_path / "a")
+    assert stats.problem and "non-finite loss" in stats.problem and stats.nonfinite == 1
+    after = tiny.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # unchanged: nothing merged
+    assert not (tmp_path / "a").exists()  # and nothing saved
+
+
+def test_gradients_are_clipped_in_both_inner_loops(tiny, monkeypatch):
+    from seal.core import multi_lora
+
+    cfg = LoraTrainConfig(rank=4, alpha=8, lr=1e-2, epochs=2, batch_size=2, max_grad_norm=0.01)
+    examples = lm_examples(tiny.tokenizer, ["Varnholt Observatory was founded in 1873.", "It has two domes."], 64)
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def spy(self, *a, **kw):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in grads]))))
+        return step(self, *a, **kw)
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    with fresh_adapter(tiny, cfg, seed=0) as wrapped:
+        train(wrapped, examples, cfg, seed=0, pad_id=tiny.tokenizer.pad_token_id, device=tiny.device)
+    assert len(seen) == 2 and max(seen) <= 0.01 * 1.001
+
+    bank_norms = []
+    bank_step = multi_lora.BatchedAdamW.step
+
+    def bank_spy(self, active):
+        bank_norms.append(self.grad.norm(dim=1).max().item())
+        return bank_step(self, active)
+    monkeypatch.setattr(multi_lora.BatchedAdamW, "step", bank_spy)
+    with multi_lora.adapter_bank(tiny, cfg, [1, 2]) as bank:
+        multi_lora.train_bank(tiny, bank, [examples, examples[:1]], cfg, seeds=[1, 2])
+    assert len(bank_norms) == 2 and max(bank_norms) <= 0.01 * 1.001
+
+
+def test_the_schedule_is_the_hugging_face_linear_one():
+    from transformers import get_linear_schedule_with_warmup
+
+    from seal.core.training import lr_factor
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    hf = get_linear_schedule_with_warmup(opt, num_warmup_steps=3, num_training_steps=10)
+    for s in range(10):
+        assert lr_factor(s, 10, 3) == hf.lr_lambdas[0](s)
+        assert abs(lr_factor(s, 10, 0) - max(0.0, 1 - s / 10)) < 1e-12  # no warmup: the decay used before

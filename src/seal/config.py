@@ -44,6 +44,8 @@ class LoraTrainConfig(Section):
     max_seq_len: int = Field(512, ge=8, description="longer training sequences are truncated")
     weight_decay: float = Field(0.0, ge=0)
     max_steps: int | None = Field(None, ge=1, description="optimiser steps at most, whatever the epochs (the schedule decays over the capped total)")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the gradient's norm to this before each step (as the Hugging Face trainer does); null: no clipping")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of the steps over which the learning rate rises linearly from 0, before the linear decay")
 
 
 # The inner-loop settings of the paper's reference code, kept by name (`preset: reference`).
@@ -221,6 +223,13 @@ class Config(Section):
     cpt: CptConfig = Field(default_factory=CptConfig)
     continual: ContinualConfig = Field(default_factory=ContinualConfig)
 
+    @model_validator(mode="after")
+    def _judge_has_an_endpoint(self) -> "Config":
+        if self.reward.metric == "judge" and not self.judge.base_url:
+            # every reward would be missing: no self-edit kept, nothing trained, and nothing said
+            raise ValueError("reward.metric 'judge' needs judge.base_url (an OpenAI-compatible endpoint)")
+        return self
+
 
 def _set_dotted(tree: dict, dotted: str, raw: str, where: str) -> None:
     keys = dotted.split(".")
@@ -241,6 +250,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {field}: unknown field (a typo?)")
+        elif e["type"] == "value_error" and not e["loc"]:  # a check across sections names its fields itself
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {field}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)

@@ -7,9 +7,12 @@ newline, where digits separated by spaces would cost two per cell.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 MAX_SIDE = 30
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also accepts '²' or '٣', which int() may refuse
 
 
 class GridError(ValueError):
@@ -38,12 +41,12 @@ def to_text(g: np.ndarray) -> str:
 def parse(text: str) -> np.ndarray | None:
     """The grid at the start of `text` (model output), or None when there is none: a wrong attempt,
     never an exception. The grid is the run of digit lines at the start (spaces between digits are
-    tolerated); it ends at the first line that is not digits, so a model that goes on to write the
-    next "input:" still answers. Rows of unequal length (a cut-off answer) are no grid."""
+    tolerated); it ends at the first line that is not ASCII digits, so a model that goes on to write
+    the next "input:" still answers. Rows of unequal length (a cut-off answer) are no grid."""
     lines = []
     for line in text.strip().split("\n"):
         line = line.replace(" ", "")
-        if not line.isdigit():
+        if not _DIGITS.fullmatch(line):
             break
         lines.append(line)
     if not lines or len(lines) > MAX_SIDE:

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from seal.config import LoraTrainConfig
 from seal.core.generation import autocast
 from seal.core.models import LoadedModel
-from seal.core.training import Example, TrainStats, check_targets, epoch_batches, init_lora_a
+from seal.core.training import (Example, TrainStats, check_targets, epoch_batches, init_lora_a, lr_factor,
+                                 warmup_steps)
 
 
 def target_linears(model: torch.nn.Module, cfg: LoraTrainConfig) -> list[tuple[str, torch.nn.Linear]]:
@@ -55,7 +56,8 @@ class MultiLoraLinear(torch.nn.Module):
             return y
         a, b = bank.weights(self.index)  # (K, r, in), (K, out, r)
         a, b = a[rows], b[rows]  # (B, r, in), (B, out, r): each row's own adapter
-        h = bank.dropout(x)
+        # This module is registered in the model, so model.eval() switches the dropout off here.
+        h = F.dropout(x, bank.dropout, self.training) if bank.dropout else x
         flat = h.dim() == 2
         if flat:
             h = h.unsqueeze(1)
@@ -75,7 +77,7 @@ class AdapterBank:
     def __init__(self, layers: list[tuple[str, torch.nn.Linear]], cfg: LoraTrainConfig, seeds: list[int],
                  device: torch.device):
         self.k, self.rank, self.scale = len(seeds), cfg.rank, cfg.alpha / cfg.rank
-        self.dropout = torch.nn.Dropout(cfg.dropout) if cfg.dropout else torch.nn.Identity()
+        self.dropout = cfg.dropout  # applied by each MultiLoraLinear, in training mode only
         self.rows: torch.Tensor | None = None
         self.layer_names = [name for name, _ in layers]
         spans, offset = [], 0
@@ -146,11 +148,12 @@ class BatchedAdamW:
     same update written as whole-tensor operations with per-adapter masks."""
 
     def __init__(self, param: torch.Tensor, grad: torch.Tensor, lr: float | list[float], totals: list[int],
-                 weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
+                 weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8, warmups: list[int] | None = None):
         self.param, self.grad, self.wd, self.eps = param, grad, weight_decay, eps
         self.lr = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(totals)  # peak rate per adapter
         self.b1, self.b2 = betas
         self.totals, self.steps = list(totals), [0] * len(totals)
+        self.warmups = list(warmups) if warmups is not None else [0] * len(totals)
         self.m = torch.zeros_like(param)
         self.v = torch.zeros_like(param)
 
@@ -160,7 +163,7 @@ class BatchedAdamW:
         # (one pass over their memory); a row of the (K, size) tensors is one adapter's contiguous slice.
         groups: dict[tuple[float, int], list[int]] = {}
         for k in torch.nonzero(active).flatten().tolist():
-            rate = self.lr[k] * max(0.0, 1 - self.steps[k] / self.totals[k])  # the schedule before this step
+            rate = self.lr[k] * lr_factor(self.steps[k], self.totals[k], self.warmups[k])  # as training.train's
             self.steps[k] += 1
             groups.setdefault((rate, self.steps[k]), []).append(k)
         for (rate, step), ks in groups.items():
@@ -254,8 +257,12 @@ def train_bank(lm: LoadedModel, bank: AdapterBank, datasets: list[list[Example]]
     weight decay are the bank's and the first recipe's)."""
     cfgs = cfg if isinstance(cfg, list) else [cfg] * len(datasets)
     plans = [epoch_batches(len(d), c, s) for d, c, s in zip(datasets, cfgs, seeds)]
-    optimizer = BatchedAdamW(bank.data, bank.grad, [c.lr for c in cfgs], [max(1, len(p)) for p in plans],
-                             weight_decay=cfgs[0].weight_decay if cfgs else 0.0)
+    totals = [max(1, len(p)) for p in plans]
+    optimizer = BatchedAdamW(bank.data, bank.grad, [c.lr for c in cfgs], totals,
+                             weight_decay=cfgs[0].weight_decay if cfgs else 0.0,
+                             warmups=[warmup_steps(c, n) for c, n in zip(cfgs, totals)])
+    # each adapter's gradient is clipped by its own norm, as `training.train` clips a lone adapter's
+    max_norms = torch.tensor([c.max_grad_norm or math.inf for c in cfgs], device=lm.device)
     model, pad_id = lm.model, lm.tokenizer.pad_token_id
     losses: list[list[float]] = [[] for _ in datasets]
     tokens = [0] * len(datasets)
@@ -283,6 +290,8 @@ def train_bank(lm: LoadedModel, bank: AdapterBank, datasets: list[list[Example]]
         bank.route(None)
         on = torch.zeros(bank.k, dtype=torch.bool)
         on[active] = True
+        norms = bank.grad.norm(dim=1)
+        bank.grad.mul_((max_norms / (norms + 1e-6)).clamp(max=1.0).unsqueeze(1))
         optimizer.step(on)
         bank.grad.zero_()
         step_loss = step_loss.tolist()

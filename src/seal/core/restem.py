@@ -11,7 +11,6 @@ Every step is a keyed record in the run, so an interrupted run resumes where it 
 
 from __future__ import annotations
 
-import shutil
 import time
 import zlib
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from seal.core.models import LoadedModel
 from seal.core.multi_lora import adapters_per_batch
 from seal.core.progress import Progress
 from seal.core.runs import Run
-from seal.core.training import merge_saved_adapter, sft_and_merge, sft_example
+from seal.core.training import has_target, merge_saved_adapter, sft_and_merge, sft_example
 
 
 class Domain(Protocol):
@@ -214,24 +213,29 @@ def restem(run: Run, lm: LoadedModel, domain: Domain, contexts: list, progress: 
         progress.start("evals", f"round {r}: self-edit evaluations",
                        len(contexts) * cfg.restem.k * cfg.inner_loop.eval_times)
         kept = restem_round(run, lm, domain, contexts, r, progress)
-        adapter = None
-        stats = None
-        if kept:
-            examples = [sft_example(lm.tokenizer, format_prompt(lm, k["prompt"], chat), k["self_edit"],
-                                    cfg.restem.sft.max_seq_len) for k in kept]
-            adapter = f"policy/round-{r}"
-            tmp, final = run.path / (adapter + ".tmp"), run.path / adapter
-            if final.exists():  # left by a kill after the rename but before the round's record: redo
-                shutil.rmtree(final)
+        adapter, stats, dropped = None, None, []
+        examples = []
+        for k in kept:
+            example = sft_example(lm.tokenizer, format_prompt(lm, k["prompt"], chat), k["self_edit"],
+                                  cfg.restem.sft.max_seq_len)
+            if has_target(example):
+                examples.append(example)
+            else:  # nothing of the self-edit fits restem.sft.max_seq_len: no target, a NaN loss
+                dropped.append(k["context_id"])
+        if examples:
+            folder = run.path / f"policy/round-{r}"
             progress.start("sft", f"round {r}: policy fine-tuning",
                            cfg.restem.sft.epochs * -(-len(examples) // cfg.restem.sft.batch_size))
             stats = sft_and_merge(lm, examples, cfg.restem.sft, seed=derive_seed(cfg.seed, "sft", r),
-                                  precision=precision, save_dir=tmp,
+                                  precision=precision, save_dir=folder,
                                   on_step=lambda s, total: progress.advance("sft"))
-            tmp.rename(final)  # the adapter exists only once complete
+            if stats.problem is None:  # saved (complete, or not at all) and merged
+                adapter = f"policy/round-{r}"
+            else:
+                progress.log(f"round {r}: policy update {stats.problem}")
         rewards = [k["reward"] for k in kept]
         run.append("round", f"round{r}/done", round=r, kept=kept, adapter=adapter,
-                   sft=stats.as_dict() if stats else None,
+                   sft=stats.as_dict() if stats else None, sft_dropped=dropped,
                    mean_kept_reward=sum(rewards) / len(rewards) if rewards else None)
 
 

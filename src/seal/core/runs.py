@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from seal.config import Config, ConfigError, dump_config, load_config
+from seal.core.faults import crash_armed, crash_point
 
 PACKAGES = ["seal", "torch", "transformers", "peft", "pydantic", "numpy"]
 RECORDS = "records.jsonl"
@@ -36,19 +37,33 @@ class Run:
         self.path = path
         self.config = config
         self._records: dict[str, dict] = {}
+        self._good_end: int | None = None  # where the last complete record ends, when a torn tail follows it
         file = path / RECORDS
         if file.exists():
-            for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    # Only the last line can be torn (a kill mid-write); it is simply redone.
-                    print(f"warning: {file}:{n} is incomplete and will be redone", file=sys.stderr)
-                    continue
-                self._records[record["key"]] = record
+            self._load(file)
 
+    def _load(self, file: Path) -> None:
+        """Read every complete record. A kill in the middle of a write leaves a torn last line: it is
+        redone, and cut off before this run writes again (`append`), so that the next record starts on
+        a line of its own. (A line torn by a kill and continued by a later append, as files written
+        before that fix can hold, gives back the record that was appended to it.)"""
+        data = file.read_bytes()
+        offset = 0
+        pieces = data.split(b"\n")
+        for n, raw in enumerate(pieces, 1):
+            end = offset + len(raw)
+            last = n == len(pieces)  # no newline after it: the write did not finish
+            if raw.strip():
+                record = None if last else _parse(raw)
+                if record is None:
+                    if last:
+                        print(f"warning: {file}:{n} is incomplete and will be redone", file=sys.stderr)
+                        self._good_end = offset
+                        break
+                    print(f"warning: {file}:{n} is not a record and is skipped", file=sys.stderr)
+                else:
+                    self._records[record["key"]] = record
+            offset = end + 1
     @classmethod
     def create(cls, config: Config, command: str) -> "Run":
         root = Path(config.runs_dir)
@@ -86,11 +101,20 @@ class Run:
 
     def append(self, kind: str, key: str, **fields) -> dict:
         record = {"kind": kind, "key": key, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **fields}
+        line = json.dumps(record, ensure_ascii=False) + "\n"
         with open(self.path / RECORDS, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            if self._good_end is not None:  # a torn tail from a kill: cut it off before writing after it
+                f.truncate(self._good_end)
+                self._good_end = None
+            if crash_armed("record-write"):  # tests: die with half a record written
+                f.write(line[:len(line) // 2])
+                f.flush()
+                crash_point("record-write")
+            f.write(line)
             f.flush()
             os.fsync(f.fileno())
         self._records[key] = record
+        crash_point("record")
         return record
 
     def cached(self, kind: str, key: str, compute) -> dict:
@@ -99,3 +123,17 @@ class Run:
         if found is not None:
             return found
         return self.append(kind, key, **compute())
+
+
+def _parse(raw: bytes) -> dict | None:
+    """One record line, or the record at its end when a torn write was continued on the same line."""
+    for start in (0, raw.rfind(b'{"kind": ')):
+        if start < 0:
+            continue
+        try:
+            record = json.loads(raw[start:])
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(record, dict) and "key" in record and "kind" in record:
+            return record
+    return None

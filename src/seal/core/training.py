@@ -20,6 +20,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from seal.config import ConfigError, LoraTrainConfig
+from seal.core.faults import crash_point
 from seal.core.generation import autocast
 from seal.core.models import LoadedModel
 
@@ -38,12 +39,18 @@ class TrainStats:
     last_loss: float
     seconds: float
     extra_loss: float | None = None  # mean of the added loss term (a forgetting remedy's), when there is one
+    nonfinite: int = 0  # steps whose loss was NaN or infinite
+    problem: str | None = None  # why the update was not applied (see `sft_and_merge`)
 
     def as_dict(self) -> dict:
         out = dict(steps=self.steps, tokens=self.tokens, first_loss=round(self.first_loss, 4),
                    last_loss=round(self.last_loss, 4), seconds=round(self.seconds, 2))
         if self.extra_loss is not None:
             out["extra_loss"] = round(self.extra_loss, 6)
+        if self.nonfinite:
+            out["nonfinite_steps"] = self.nonfinite
+        if self.problem:
+            out["problem"] = self.problem
         return out
 
 
@@ -108,12 +115,36 @@ def lm_examples(tokenizer, texts: list[str], max_len: int) -> list[Example]:
 
 
 def sft_example(tokenizer, prompt: str, completion: str, max_len: int) -> Example:
-    """(prompt -> completion) with the loss on the completion and its end token only."""
+    """(prompt -> completion) with the loss on the completion and its end token only. A pair longer
+    than `max_len` loses the beginning of its prompt, since the completion is what is learned; a
+    completion that would leave the prompt less than half of `max_len` is cut at its end."""
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    ids = (p + c)[:max_len]
-    labels = ([-100] * len(p) + c)[:max_len]
-    return Example(ids, labels)
+    c = c[:max_len - min(len(p), max_len // 2)]
+    p = p[len(p) - (max_len - len(c)):] if len(p) + len(c) > max_len else p
+    return Example(p + c, [-100] * len(p) + c)
+
+
+def has_target(example: Example) -> bool:
+    """Whether any token is learned (the first token is never a target: nothing comes before it)."""
+    return any(label != -100 for label in example.labels[1:])
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """The learning-rate multiplier of optimiser step `step` (from 0) of `total`: a linear rise over
+    `warmup` steps, then a linear decay to 0 (the Hugging Face linear schedule)."""
+    if step < warmup:
+        return step / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def warmup_steps(cfg: LoraTrainConfig, total: int) -> int:
+    return math.ceil(cfg.warmup_ratio * total)
+
+
+def clip_gradients(params, cfg: LoraTrainConfig) -> None:
+    if cfg.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
 
 
 def collate(batch: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -143,14 +174,16 @@ def epoch_batches(n: int, cfg: LoraTrainConfig, seed: int) -> list[list[int]]:
 def train(model: torch.nn.Module, examples: Sequence[Example], cfg: LoraTrainConfig, *, seed: int,
           pad_id: int, device: torch.device, precision: str = "fp32", on_step=None,
           extra_loss: Callable[[int], torch.Tensor] | None = None) -> TrainStats:
-    """AdamW with linear decay over `cfg.epochs` passes; shuffled each epoch with a seeded generator.
+    """AdamW with an optional linear warmup, then linear decay, over `cfg.epochs` passes (shuffled each
+    epoch with a seeded generator), the gradient clipped to `cfg.max_grad_norm`.
     `extra_loss(step)` is added to each step's language-modelling loss (the last loss reported is the
     language-modelling loss alone). `examples` may be any sequence, e.g. a TokenStore on disk."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     plan = epoch_batches(len(examples), cfg, seed)
     total = len(plan)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1 - s / total))
+    warm = warmup_steps(cfg, total)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warm))
     model.train()
     losses, extras, tokens, start = [], [], 0, time.perf_counter()
     for indices in plan:
@@ -160,6 +193,7 @@ def train(model: torch.nn.Module, examples: Sequence[Example], cfg: LoraTrainCon
             loss = model(**batch).loss
             extra = extra_loss(len(losses)) if extra_loss is not None else None
         (loss if extra is None else loss + extra).backward()
+        clip_gradients(params, cfg)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
@@ -172,20 +206,31 @@ def train(model: torch.nn.Module, examples: Sequence[Example], cfg: LoraTrainCon
     model.eval()
     return TrainStats(steps=len(losses), tokens=tokens, first_loss=losses[0] if losses else math.nan,
                       last_loss=losses[-1] if losses else math.nan, seconds=time.perf_counter() - start,
-                      extra_loss=sum(extras) / len(extras) if extras else None)
+                      extra_loss=sum(extras) / len(extras) if extras else None,
+                      nonfinite=sum(not math.isfinite(v) for v in losses))
 
 
 def sft_and_merge(lm: LoadedModel, examples: list[Example], cfg: LoraTrainConfig, *, seed: int,
                   precision: str, save_dir=None, on_step=None) -> TrainStats:
-    """Fine-tune the policy with a LoRA adapter, optionally save the adapter, and merge it in place."""
+    """Fine-tune the policy with a LoRA adapter, save it (optionally), and merge it in place. An update
+    whose loss or weights are not finite is neither saved nor merged: the model stays as it was, and
+    the returned stats say why (`problem`)."""
     check_targets(lm.model, cfg)
     torch.manual_seed(seed)
     wrapped = get_peft_model(lm.model, peft_config(cfg))
     stats = train(wrapped, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id,
                   device=lm.device, precision=precision, on_step=on_step)
-    if save_dir is not None:
-        wrapped.save_pretrained(save_dir)
-    lm.model = wrapped.merge_and_unload()
+    bad = [n for n, p in wrapped.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    if stats.nonfinite or bad:
+        stats.problem = (f"not merged: {stats.nonfinite} of {stats.steps} steps had a non-finite loss"
+                         if stats.nonfinite else f"not merged: non-finite weights in {len(bad)} tensors, e.g. {bad[0]}")
+        lm.model = wrapped.unload()
+    else:
+        if save_dir is not None:
+            save_adapter(wrapped, Path(save_dir))
+        lm.model = wrapped.merge_and_unload()
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
     lm.model.eval()
     return stats
 
@@ -203,6 +248,7 @@ def save_adapter(peft: PeftModel, folder: Path, name: str = "default") -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     peft.save_pretrained(tmp, selected_adapters=[name])
+    crash_point("adapter-save")  # tests: killed with the adapter half in place
     inner = tmp / name if (tmp / name / "adapter_config.json").is_file() else tmp  # PEFT nests non-default names
     if folder.exists():
         shutil.rmtree(folder)

@@ -1,0 +1,37 @@
+"""Crash points for the kill-anywhere tests: a process that dies at a named moment, as a SIGKILL would.
+
+`SEAL_CRASH_AT="name:n"` (an environment variable, unset in normal use) makes the n-th time this
+process reaches `crash_point(name)` kill the process on the spot, with SIGKILL, so no cleanup runs.
+Named points: `record` (just after a record is on disk), `record-write` (half of a record written),
+`adapter-save` (an adapter written to its temporary folder, not yet renamed into place).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_hits: dict[str, int] = {}
+
+
+def _target() -> tuple[str, int] | None:
+    spec = os.environ.get("SEAL_CRASH_AT")
+    if not spec:
+        return None
+    name, _, n = spec.partition(":")
+    return name, int(n or 1)
+
+
+def crash_armed(name: str) -> bool:
+    """Whether the next `crash_point(name)` will kill the process."""
+    target = _target()
+    return target is not None and target[0] == name and _hits.get(name, 0) + 1 == target[1]
+
+
+def crash_point(name: str) -> None:
+    target = _target()
+    if target is None or target[0] != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] == target[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
