@@ -38,7 +38,7 @@ import torch
 from seal.config import load_config
 from seal.core.generation import resolve_precision
 from seal.core.models import load_model
-from seal.core.multi_lora import adapters_per_batch
+from seal.core.multi_lora import memory_adapters
 from seal.core.restem import derive_seed, sample_self_edits
 from seal.core.runs import Run
 from seal.core.training import TrainStats, epoch_batches, fresh_adapter, lm_examples
@@ -185,7 +185,7 @@ def main() -> None:
     domain = KnowledgeDomain(config)
     pairs = self_edits(lm, config, domain, args.self_edits, args.from_run, args.seed)
     seeds = [derive_seed(args.seed, "bench", i) for i in range(len(pairs))]
-    k = args.k or adapters_per_batch(lm, cfg, len(pairs))
+    k = args.k or memory_adapters(lm, cfg, len(pairs))
     lines = [len(training_set(p, s, split_lines=cfg.split_lines, include_passage=cfg.include_passage,
                               max_lines=cfg.max_lines).sequences) for p, s in pairs]
     print(f"{len(pairs)} self-edits on {len({p.id for p, _ in pairs})} passages, {sum(lines) / len(lines):.1f} "

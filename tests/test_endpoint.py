@@ -88,3 +88,37 @@ def test_teacher_row_from_an_endpoint(tiny_config, tmp_path):
     assert [r["condition"] for r in rows] == ["base model, no update", "passage only", "passage + teacher self-edits"]
     teacher_evals = [r for r in run.records("self_edit_eval") if r["condition"] == "passage + teacher self-edits"]
     assert len(teacher_evals) == 2 and all(r["n_lines"] == 2 for r in teacher_evals)
+
+
+def test_a_failed_teacher_call_is_missing_not_a_zero_and_is_retried(tiny_config):
+    from seal.core.progress import Progress
+    from seal.core.runs import Run
+    from seal.knowledge.evaluate import evaluate
+
+    passages = load_builtin()[:2]
+    failing = passages[1].title
+    server, url = serve(lambda prompt: (500, "down") if failing in prompt else (200, "A fact is here.\nAnother one."))
+    try:
+        cfg = tiny_config.model_copy(deep=True)
+        cfg.teacher.base_url, cfg.teacher.retries = url, 0
+        cfg.eval.base_self_edits = cfg.eval.passage_only = False
+        run = Run.create(cfg, "evaluate")
+        with Progress(enabled=False) as progress:
+            rows = evaluate(run, KnowledgeDomain(cfg), passages, progress)
+    finally:
+        server.shutdown()
+    teacher = rows[-1]
+    assert teacher["condition"] == "passage + teacher self-edits" and teacher["missing"] == 1
+    evals = [r for r in run.records("self_edit_eval") if r["condition"] == teacher["condition"]]
+    assert [r["context_id"] for r in evals] == [passages[0].id]  # the failed one is left out, not scored 0
+
+    server, url = serve(lambda prompt: (200, "A fact is here.\nAnother one."))  # the endpoint is back
+    try:
+        resumed = Run.resume(run.path)
+        resumed.config.teacher.base_url = url
+        with Progress(enabled=False) as progress:
+            rows = evaluate(resumed, KnowledgeDomain(resumed.config), passages, progress)
+    finally:
+        server.shutdown()
+    assert rows[-1]["missing"] == 0
+    assert len([r for r in resumed.records("self_edit_eval") if r["condition"] == teacher["condition"]]) == 2

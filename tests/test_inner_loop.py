@@ -62,3 +62,25 @@ def test_batched_evaluation_gives_what_one_at_a_time_gives(tiny, tiny_config):
         assert b["grades"]["loglik"] == pytest.approx(a["grades"]["loglik"], abs=1e-4)
     # items 0 and 3 share a passage: their answers went through different adapters
     assert abs(sum(batched[0]["grades"]["loglik"]) - sum(batched[3]["grades"]["loglik"])) > 1e-3
+
+
+def test_loglik_takes_the_best_gold_answer(tiny, tiny_config):
+    """The loglik grade of a question is its best gold answer's mean token log-probability (max over
+    golds, as EM and F1), and the reward the mean over questions of its exponential."""
+    import math
+
+    from seal.core.generation import completion_logprobs, format_prompt
+    from seal.knowledge.data import Passage, Question
+    from seal.knowledge.prompts import answer_prompt
+
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.reward.metric = "loglik"
+    domain = KnowledgeDomain(cfg)
+    q = "Who kept the lighthouse?"
+    prompt = format_prompt(tiny, answer_prompt("completion", "Varn", q), chat=False)
+    golds = ["Ida Morrow", "the keeper Ida Morrow of Varn", "Morrow"]
+    each = completion_logprobs(tiny, [prompt] * 3, golds)
+    worst_first = tuple(g for _, g in sorted(zip(each, golds)))
+    scored = domain.score(tiny, Passage("Varn", "The lighthouse of Varn.", (Question(q, worst_first),)))
+    assert scored["grades"]["loglik"][0] == pytest.approx(max(each), abs=1e-5)
+    assert scored["reward"] == pytest.approx(math.exp(max(each)), abs=1e-5)

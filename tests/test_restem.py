@@ -116,3 +116,31 @@ def test_runs_never_overwrite(tiny_config):
     assert a.path != b.path and a.path.exists() and b.path.exists()
     meta = json.loads((a.path / "meta.json").read_text())
     assert meta["seed"] == tiny_config.seed and "torch" in meta["versions"]
+
+
+class SlowDomain(KnowledgeDomain):
+    """Every evaluation takes 0.05 s more, so that the time a batch takes can be told."""
+
+    def evaluate_batch(self, lm, items):
+        import time
+
+        time.sleep(0.05 * len(items))
+        return super().evaluate_batch(lm, items)
+
+
+def test_a_batch_holds_about_max_batch_seconds_of_work(tiny_config):
+    """A kill loses at most the batch in flight: K is sized by the measured time per evaluation."""
+    from seal.core.restem import EvalJob, evaluate_jobs
+
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.inner_loop.max_batch_seconds = 0.12
+    run = Run.create(cfg, "restem")
+    lm = load_model(cfg.model.name, "cpu")
+    domain = SlowDomain(cfg)
+    passage = load_builtin()[0]
+    pre = domain.pre_update(lm, passage)
+    jobs = [EvalJob(f"e/{i}", passage, "It was built long ago.", pre, ("e", i)) for i in range(9)]
+    evaluate_jobs(run, lm, domain, jobs)
+    sizes = [r["batch"] for r in run.records("self_edit_eval")]
+    assert sizes[:4] == [4] * 4  # the first batch: nothing measured yet
+    assert max(sizes[4:]) <= 2 and len(sizes) == 9  # then at most 0.12 s / (0.05 s + training) each

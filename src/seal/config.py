@@ -59,7 +59,8 @@ class InnerLoopBase(LoraTrainConfig):
 
     eval_times: int = Field(1, ge=1, le=100, description="independent trainings per self-edit; the reward is their mean")
     batched: bool = Field(True, description="train and evaluate many self-edits' adapters in shared batches (multi-LoRA); false: one PEFT adapter at a time, for comparison and debugging")
-    adapters_per_batch: int | None = Field(None, ge=1, le=1024, description="batched: adapters trained together (K); None: chosen from the memory available")
+    adapters_per_batch: int | None = Field(None, ge=1, le=1024, description="batched: adapters trained together (K); None: as many as fit in memory and in max_batch_seconds")
+    max_batch_seconds: float = Field(120, gt=0, description="batched, K not set: a batch is sized to take about this long at the seconds per evaluation measured so far (the first batch has 4 adapters); a kill loses at most the batch in flight")
     tokens_per_forward: int = Field(4096, ge=64, description="batched: tokens (padding included) per forward pass; bounds the activation memory")
 
 
@@ -105,7 +106,7 @@ class AnswerConfig(Section):
 
 
 class RewardConfig(Section):
-    metric: Literal["em", "f1", "contains", "loglik", "judge"] = Field("f1", description="the score of the updated model that is the self-edit's reward; loglik = mean per-token probability of the gold answer")
+    metric: Literal["em", "f1", "contains", "loglik", "judge"] = Field("f1", description="the score of the updated model that is the self-edit's reward, averaged over the passage's questions; em, f1, contains: SQuAD-normalised, max over gold answers; loglik: the geometric-mean per-token probability of a gold answer (exp of its mean token log-probability after the question), max over gold answers; judge: the judge's yes/no")
     require_improvement: bool = Field(False, description="keep a passage's best self-edit only when it beats the pre-update score")
 
 

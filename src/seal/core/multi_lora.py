@@ -325,10 +325,24 @@ def choose_adapters(lm: LoadedModel, bank_size: int, max_tokens: int, n_jobs: in
     return max(1, min(n_jobs, cap, budget // per_adapter))
 
 
-def adapters_per_batch(lm: LoadedModel, cfg, n_jobs: int) -> int:
-    """K for an inner-loop configuration: `adapters_per_batch` when set, else from the memory at hand."""
+FIRST_BATCH = 4  # adapters in a batch before the time of one evaluation is known
+
+
+def adapters_per_batch(lm: LoadedModel, cfg, n_jobs: int, seconds_per_eval: float | None = None,
+                       memory_k: int | None = None) -> int:
+    """K for an inner-loop configuration: `adapters_per_batch` when set; else as many as the memory
+    allows (`memory_k`, or measured now) and, so that a kill loses little, no more than fit in
+    `max_batch_seconds` at `seconds_per_eval` (FIRST_BATCH while that is not known yet)."""
     if cfg.adapters_per_batch:
         return cfg.adapters_per_batch
+    if memory_k is None:
+        memory_k = memory_adapters(lm, cfg, n_jobs)
+    by_time = FIRST_BATCH if not seconds_per_eval else int(cfg.max_batch_seconds // seconds_per_eval)
+    return max(1, min(memory_k, by_time, n_jobs))
+
+
+def memory_adapters(lm: LoadedModel, cfg, n_jobs: int) -> int:
+    """K for an inner-loop configuration from the memory at hand alone."""
     return choose_adapters(lm, lora_size(lm.model, cfg), cfg.tokens_per_forward, n_jobs)
 
 

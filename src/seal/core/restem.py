@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
 from seal.core.models import LoadedModel
-from seal.core.multi_lora import adapters_per_batch
+from seal.core.multi_lora import adapters_per_batch, memory_adapters
 from seal.core.progress import Progress
 from seal.core.runs import Run
 from seal.core.training import has_target, merge_saved_adapter, sft_and_merge, sft_example
@@ -95,17 +95,25 @@ def self_edit_writer(lm: LoadedModel, domain: Domain, n: int, config) -> Callabl
 
 def record_samples(run: Run, jobs: list[tuple[str, Any, dict]], write: Callable[[list, int], list[dict]],
                    per_call: int, seed_parts: tuple, progress: Progress | None = None) -> None:
-    """Write self-edits for every (key, context, tags) job that has no record yet, `per_call` contexts
-    per call of `write(contexts, seed)`, recording each context's samples as soon as its call returns."""
-    todo = [job for job in jobs if run.get(job[0]) is None]
+    """Write self-edits for every (key, context, tags) job that has no record yet (or whose record is
+    an `error`: a writer that failed, retried here), `per_call` contexts per call of
+    `write(contexts, seed)`, recording each context's samples as soon as its call returns. The calls
+    cut the whole job list the same way every time, and a call's seed is that of its first job, so a
+    context gets the same self-edits whether or not the run was interrupted in between."""
+    def done(key):
+        record = run.get(key)
+        return record is not None and not record.get("error")
+
     if progress:
         progress.start("sampling", "writing self-edits", len(jobs))
-        progress.advance("sampling", len(jobs) - len(todo))
-    for start in range(0, len(todo), per_call):
-        part = todo[start:start + per_call]
-        seed = derive_seed(run.config.seed, *seed_parts, part[0][0])
-        for (key, _, tags), sample in zip(part, write([context for _, context, _ in part], seed)):
-            run.append("samples", key, **tags, **sample)
+    for start in range(0, len(jobs), per_call):
+        part = jobs[start:start + per_call]
+        missing = [not done(key) for key, _, _ in part]
+        if any(missing):
+            seed = derive_seed(run.config.seed, *seed_parts, part[0][0])
+            for (key, _, tags), sample, todo in zip(part, write([context for _, context, _ in part], seed), missing):
+                if todo:
+                    run.append("samples", key, **tags, **sample)
         if progress:
             progress.advance("sampling", len(part))
 
@@ -134,21 +142,40 @@ def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob]
     if progress:
         progress.advance(bar, len(jobs) * cfg.eval_times - len(todo))
     batched = cfg.batched and hasattr(domain, "evaluate_batch")
-    size = adapters_per_batch(lm, cfg, len(todo)) if batched and todo else 1
-    for begin in range(0, len(todo), size):
+    # K from the memory once (memory freed after a batch is not always reported as free again), and
+    # from the time an evaluation took: the run's last one on resume, then each batch's own
+    memory_k = memory_adapters(lm, cfg, len(todo)) if batched and todo and not cfg.adapters_per_batch else None
+    per_eval = _last_seconds_per_eval(run)
+    begin = 0
+    while begin < len(todo):
+        size = adapters_per_batch(lm, cfg, len(todo) - begin, per_eval, memory_k) if batched else 1
         chunk = todo[begin:begin + size]
+        begin += len(chunk)
         start = time.perf_counter()
         if batched:
             results = domain.evaluate_batch(lm, [(job.context, job.self_edit, seed, job.pre) for job, _, _, seed in chunk])
         else:
             results = [domain.evaluate(lm, job.context, job.self_edit, seed, job.pre) for job, _, _, seed in chunk]
-        seconds = round((time.perf_counter() - start) / len(chunk), 2)  # each one's share of the batch
+        elapsed = time.perf_counter() - start
+        seconds = round(elapsed / len(chunk), 2)  # each one's share of the batch
+        trained = sum(1 for r in results if r.get("valid", True))  # unusable self-edits cost next to nothing
+        if trained:
+            per_eval = elapsed / trained
         for (job, t, key, seed), result in zip(chunk, results):
             run.append("self_edit_eval", key, self_edit=job.self_edit, repeat=t, seed=seed, seconds=seconds,
                        batch=len(chunk), **job.tags, **result)
         if progress:
             progress.advance(bar, len(chunk))
     return {job.key: [run.get(f"{job.key}/{t}") for t in range(cfg.eval_times)] for job in jobs}
+
+
+def _last_seconds_per_eval(run: Run) -> float | None:
+    """Seconds per trained evaluation in the run's latest batch, if it has one (a resumed run sizes its
+    first batch by it)."""
+    for record in reversed(run.records("self_edit_eval")):
+        if record.get("valid", True) and record.get("seconds"):
+            return float(record["seconds"])
+    return None
 
 
 def restem_round(run: Run, lm: LoadedModel, domain: Domain, contexts: list, round_idx: int,

@@ -76,6 +76,11 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
     if write is not None:
         record_samples(run, [(f"eval/samples/{name}/{p.id}", p, dict(condition=name, context_id=p.id)) for p in passages],
                        write, config.self_edit.batch_size, ("eval", name), progress)
+        failed = [p.id for p in passages if run.get(f"eval/samples/{name}/{p.id}").get("error")]
+        if failed:  # one update on every passage: it waits until every self-edit could be written
+            progress.log(f"{name}: {len(failed)} self-edit(s) could not be written (endpoint errors); "
+                         "the row is left out, and --resume tries again")
+            return
     folder = run.path / "cpt" / slug(name)
     # Rebuilt on every (re)start: tokenizing is cheap, and a store cut short by a kill is never reused.
     problems: dict[str, str] = {}

@@ -24,7 +24,8 @@ from seal.core.stats import bootstrap_ci
 from seal.knowledge.data import Passage
 from seal.knowledge.inner_loop import KnowledgeDomain, mean
 
-COLUMNS = ["condition", "EM", "F1", "contains", "loglik", "judge", "questions", "reward", "95% CI"]
+# missing: passages left out of the row because their self-edit could not be written (an endpoint error)
+COLUMNS = ["condition", "EM", "F1", "contains", "loglik", "judge", "questions", "missing", "reward", "95% CI"]
 
 
 Writer = Callable[[list[Passage], int], list[dict]]  # (passages, seed) -> one sample record each
@@ -42,8 +43,8 @@ def _teacher_writer(config: Config, domain: KnowledgeDomain) -> Writer | None:
                 text = endpoint.complete(prompt, temperature=config.self_edit.temperature,
                                          max_tokens=config.self_edit.max_new_tokens)
                 return dict(prompt=prompt, self_edits=[text], error=None)
-            except EndpointError as err:  # recorded; the row counts it as an unusable self-edit
-                return dict(prompt=prompt, self_edits=[""], error=str(err))
+            except EndpointError as err:  # missing, not bad: left out of the row, counted, retried on --resume
+                return dict(prompt=prompt, self_edits=[], error=str(err))
         return lambda passages, seed: [from_endpoint(p) for p in passages]
     if t.model:
         return self_edit_writer(load_model(t.model, config.model.device), domain, 1, config)
@@ -68,7 +69,11 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
         if name is None:
             progress.advance("eval")
             continue
-        text = run.get(f"eval/samples/{name}/{pid}")["self_edits"][0] if write is not None else None
+        sample = run.get(f"eval/samples/{name}/{pid}") if write is not None else None
+        if sample is not None and sample.get("error"):
+            progress.advance("eval", repeats)
+            continue  # the writer failed (an endpoint error): no self-edit to evaluate
+        text = sample["self_edits"][0] if sample is not None else None
         jobs.append(EvalJob(f"eval/eval/{name}/{pid}", passage, text, pre, ("eval", name, pid),
                             dict(condition=name, context_id=pid)))
     if jobs:
@@ -112,9 +117,12 @@ def table_rows(run: Run, config: Config) -> list[dict]:
     """
     rows: dict[str, dict] = {}
     for record in run.records():
+        if record["key"].startswith("eval/samples/") and record.get("error"):
+            rows.setdefault(record["condition"], {"grades": {}, "rewards": {}, "questions": {}, "missing": 0})
+            rows[record["condition"]]["missing"] += 1
         if not record["key"].startswith(("eval/pre/", "eval/eval/")):
             continue
-        row = rows.setdefault(record["condition"], {"grades": {}, "rewards": {}, "questions": {}})
+        row = rows.setdefault(record["condition"], {"grades": {}, "rewards": {}, "questions": {}, "missing": 0})
         pid = record["context_id"]
         row["rewards"].setdefault(pid, []).append(record["reward"])
         row["questions"][pid] = len(record["answers"])
@@ -128,9 +136,9 @@ def table_rows(run: Run, config: Config) -> list[dict]:
         g = row["grades"]
         out.append({
             "condition": name,
-            "EM": mean(g["em"]), "F1": mean(g["f1"]), "contains": mean(g["contains"]),
-            "loglik": mean(g["loglik"]), "judge": mean(g["judge"]),
-            "questions": sum(row["questions"].values()),
+            "EM": mean(g.get("em", [])), "F1": mean(g.get("f1", [])), "contains": mean(g.get("contains", [])),
+            "loglik": mean(g.get("loglik", [])), "judge": mean(g.get("judge", [])),
+            "questions": sum(row["questions"].values()), "missing": row["missing"],
             "reward": mean(per_passage), "95% CI": (low, high),
         })
     return out
@@ -141,7 +149,7 @@ def _fmt(value, column: str) -> str:
         return "-"
     if column == "95% CI":
         return "-" if math.isnan(value[0]) else f"[{value[0]:.3f}, {value[1]:.3f}]"
-    if column == "questions":
+    if column in ("questions", "missing"):
         return str(value)
     if column == "condition":
         return value

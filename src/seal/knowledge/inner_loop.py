@@ -127,12 +127,18 @@ class KnowledgeDomain:
                    for p, qs in zip(passages, questions) for q in qs]
         rows = None if adapters is None else [
             r for a, qs in zip(adapters, questions) for r in (a if isinstance(a, list) else [a] * len(qs))]
-        gold = [q.answers[0] for qs in questions for q in qs]
+        # every distinct gold answer is scored, and each question keeps its best one (as EM and F1 do)
+        golds = [list(dict.fromkeys(q.answers)) for qs in questions for q in qs]
         start = time.perf_counter()
         answers = generate(lm, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                            stop_at_newline=cfg.prompt_style == "completion", precision=precision, adapter_rows=rows)
-        loglik = completion_logprobs(lm, prompts, gold, batch_size=cfg.batch_size, precision=precision,
-                                     adapter_rows=rows)
+        flat = completion_logprobs(lm, [p for p, gs in zip(prompts, golds) for _ in gs], [g for gs in golds for g in gs],
+                                   batch_size=cfg.batch_size, precision=precision,
+                                   adapter_rows=None if rows is None else [r for r, gs in zip(rows, golds) for _ in gs])
+        loglik, at = [], 0
+        for gs in golds:
+            loglik.append(max(flat[at:at + len(gs)]))
+            at += len(gs)
         seconds = round((time.perf_counter() - start) / max(1, len(passages)), 2)  # each passage's share
         out, at = [], 0
         for qs in questions:
@@ -157,8 +163,9 @@ class KnowledgeDomain:
                     judge_errors.append(err)
         means = {m: mean(v) for m, v in grades.items()}
         metric = self.config.reward.metric
-        # loglik is rewarded as the mean per-token probability of the gold answer, which lies in [0, 1]
-        # like the other metrics, so that a malformed self-edit's reward of 0 is the worst possible.
+        # loglik is rewarded as the geometric-mean per-token probability of the best gold answer
+        # (exp of its mean per-token log-probability), averaged over questions: it lies in [0, 1] like
+        # the other metrics, so that a malformed self-edit's reward of 0 is the worst possible.
         reward = mean(math.exp(v) for v in loglik) if metric == "loglik" else means[metric]
         return dict(answers=[a.text for a in answers], answers_hit_limit=[a.hit_limit for a in answers],
                     grades=grades, means=means, reward=reward, judge_errors=judge_errors, answer_seconds=seconds)
