@@ -120,7 +120,7 @@ def restem(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = Non
     lm = load_model(cfg.model.name, cfg.model.device)
     check_targets(lm.model, cfg.inner_loop, "inner_loop.target_modules")  # before any work, not mid-round
     check_targets(lm.model, cfg.restem.sft, "restem.sft.target_modules")
-    with Progress(enabled=not quiet) as progress:
+    with Progress(enabled=not quiet, log=run.path / "progress.log") as progress:
         run_restem(run, lm, domain, train, progress)
         console.print(f"ReST-EM: {cfg.restem.rounds} round(s) on {len(train)} passages done "
                       f"in {time.perf_counter() - start:.0f} s")
@@ -141,7 +141,7 @@ def evaluate_cmd(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt
     if policy is not None and not (policy / "config.yaml").is_file():
         _fail(f"--policy {policy}: not a run directory (no config.yaml)")
     run, _, held, domain = _start("evaluate", config, set, resume)
-    with Progress(enabled=not quiet) as progress:
+    with Progress(enabled=not quiet, log=run.path / "progress.log") as progress:
         rows = evaluate(run, domain, held, progress, policy_run=policy)
     _print_table(run, rows)
 
@@ -162,7 +162,7 @@ def generate(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = N
     cfg = run.config
     passages = {"train": train, "eval": held, "all": train + held}[split]
     lm = load_model(cfg.model.name, cfg.model.device)
-    with Progress(enabled=not quiet) as progress:
+    with Progress(enabled=not quiet, log=run.path / "progress.log") as progress:
         record_samples(run, [(f"generate/{p.id}", p, dict(context_id=p.id, title=p.title)) for p in passages],
                        self_edit_writer(lm, domain, n, cfg), max(1, cfg.self_edit.batch_size // n),
                        ("generate",), progress)
@@ -185,7 +185,7 @@ def cpt_cmd(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = No
         _fail("no passages: set data.eval_passages (the passages pooled for continued pretraining)")
     cfg = run.config.cpt
     console.print(f"{len(held)} passages, {cfg.update} update ({cfg.epochs} epoch(s), lr {cfg.lr})")
-    with Progress(enabled=not quiet) as progress:
+    with Progress(enabled=not quiet, log=run.path / "progress.log") as progress:
         rows = cpt(run, domain, held, progress, policy_run=policy)
     _print_table(run, rows)
 
@@ -210,7 +210,7 @@ def continual_cmd(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOp
     c = run.config.continual
     console.print(f"{c.sequences} sequence(s) of {c.steps} steps from {len(held)} passages; "
                   f"remedies: {', '.join(c.remedies)}; mode: {c.mode}")
-    with Progress(enabled=not quiet) as progress:
+    with Progress(enabled=not quiet, log=run.path / "progress.log") as progress:
         continual(run, domain, held, progress, policy_run=policy)
     _print_continual(run)
 
@@ -295,7 +295,7 @@ def arc_restem(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt =
     lm = load_model(cfg.model.name, cfg.model.device)
     check_targets(lm.model, cfg.inner_loop, "inner_loop.target_modules")
     check_targets(lm.model, cfg.restem.sft, "restem.sft.target_modules")
-    with Progress(enabled=not quiet) as progress:
+    with Progress(enabled=not quiet, log=run.path / "progress.log") as progress:
         run_restem(run, lm, domain, train, progress)
         console.print(f"ReST-EM: {cfg.restem.rounds} round(s) on {len(train)} tasks done in {time.perf_counter() - start:.0f} s")
         if eval and held:
@@ -317,7 +317,7 @@ def arc_evaluate(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt
     run, _, held, domain = _arc_start("arc-evaluate", config, set, resume)
     if not held:
         _fail("no evaluation tasks: set data.eval_ids, or loosen data.max_tokens / data.max_grid")
-    with Progress(enabled=not quiet) as progress:
+    with Progress(enabled=not quiet, log=run.path / "progress.log") as progress:
         rows = evaluate(run, domain, held, progress, policy_run=policy)
     _print_arc_table(run, rows)
 

@@ -1,6 +1,16 @@
-"""Progress bars on stderr (rich), addressed by name so that library code stays free of UI objects."""
+"""Progress, addressed by name so that library code stays free of UI objects.
+
+On a terminal: rich progress bars on stderr. Elsewhere (a background run writing to a file, CI): plain
+lines on stderr, one when a bar starts, one when it completes, and in between at most one per bar
+every `interval` seconds. With `log`, the same plain lines are also appended to that file (a run
+directory's progress.log), whatever stderr is.
+"""
 
 from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -9,12 +19,21 @@ from rich.progress import Progress as RichProgress
 console = Console(stderr=True)
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 class Progress:
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, log: str | Path | None = None, interval: float = 30.0):
+        self.plain = enabled and not console.is_terminal
         self._bars = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                  console=console, disable=not enabled)
+                                  console=console, disable=not enabled or self.plain)
         self._tasks: dict[str, int] = {}
+        self._state: dict[str, dict] = {}  # name -> description, total, done, started, last line
+        self.log_path = Path(log) if log is not None else None
+        self.interval = interval
 
     def __enter__(self) -> "Progress":
         self._bars.start()
@@ -27,10 +46,39 @@ class Progress:
         if name in self._tasks:
             self._bars.remove_task(self._tasks[name])
         self._tasks[name] = self._bars.add_task(description, total=total)
+        now = time.monotonic()
+        self._state[name] = dict(description=description, total=total, done=0, started=now, last=now)
+        self._line(name)
 
     def advance(self, name: str, n: int = 1) -> None:
-        if name in self._tasks:
-            self._bars.advance(self._tasks[name], n)
+        if name not in self._tasks:
+            return
+        self._bars.advance(self._tasks[name], n)
+        state = self._state[name]
+        state["done"] += n
+        now = time.monotonic()
+        if state["done"] >= state["total"] or now - state["last"] >= self.interval:
+            state["last"] = now
+            self._line(name)
 
     def log(self, message: str) -> None:
-        self._bars.console.print(message)
+        if self.plain or self.log_path is not None:
+            self._write(message)
+        if not self.plain:
+            self._bars.console.print(message)
+
+    def _line(self, name: str) -> None:
+        if not (self.plain or self.log_path is not None):
+            return
+        s = self._state[name]
+        elapsed = time.monotonic() - s["started"]
+        eta = "?" if not s["done"] else _clock(elapsed / s["done"] * max(0, s["total"] - s["done"]))
+        self._write(f"{s['description']}: {s['done']}/{s['total']}, {_clock(elapsed)} elapsed, eta {eta}")
+
+    def _write(self, message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        if self.plain:
+            print(line, file=sys.stderr, flush=True)
+        if self.log_path is not None:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
