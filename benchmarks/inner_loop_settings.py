@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from seal.config import load_config
+from seal.core.config import load_config
 from seal.core.models import load_model
 from seal.knowledge.data import load_builtin
-from seal.knowledge.inner_loop import KnowledgeDomain
+from seal.knowledge.domain import KnowledgeDomain
 
 SETTINGS = {
     "reference (q,v r32, 10 ep, bs1)": ["inner_loop.preset=reference"],

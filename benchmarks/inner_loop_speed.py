@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from seal.config import load_config
+from seal.core.config import load_config
 from seal.core.generation import resolve_precision
 from seal.core.models import load_model
 from seal.core.multi_lora import memory_adapters
@@ -43,14 +43,14 @@ from seal.core.restem import derive_seed, sample_self_edits
 from seal.core.runs import Run
 from seal.core.training import TrainStats, epoch_batches, fresh_adapter, lm_examples
 from seal.knowledge.data import load_builtin
-from seal.knowledge.inner_loop import KnowledgeDomain
+from seal.knowledge.domain import KnowledgeDomain
 from seal.knowledge.self_edit import training_set
 
 
 class PeakMemory:
     """Peak resident memory of this process while the block runs, sampled every 5 ms."""
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.start = self.peak = rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)

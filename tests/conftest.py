@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from seal.config import load_config
+from seal.core.config import load_config
 from seal.core.models import load_model, load_tokenizer, model_from_config
 
 # Tiny models gain nothing from threads, and a second process (a demo run) would fight over them.

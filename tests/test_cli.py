@@ -1,12 +1,13 @@
 """The command line end to end on the tiny model: runs, tables, resume, and clear errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from seal.cli import app
-from seal.config import load_config
+from seal.core.config import load_config
 
 runner = CliRunner()
 
@@ -95,10 +96,41 @@ def test_evaluate_with_a_local_teacher_model(tiny_config, tiny_dir):
     assert "| passage + teacher self-edits |" in result.output
 
 
-def test_unknown_target_modules_stop_before_any_work(tiny_config):
-    result = runner.invoke(app, ["knowledge", "restem", "--quiet", *overrides(tiny_config),
-                                 "--set", "restem.sft.target_modules=[qproj]"])
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "restem.sft.target_modules: ['qproj'] are not linear layers" in " ".join(result.output.split())
-    [run_dir] = list(__import__("pathlib").Path(tiny_config.runs_dir).iterdir())
-    assert not (run_dir / "records.jsonl").exists()
+@pytest.mark.parametrize("command, args, message", [
+    ("restem", ["--set", "restem.sft.target_modules=[qproj]"], "restem.sft.target_modules: ['qproj'] are not linear layers"),
+    ("cpt", ["--set", "cpt.target_modules=[qproj]"], "cpt.target_modules: ['qproj'] are not linear layers"),
+    ("continual", ["--set", "continual.steps=5"], "continual.steps=5 needs at least that many passages"),
+    ("cpt", ["--set", "data.eval_passages=0"], "no passages: set data.eval_passages"),
+    ("evaluate", ["--policy", "/tmp"], "not a run directory"),
+])
+def test_every_check_runs_before_the_run_directory_exists(tiny_config, command, args, message):
+    result = runner.invoke(app, ["knowledge", command, "--quiet", *overrides(tiny_config), *args])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert message in " ".join(result.output.split())
+    assert not Path(tiny_config.runs_dir).exists() or not any(Path(tiny_config.runs_dir).iterdir())
+
+
+def test_a_policy_is_checked_against_the_model_and_the_scored_passages(tiny_config):
+    from seal.core.commands import check_policy
+    from seal.core.config import ConfigError
+    from seal.knowledge.plugin import PLUGIN
+
+    assert runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *overrides(tiny_config)]).exit_code == 0
+    [policy] = list(Path(tiny_config.runs_dir).iterdir())
+    # every passage held out: the policy's two training passages are among them
+    result = runner.invoke(app, ["knowledge", "evaluate", "--quiet", *overrides(tiny_config), "--policy", str(policy),
+                                 "--set", "data.train_passages=0", "--set", "data.eval_passages=24",
+                                 "--set", "data.split_by_article=false"])
+    assert result.exit_code == 2, result.output
+    assert "2 of the 24 passages scored here were in its training set, 2 share an article" in " ".join(result.output.split())
+    assert "--allow-overlap" in result.output and list(Path(tiny_config.runs_dir).iterdir()) == [policy]
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.data.train_passages, cfg.data.eval_passages, cfg.data.split_by_article = 0, 24, False
+    train, held = PLUGIN.contexts(cfg)
+    domain = PLUGIN.domain(cfg)
+    check_policy(PLUGIN, domain, cfg, policy, held, allow_overlap=True)  # allowed: no error
+    _, own_held = PLUGIN.contexts(tiny_config)
+    check_policy(PLUGIN, domain, tiny_config, policy, own_held, allow_overlap=False)  # its own held-out split: fine
+    cfg.model.name = "embedded"
+    with pytest.raises(ConfigError, match="trained from model"):
+        check_policy(PLUGIN, domain, cfg, policy, held, allow_overlap=True)

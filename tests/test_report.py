@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import tiny_config_at
 from seal.cli import app
 from seal.core.runs import Run
 from seal.knowledge.continual import summary
-from seal.knowledge.evaluate import table_rows
+from seal.knowledge.evaluate import table
 from seal.report import round_series
-
-from conftest import tiny_config_at
 from test_cli import overrides
 
 runner = CliRunner()
@@ -46,7 +45,7 @@ def test_report_of_a_restem_run(recorded):
     for name in ("conditions", "rounds", "rewards"):
         assert (out / f"{name}.png").stat().st_size > 5000
         assert f"]({name}.png)" in md and f"`{name}.csv`" in md
-    rows = table_rows(Run.resume(restem_dir), Run.resume(restem_dir).config)
+    rows = table(Run.resume(restem_dir)).rows
     plotted = read_csv(out / "conditions.csv")
     assert [r["condition"] for r in plotted] == [r["condition"] for r in rows]
     assert [float(r["reward"]) for r in plotted] == pytest.approx([r["reward"] for r in rows])
@@ -88,11 +87,22 @@ def test_report_side_by_side_tables_and_a_bad_directory(recorded, tmp_path):
     assert bad.exit_code == 2 and "not a run directory" in " ".join(bad.output.split())
 
 
-def test_round_series_reads_both_domains_names():
-    rows = [{"condition": c, "reward": v} for c, v in [
-        ("base model, no update", 0.1), ("passage only", 0.2), ("passage + base self-edits", 0.3),
-        ("SEAL round 1, no update", 0.15), ("passage + SEAL round 1 self-edits", 0.35),
-        ("TTT + SEAL round 2 self-edits", 0.5), ("ICL, no TTT", 0.0)]]
+def test_round_series_reads_each_rows_kind_and_round_not_its_name():
+    rows = [{"condition": c, "kind": k, "round": r, "reward": v} for c, k, r, v in [
+        ("base model, no update", "no-update", 0, 0.1), ("passage only", "passage", None, 0.2),
+        ("passage + base self-edits", "self-edits", 0, 0.3), ("my own name", "no-update", 1, 0.15),
+        ("passage + SEAL round 1 self-edits", "self-edits", 1, 0.35), ("TTT + oracle configuration", "oracle", None, 0.9),
+        ("TTT + SEAL round 2 self-edits", "self-edits", 2, 0.5)]]
     series = round_series(rows, "reward")
-    assert series["no update"] == {0: 0.0, 1: 0.15}  # the ARC row overwrote round 0: both are "no update"
+    assert series["no update"] == {0: 0.1, 1: 0.15}
     assert series["with its self-edits"] == {0: 0.3, 1: 0.35, 2: 0.5}
+
+
+def test_every_table_record_carries_its_row_kind_and_round(recorded):
+    restem_dir, _ = recorded
+    run = Run.resume(restem_dir)
+    evals = [r for r in run.records() if r["key"].startswith(("eval/pre/", "eval/eval/"))]
+    assert evals and all("row" in r and "round" in r for r in evals)
+    kinds = {(row["condition"], row["kind"], row["round"]) for row in table(run).rows}
+    assert ("passage only", "passage", None) in kinds and ("SEAL round 1, no update", "no-update", 1) in kinds
+    assert ("passage + SEAL round 1 self-edits", "self-edits", 1) in kinds

@@ -8,7 +8,7 @@ from seal.core.progress import Progress
 from seal.core.restem import restem
 from seal.core.runs import Run
 from seal.knowledge.data import load_builtin
-from seal.knowledge.inner_loop import KnowledgeDomain
+from seal.knowledge.domain import KnowledgeDomain
 
 
 class CountingDomain(KnowledgeDomain):
@@ -46,7 +46,7 @@ def test_full_round_trains_and_merges_the_policy(tiny_config):
     assert (run.path / "policy/round-1/adapter_config.json").is_file()
     assert any(not torch.equal(before[k], v) for k, v in lm.model.state_dict().items())
     evals = run.records("self_edit_eval")
-    assert {r["sample"] for r in evals} == {0, 1} and all("self_edit" in r and "train" in r or not r["valid"] for r in evals)
+    assert {r["sample"] for r in evals} == {0, 1} and all(("self_edit" in r and "train" in r) or not r["valid"] for r in evals)
     # every record is on disk, one JSON object a line
     lines = (run.path / "records.jsonl").read_text().splitlines()
     assert len(lines) == len(run.records()) and all(json.loads(l)["key"] for l in lines)

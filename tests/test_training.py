@@ -1,6 +1,6 @@
 import torch
 
-from seal.config import LoraTrainConfig
+from seal.core.config import LoraTrainConfig
 from seal.core.generation import completion_logprobs, format_prompt, generate
 from seal.core.training import collate, fresh_adapter, lm_examples, sft_and_merge, sft_example, train
 

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from seal.arc.tasks import PAPER_TRAIN_IDS
-from seal.config import ALL_LINEAR, InnerLoopBase, ModelConfig, PolicySftConfig, RestemConfig, SamplingBase, Section
+from seal.core.config import ALL_LINEAR, InnerLoopBase, ModelConfig, PolicySftConfig, RestemConfig, SamplingBase, Section
 
 # The hand-made configuration of the "oracle TTT" row: what worked best on the embedded model.
 ORACLE = dict(use_basic_augmentations=True, use_size_augmentations=False, use_chain_augmentations=False,

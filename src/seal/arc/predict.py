@@ -19,7 +19,6 @@ from seal.arc.ttt import task_prompt
 from seal.core.generation import generate
 from seal.core.models import LoadedModel
 
-
 RAW_CHARS = 200  # each view's answer is recorded as written, up to this length, to see how it failed
 
 

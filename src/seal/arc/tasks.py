@@ -27,7 +27,7 @@ class Example:
     input: np.ndarray
     output: np.ndarray | None  # None for a test input whose solution is not known
 
-    def map(self, t: Transform) -> "Example":
+    def map(self, t: Transform) -> Example:
         return Example(t.apply(self.input), None if self.output is None else t.apply(self.output))
 
 
@@ -37,7 +37,7 @@ class Task:
     train: tuple[Example, ...]  # the demonstrations
     test: tuple[Example, ...]
 
-    def map(self, t: Transform) -> "Task":
+    def map(self, t: Transform) -> Task:
         """The same task seen through `t`: every input and output transformed alike."""
         return Task(f"{self.id}|{t.name}", tuple(e.map(t) for e in self.train), tuple(e.map(t) for e in self.test))
 
@@ -46,7 +46,7 @@ class Task:
         return {"train": [pair(e) for e in self.train], "test": [pair(e) for e in self.test]}
 
     @classmethod
-    def from_dict(cls, task_id: str, data: dict, where: str = "") -> "Task":
+    def from_dict(cls, task_id: str, data: dict, where: str = "") -> Task:
         where = where or f"task {task_id}"
         if not isinstance(data, dict) or not isinstance(data.get("train"), list) or not isinstance(data.get("test"), list):
             raise TaskError(f"{where}: expected {{'train': [...], 'test': [...]}}")
@@ -155,7 +155,7 @@ def select(tasks: dict[str, Task], ids: list[str] | None = None, n: int | None =
         return [tasks[i] for i in ids]
     pool = [t for t in tasks.values() if t.id not in exclude and t.solved_known
             and (max_grid is None or max_side(t) <= max_grid)]
-    sized = sorted(((task_tokens(t, count), t.id, t) for t in pool))
+    sized = sorted((task_tokens(t, count), t.id, t) for t in pool)
     chosen = [t for n_tok, _, t in sized if max_tokens is None or n_tok <= max_tokens]
     return chosen[:n] if n else chosen
 

@@ -16,7 +16,7 @@ import numpy as np
 from seal.arc.augment import FAMILIES, fits, random_colour_map
 from seal.arc.grids import to_text
 from seal.arc.tasks import Example, Task
-from seal.core.training import Example as TrainExample
+from seal.core.examples import Example as TrainExample
 
 
 def task_prompt(demos: list[Example], query: np.ndarray) -> str:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from peft import PeftModel, get_peft_model
 
-from seal.config import LoraTrainConfig
+from seal.core.config import LoraTrainConfig
 from seal.core.models import LoadedModel
 from seal.core.training import Example, check_targets, collate, init_like_bank, peft_config, save_adapter
 
@@ -42,7 +42,7 @@ class SequentialLora:
         self.peft: PeftModel | None = None  # merge: the wrapper of the step in progress; stack: of all steps
         self.current: str | None = None
 
-    def __enter__(self) -> "SequentialLora":
+    def __enter__(self) -> SequentialLora:
         # Merging changes the base weights; a stack only adds adapters, which unloading removes.
         self._start = ({k: v.detach().clone() for k, v in self.lm.model.state_dict().items()}
                        if self.mode == "merge" else None)

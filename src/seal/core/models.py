@@ -108,6 +108,20 @@ def resolve_checkpoint(name: str) -> Path | str:
     return name  # a hub id: from_pretrained downloads it where there is network
 
 
+def model_layer_names(name: str) -> set[str]:
+    """The linear layer names of a model, from its configuration alone (built on the meta device: no
+    weights are read), so that a LoRA recipe can be checked before any work starts."""
+    from seal.core.training import linear_names
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_checkpoint(name))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not read the configuration of model '{name}': {err}") from err
+    return linear_names(model)
+
+
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(name))
     if tokenizer.pad_token is None:

@@ -28,11 +28,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from seal.config import LoraTrainConfig
+from seal.core.config import LoraTrainConfig
 from seal.core.generation import autocast
 from seal.core.models import LoadedModel
-from seal.core.training import (Example, TrainStats, check_targets, epoch_batches, init_lora_a, lr_factor,
-                                 warmup_steps)
+from seal.core.training import Example, TrainStats, check_targets, epoch_batches, init_lora_a, lr_factor, warmup_steps
 
 
 def target_linears(model: torch.nn.Module, cfg: LoraTrainConfig) -> list[tuple[str, torch.nn.Linear]]:
@@ -44,7 +43,7 @@ def target_linears(model: torch.nn.Module, cfg: LoraTrainConfig) -> list[tuple[s
 class MultiLoraLinear(torch.nn.Module):
     """A frozen linear layer plus, for each row of the input, the LoRA product of that row's adapter."""
 
-    def __init__(self, base: torch.nn.Linear, bank: "AdapterBank", index: int):
+    def __init__(self, base: torch.nn.Linear, bank: AdapterBank, index: int):
         super().__init__()
         self.base, self.bank, self.index = base, [bank], index  # a list: not a registered submodule
 

@@ -35,7 +35,7 @@ class Progress:
         self.log_path = Path(log) if log is not None else None
         self.interval = interval
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         self._bars.start()
         return self
 

@@ -16,28 +16,15 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from seal.core.domain import Domain
 from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
 from seal.core.models import LoadedModel
 from seal.core.multi_lora import adapters_per_batch, memory_adapters
 from seal.core.progress import Progress
 from seal.core.runs import Run
 from seal.core.training import has_target, merge_saved_adapter, sft_and_merge, sft_example
-
-
-class Domain(Protocol):
-    """What a domain provides to the core (see seal.knowledge.inner_loop.KnowledgeDomain)."""
-
-    def context_id(self, context: Any) -> str: ...
-    def self_edit_prompt(self, context: Any) -> str: ...
-    def pre_update(self, lm: LoadedModel, context: Any) -> dict: ...  # has "reward"
-    def evaluate(self, lm: LoadedModel, context: Any, self_edit: str | None, seed: int, pre: dict) -> dict: ...
-    # Optional, and used when present (inner_loop.batched): the same for several self-edits at once,
-    # items being (context, self_edit, seed, pre); results equal to `evaluate` on each.
-    # def evaluate_batch(self, lm: LoadedModel, items: list[tuple]) -> list[dict]: ...
-    # Optional: whether a sampled self-edit is usable at all; unusable ones are re-sampled.
-    # def self_edit_ok(self, text: str) -> bool: ...
 
 
 def derive_seed(*parts) -> int:
@@ -86,11 +73,11 @@ def sample_self_edits(lm: LoadedModel, prompts: list[str], n: int, config, seed:
 
 def self_edit_writer(lm: LoadedModel, domain: Domain, n: int, config) -> Callable[[list, int], list[dict]]:
     """`write(contexts, seed)` for `record_samples`: n self-edits per context from `lm`, which it reads at
-    call time (so it follows policy adapters merged into `lm` later). A domain with `self_edit_ok`
-    gets its unusable self-edits re-sampled (self_edit.max_resamples)."""
+    call time (so it follows policy adapters merged into `lm` later). A domain that declares
+    `checks_self_edits` gets its unusable self-edits re-sampled (self_edit.max_resamples)."""
     return lambda contexts, seed: sample_self_edits(
         lm, [domain.self_edit_prompt(c) for c in contexts], n, config, seed,
-        valid=getattr(domain, "self_edit_ok", None), prefill=getattr(config.self_edit, "prefill", ""))
+        valid=domain.self_edit_ok if domain.checks_self_edits else None, prefill=domain.prefill)
 
 
 def record_samples(run: Run, jobs: list[tuple[str, Any, dict]], write: Callable[[list, int], list[dict]],
@@ -141,7 +128,7 @@ def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob]
             if run.get(key) is None]
     if progress:
         progress.advance(bar, len(jobs) * cfg.eval_times - len(todo))
-    batched = cfg.batched and hasattr(domain, "evaluate_batch")
+    batched = cfg.batched and domain.batched
     # K from the memory once (memory freed after a batch is not always reported as free again), and
     # from the time an evaluation took: the run's last one on resume, then each batch's own
     memory_k = memory_adapters(lm, cfg, len(todo)) if batched and todo and not cfg.adapters_per_batch else None

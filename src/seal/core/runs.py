@@ -15,7 +15,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from seal.config import Config, ConfigError, dump_config, load_config
+from seal.core.config import ConfigError, Section, dump_config, load_config
 from seal.core.faults import crash_armed, crash_point
 
 PACKAGES = ["seal", "torch", "transformers", "peft", "pydantic", "numpy"]
@@ -33,7 +33,7 @@ def package_versions() -> dict[str, str]:
 
 
 class Run:
-    def __init__(self, path: Path, config: Config):
+    def __init__(self, path: Path, config: Section):
         self.path = path
         self.config = config
         self._records: dict[str, dict] = {}
@@ -65,7 +65,7 @@ class Run:
                     self._records[record["key"]] = record
             offset = end + 1
     @classmethod
-    def create(cls, config: Config, command: str) -> "Run":
+    def create(cls, config: Section, command: str) -> Run:
         root = Path(config.runs_dir)
         root.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -83,7 +83,7 @@ class Run:
         return cls(path, config)
 
     @classmethod
-    def resume(cls, path: str | Path) -> "Run":
+    def resume(cls, path: str | Path) -> Run:
         path = Path(path)
         if not (path / "config.yaml").is_file():
             raise ConfigError(f"--resume {path}: not a run directory (no config.yaml)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seal.core.training import Example
+from seal.core.examples import Example
 
 
 class TokenStore:
@@ -26,7 +26,7 @@ class TokenStore:
             np.zeros(0, dtype=np.uint32)
 
     @classmethod
-    def write(cls, path: str | Path, tokenizer, texts: Iterable[str], max_len: int) -> "TokenStore":
+    def write(cls, path: str | Path, tokenizer, texts: Iterable[str], max_len: int) -> TokenStore:
         """Tokenize `texts` one at a time into `path` (a new directory), each cut to `max_len` tokens."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

@@ -19,16 +19,11 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from seal.config import ConfigError, LoraTrainConfig
+from seal.core.config import ConfigError, LoraTrainConfig
+from seal.core.examples import Example
 from seal.core.faults import crash_point
 from seal.core.generation import autocast
 from seal.core.models import LoadedModel
-
-
-@dataclass
-class Example:
-    input_ids: list[int]
-    labels: list[int]  # -100 where no loss is taken
 
 
 @dataclass
@@ -59,8 +54,14 @@ def peft_config(cfg: LoraTrainConfig) -> LoraConfig:
                       target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
 
 
-def check_targets(model: torch.nn.Module, cfg: LoraTrainConfig, field: str = "target_modules") -> None:
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+def linear_names(model: torch.nn.Module) -> set[str]:
+    """The names (last part) of a model's linear layers: what LoRA `target_modules` may name."""
+    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def check_targets(model: torch.nn.Module | set[str], cfg: LoraTrainConfig, field: str = "target_modules") -> None:
+    """Refuse target modules that are not linear layers of `model` (or of these layer names)."""
+    names = model if isinstance(model, set) else linear_names(model)
     missing = [t for t in cfg.target_modules if t not in names]
     if missing:
         raise ConfigError(f"{field}: {missing} are not linear layers of this model (it has {sorted(names)})")

@@ -25,7 +25,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from seal.config import ConfigError
+from seal.core.config import ConfigError
 from seal.core.continual import SequentialLora, kl_loss, orthogonal_penalty, project_out, replay_sample
 from seal.core.generation import resolve_precision
 from seal.core.models import LoadedModel, load_model
@@ -35,7 +35,7 @@ from seal.core.restem import derive_seed, policy_rounds, record_samples, self_ed
 from seal.core.runs import Run
 from seal.core.training import Example, lm_examples, train
 from seal.knowledge.data import Passage
-from seal.knowledge.inner_loop import KnowledgeDomain
+from seal.knowledge.domain import KnowledgeDomain
 from seal.knowledge.retrieval import TfIdf
 from seal.knowledge.self_edit import training_set
 
@@ -266,3 +266,16 @@ def matrix_table(summ_remedy: dict) -> str:
         cells = ["" if j > t else ("-" if mean[t][j] is None else f"{mean[t][j]:.3f} ± {sd[t][j]:.3f}") for j in range(T)]
         lines.append(f"| {t + 1} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def summary_markdown(run: Run) -> str:
+    """The summary table and each remedy's matrix, also written to RUN_DIR/continual.md."""
+    summ = summary(run)
+    if not summ:
+        return "no continual steps in this run yet"
+    parts = [summary_table(summ, run.config.reward.metric)]
+    for name, s in summ.items():
+        parts.append(f"{name}: mean ± sd over sequences\n\n{matrix_table(s)}")
+    md = "\n\n".join(parts)
+    (run.path / "continual.md").write_text(md + "\n", encoding="utf-8")
+    return md

@@ -6,7 +6,7 @@ self-edits. For a trained condition the training sequences of every passage are 
 on-disk `TokenStore` (streamed from the run's recorded self-edits, one passage at a time), one update
 is trained on the pool (LoRA or full fine-tuning, `cpt` section), and the questions of all passages
 are answered without their passage, a chunk of passages at a time. Records use the table's keys, so
-`table_rows` builds the CPT table exactly as it builds the single-passage one.
+`table` builds the CPT table exactly as it builds the single-passage one.
 """
 
 from __future__ import annotations
@@ -15,17 +15,18 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from seal.config import Config
 from seal.core.generation import resolve_precision
 from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
 from seal.core.restem import derive_seed, record_samples
 from seal.core.runs import Run
+from seal.core.tables import Table
 from seal.core.token_store import TokenStore
 from seal.core.training import epoch_batches, temporary_update
+from seal.knowledge.config import KnowledgeConfig
 from seal.knowledge.data import Passage
-from seal.knowledge.evaluate import Writer, conditions, table_rows
-from seal.knowledge.inner_loop import KnowledgeDomain
+from seal.knowledge.domain import KnowledgeDomain
+from seal.knowledge.evaluate import Condition, conditions, table
 from seal.knowledge.self_edit import training_set
 
 
@@ -34,15 +35,15 @@ def slug(name: str) -> str:
 
 
 def cpt(run: Run, domain: KnowledgeDomain, passages: list[Passage], progress: Progress,
-        policy_run: Path | None = None, lm: LoadedModel | None = None) -> list[dict]:
-    """Every CPT condition on `passages`; returns the table rows."""
+        policy_run: Path | None = None, lm: LoadedModel | None = None) -> Table:
+    """Every CPT condition on `passages`; returns the table."""
     lm = lm or load_model(run.config.model.name, run.config.model.device)
-    for name, model_row, write in conditions(run.config, lm, domain, policy_run):
-        if name is None:
-            _no_update(run, lm, domain, passages, model_row, progress)
+    for c in conditions(run.config, lm, domain, policy_run):
+        if c.name is None:
+            _no_update(run, lm, domain, passages, c, progress)
         else:
-            _condition(run, lm, domain, passages, name, progress, write)
-    return table_rows(run, run.config)
+            _condition(run, lm, domain, passages, c, progress)
+    return table(run)
 
 
 def _answer(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], kind: str, key, tags,
@@ -60,21 +61,24 @@ def _answer(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[P
         progress.advance(bar, len(chunk))
 
 
-def _no_update(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], row: str,
+def _no_update(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], c: Condition,
                progress: Progress) -> None:
+    row = c.model_row
     _answer(run, lm, domain, passages, "pre_update", lambda pid: f"eval/pre/{row}/{pid}",
-            lambda pid: dict(condition=row, context_id=pid), progress, f"answering: {row}")
+            lambda pid: dict(condition=row, context_id=pid, row="no-update", round=c.model_round), progress,
+            f"answering: {row}")
 
 
-def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], name: str,
-               progress: Progress, write: Writer | None) -> None:
-    """One trained row: the self-edits (when `write`), the pooled update, then every question."""
-    config = run.config
+def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], c: Condition,
+               progress: Progress) -> None:
+    """One trained row: the self-edits (when `c.write`), the pooled update, then every question."""
+    config, name, write = run.config, c.name, c.write
+    tags = lambda pid: dict(condition=name, context_id=pid, row=c.kind, round=c.round)
     key = lambda pid: f"eval/eval/{name}/{pid}/0"
     if all(run.get(key(p.id)) is not None for p in passages):
         return
     if write is not None:
-        record_samples(run, [(f"eval/samples/{name}/{p.id}", p, dict(condition=name, context_id=p.id)) for p in passages],
+        record_samples(run, [(f"eval/samples/{name}/{p.id}", p, tags(p.id)) for p in passages],
                        write, config.self_edit.batch_size, ("eval", name), progress)
         failed = [p.id for p in passages if run.get(f"eval/samples/{name}/{p.id}").get("error")]
         if failed:  # one update on every passage: it waits until every self-edit could be written
@@ -100,11 +104,11 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
         if stats is not None:
             run.append("cpt_train", f"cpt/{slug(name)}/train", condition=name, update=cfg.update,
                        train=stats.as_dict())
-        _answer(run, lm, domain, passages, "self_edit_eval", key, lambda pid: dict(condition=name, context_id=pid, repeat=0),
+        _answer(run, lm, domain, passages, "self_edit_eval", key, lambda pid: dict(tags(pid), repeat=0),
                 progress, f"answering: {name}", dict(valid=True, n_sequences=info["sequences"]))
 
 
-def _sequences(run: Run, config: Config, passages: list[Passage], name: str, with_self_edits: bool,
+def _sequences(run: Run, config: KnowledgeConfig, passages: list[Passage], name: str, with_self_edits: bool,
                problems: dict[str, str]) -> Iterator[str]:
     """Each passage's training sequences in turn (read from its recorded self-edit); a passage whose
     self-edit is unusable contributes its passage sequence only, and the reason is noted in `problems`."""

@@ -2,36 +2,39 @@
 
 Rows: the base model with no update; trained on the passage only; passage + the base model's
 self-edits; passage + a teacher's self-edits; and for each SEAL round, that round's policy with no
-update and with its own self-edits. Each (row, passage) is a record in the run, written as it finishes.
+update and with its own self-edits. Each (row, passage) is a record in the run, written as it
+finishes, carrying the row's kind and round (see core/tables.py).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-
-from seal.config import Config
 from seal.core.endpoint import ChatEndpoint, EndpointError
 from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
 from seal.core.restem import EvalJob, evaluate_jobs, policy_rounds, record_samples, self_edit_writer
 from seal.core.runs import Run
 from seal.core.stats import bootstrap_ci
+from seal.core.tables import Column, Table
+from seal.knowledge.config import KnowledgeConfig
 from seal.knowledge.data import Passage
-from seal.knowledge.inner_loop import KnowledgeDomain, mean
+from seal.knowledge.domain import KnowledgeDomain, mean
+
 
 # missing: passages left out of the row because their self-edit could not be written (an endpoint error)
-COLUMNS = ["condition", "EM", "F1", "contains", "loglik", "judge", "questions", "missing", "reward", "95% CI"]
+def columns(metric: str) -> list[Column]:
+    return [Column("condition", kind="text"), Column("EM"), Column("F1"), Column("contains"), Column("loglik"),
+            Column("judge"), Column("questions", kind="int"), Column("missing", kind="int"),
+            Column("reward", f"reward ({metric})"), Column("95% CI", kind="ci")]
 
 
 Writer = Callable[[list[Passage], int], list[dict]]  # (passages, seed) -> one sample record each
 
 
-def _teacher_writer(config: Config, domain: KnowledgeDomain) -> Writer | None:
+def _teacher_writer(config: KnowledgeConfig, domain: KnowledgeDomain) -> Writer | None:
     """Writes one teacher self-edit per passage, or None when no teacher is set."""
     t = config.teacher
     if t.base_url:
@@ -51,21 +54,37 @@ def _teacher_writer(config: Config, domain: KnowledgeDomain) -> Writer | None:
     return None
 
 
-def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], name: str | None,
-               model_row: str, progress: Progress, write: Writer | None) -> None:
-    """Record the row `name` (or only `model_row` when name is None): for each passage the model's
-    pre-update score, recorded once per model under its no-update row `model_row`, then an update on
-    the passage only (write=None) or on the self-edit that `write` produces."""
+@dataclass
+class Condition:
+    """One row of the table: `name` (None: only the no-update row of its model, `model_row`), what is
+    trained (`kind`), the round of the policy that wrote the self-edits (0: the base model; None:
+    no round), and the self-edit writer (None: the passage alone)."""
+
+    name: str | None
+    kind: str
+    round: int | None
+    model_row: str
+    model_round: int
+    write: Writer | None = None
+
+
+def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], c: Condition,
+               progress: Progress) -> None:
+    """Record the row `c.name` (or only `c.model_row` when name is None): for each passage the model's
+    pre-update score, recorded once per model under its no-update row, then an update on the passage
+    only (write=None) or on the self-edit that `c.write` produces."""
+    name, write = c.name, c.write
+    tags = lambda pid: dict(condition=name, context_id=pid, row=c.kind, round=c.round)
     if name is not None and write is not None:
-        record_samples(run, [(f"eval/samples/{name}/{p.id}", p, dict(condition=name, context_id=p.id)) for p in passages],
+        record_samples(run, [(f"eval/samples/{name}/{p.id}", p, tags(p.id)) for p in passages],
                        write, run.config.self_edit.batch_size, ("eval", name), progress)
     repeats = run.config.inner_loop.eval_times if name is not None else 1
-    progress.start("eval", f"eval: {name or model_row}", len(passages) * repeats)
+    progress.start("eval", f"eval: {name or c.model_row}", len(passages) * repeats)
     jobs = []
     for passage in passages:
         pid = passage.id
-        pre = run.cached("pre_update", f"eval/pre/{model_row}/{pid}", lambda: dict(
-            condition=model_row, context_id=pid, **domain.pre_update(lm, passage)))
+        pre = run.cached("pre_update", f"eval/pre/{c.model_row}/{pid}", lambda: dict(
+            condition=c.model_row, context_id=pid, row="no-update", round=c.model_round, **domain.pre_update(lm, passage)))
         if name is None:
             progress.advance("eval")
             continue
@@ -74,55 +93,56 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
             progress.advance("eval", repeats)
             continue  # the writer failed (an endpoint error): no self-edit to evaluate
         text = sample["self_edits"][0] if sample is not None else None
-        jobs.append(EvalJob(f"eval/eval/{name}/{pid}", passage, text, pre, ("eval", name, pid),
-                            dict(condition=name, context_id=pid)))
+        jobs.append(EvalJob(f"eval/eval/{name}/{pid}", passage, text, pre, ("eval", name, pid), tags(pid)))
     if jobs:
         evaluate_jobs(run, lm, domain, jobs, progress, bar="eval")
 
 
-def conditions(config: Config, lm: LoadedModel, domain: KnowledgeDomain, policy_run: Path | None):
-    """The table's rows in order, as (trained row or None, the no-update row of its model, self-edit
-    writer or None for the passage alone). A SEAL round's rows come while `lm` is that round's policy.
-    Shared by the single-passage table and CPT."""
+def conditions(config: KnowledgeConfig, lm: LoadedModel, domain: KnowledgeDomain, policy_run: Path | None):
+    """The table's rows in order. A SEAL round's rows come while `lm` is that round's policy. Shared by
+    the single-passage table and CPT."""
     own = self_edit_writer(lm, domain, 1, config)  # follows lm as policy adapters are merged into it
     base = "base model, no update"
-    yield None, base, None
+    yield Condition(None, "no-update", 0, base, 0)
     if config.eval.passage_only:
-        yield "passage only", base, None
+        yield Condition("passage only", "passage", None, base, 0)
     if config.eval.base_self_edits:
-        yield "passage + base self-edits", base, own
+        yield Condition("passage + base self-edits", "self-edits", 0, base, 0, own)
     teacher = _teacher_writer(config, domain)
     if teacher is not None:
-        yield "passage + teacher self-edits", base, teacher
+        yield Condition("passage + teacher self-edits", "teacher", None, base, 0, teacher)
     if policy_run is not None:
         for r in policy_rounds(lm, policy_run):
-            yield None, f"SEAL round {r}, no update", None
-            yield f"passage + SEAL round {r} self-edits", f"SEAL round {r}, no update", own
+            no_update = f"SEAL round {r}, no update"
+            yield Condition(None, "no-update", r, no_update, r)
+            yield Condition(f"passage + SEAL round {r} self-edits", "self-edits", r, no_update, r, own)
 
 
 def evaluate(run: Run, domain: KnowledgeDomain, passages: list[Passage], progress: Progress,
-             policy_run: Path | None = None, lm: LoadedModel | None = None) -> list[dict]:
-    """Evaluate every condition on the held-out passages and return the table rows."""
+             policy_run: Path | None = None, lm: LoadedModel | None = None) -> Table:
+    """Evaluate every condition on the held-out passages and return the table."""
     lm = lm or load_model(run.config.model.name, run.config.model.device)
-    for name, model_row, write in conditions(run.config, lm, domain, policy_run):
-        _condition(run, lm, domain, passages, name, model_row, progress, write)
-    return table_rows(run, run.config)
+    for c in conditions(run.config, lm, domain, policy_run):
+        _condition(run, lm, domain, passages, c, progress)
+    return table(run)
 
 
-def table_rows(run: Run, config: Config) -> list[dict]:
+def table(run: Run) -> Table:
     """Aggregate the run's eval records into one row per condition (in the order they were run).
 
     A no-update row is made of pre-update scores, a trained row of self-edit evaluations; repeats of
     one self-edit (eval_times) are averaged within the passage first.
     """
+    config = run.config
     rows: dict[str, dict] = {}
+    new_row = lambda record: {"grades": {}, "rewards": {}, "questions": {}, "missing": 0,
+                              "kind": record.get("row"), "round": record.get("round")}
     for record in run.records():
         if record["key"].startswith("eval/samples/") and record.get("error"):
-            rows.setdefault(record["condition"], {"grades": {}, "rewards": {}, "questions": {}, "missing": 0})
-            rows[record["condition"]]["missing"] += 1
+            rows.setdefault(record["condition"], new_row(record))["missing"] += 1
         if not record["key"].startswith(("eval/pre/", "eval/eval/")):
             continue
-        row = rows.setdefault(record["condition"], {"grades": {}, "rewards": {}, "questions": {}, "missing": 0})
+        row = rows.setdefault(record["condition"], new_row(record))
         pid = record["context_id"]
         row["rewards"].setdefault(pid, []).append(record["reward"])
         row["questions"][pid] = len(record["answers"])
@@ -132,45 +152,14 @@ def table_rows(run: Run, config: Config) -> list[dict]:
     for name, row in rows.items():
         # A passage whose every answer went ungraded (a failed judge) is left out, not counted as 0.
         per_passage = [m for m in map(mean, row["rewards"].values()) if m is not None]
-        low, high = bootstrap_ci(per_passage, config.eval.bootstrap, config.seed)
         g = row["grades"]
         out.append({
-            "condition": name,
+            "condition": name, "kind": row["kind"], "round": row["round"],
             "EM": mean(g.get("em", [])), "F1": mean(g.get("f1", [])), "contains": mean(g.get("contains", [])),
             "loglik": mean(g.get("loglik", [])), "judge": mean(g.get("judge", [])),
             "questions": sum(row["questions"].values()), "missing": row["missing"],
-            "reward": mean(per_passage), "95% CI": (low, high),
+            "reward": mean(per_passage), "95% CI": bootstrap_ci(per_passage, config.eval.bootstrap, config.seed),
         })
-    return out
-
-
-def _fmt(value, column: str) -> str:
-    if value is None:
-        return "-"
-    if column == "95% CI":
-        return "-" if math.isnan(value[0]) else f"[{value[0]:.3f}, {value[1]:.3f}]"
-    if column in ("questions", "missing"):
-        return str(value)
-    if column == "condition":
-        return value
-    return f"{value:.3f}"
-
-
-def markdown_table(rows: list[dict], config: Config) -> str:
-    head = [c if c != "reward" else f"reward ({config.reward.metric})" for c in COLUMNS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_fmt(row[c], c) for c in COLUMNS) + " |")
-    return "\n".join(lines)
-
-
-def write_table(run: Run, rows: list[dict]) -> str:
-    md = markdown_table(rows, run.config)
-    (run.path / "table.md").write_text(md + "\n", encoding="utf-8")
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(COLUMNS[:-1] + ["ci_low", "ci_high"])
-    for row in rows:
-        writer.writerow([row[c] for c in COLUMNS[:-1]] + list(row["95% CI"]))
-    (run.path / "table.csv").write_text(buf.getvalue(), encoding="utf-8")
-    return md
+    metric = config.reward.metric
+    label = "mean gold-answer token probability" if metric == "loglik" else f"{metric} (0-1)"
+    return Table(columns(metric), out, "reward", label)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 import time
 
-from seal.config import Config
+from seal.core.domain import Domain
 from seal.core.endpoint import Judge
 from seal.core.generation import completion_logprobs, format_prompt, generate, resolve_precision
 from seal.core.models import LoadedModel
 from seal.core.multi_lora import adapter_bank, train_bank
 from seal.core.training import fresh_adapter, lm_examples, train
+from seal.knowledge.config import KnowledgeConfig
 from seal.knowledge.data import Passage
 from seal.knowledge.grading import contains_answer, exact_match, token_f1
 from seal.knowledge.prompts import answer_prompt, load_template, self_edit_prompt
@@ -30,12 +31,13 @@ def mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-class KnowledgeDomain:
+class KnowledgeDomain(Domain):
     """Plugs the knowledge-incorporation task into the ReST-EM core."""
 
     name = "knowledge"
+    batched = True
 
-    def __init__(self, config: Config, judge: Judge | None = None):
+    def __init__(self, config: KnowledgeConfig, judge: Judge | None = None):
         self.config = config
         self.judge = judge
         self.template = load_template(config.self_edit.prompt)
@@ -43,6 +45,9 @@ class KnowledgeDomain:
     # --- what the core asks of a domain -------------------------------------------------------
     def context_id(self, passage: Passage) -> str:
         return passage.id
+
+    def context_group(self, passage: Passage) -> str:
+        return passage.title  # the article: passages of one article are never split between training and scoring
 
     def self_edit_prompt(self, passage: Passage) -> str:
         return self_edit_prompt(self.template, passage)

@@ -14,16 +14,19 @@ from seal.arc import ttt
 from seal.arc.config import ArcConfig
 from seal.arc.predict import predict
 from seal.arc.tasks import Task
+from seal.core.domain import Domain
 from seal.core.generation import resolve_precision
 from seal.core.models import LoadedModel
 from seal.core.multi_lora import adapter_bank, train_bank
 from seal.core.training import fresh_adapter, train
 
 
-class ArcDomain:
+class ArcDomain(Domain):
     """Plugs few-shot ARC with test-time training into the ReST-EM core."""
 
     name = "arc"
+    batched = True
+    checks_self_edits = True
 
     def __init__(self, config: ArcConfig):
         self.config = config
@@ -31,6 +34,10 @@ class ArcDomain:
         self.fallback = ttt.Recipe(lr=il.lr, epochs=il.epochs)
 
     # --- what the core asks of a domain -------------------------------------------------------
+    @property
+    def prefill(self) -> str:
+        return self.config.self_edit.prefill
+
     def context_id(self, task: Task) -> str:
         return task.id
 

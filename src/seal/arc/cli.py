@@ -1,0 +1,47 @@
+"""ARC's own commands (restem, evaluate and table are every domain's: core/commands.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from seal.core.commands import ConfigOpt, SetOpt, guard
+from seal.core.config import load_config
+from seal.core.progress import console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("tasks")
+    @guard
+    def tasks(config: ConfigOpt = None, set: SetOpt = None):
+        """List the configured training and evaluation tasks with their sizes (no run directory)."""
+        from seal.arc.plugin import token_counter
+        from seal.arc.tasks import configured_tasks, max_side, task_tokens
+
+        cfg = load_config(config, set or [], domain="arc")
+        count = token_counter(cfg)
+        train, held = configured_tasks(cfg.data, count)
+        print("| set | task | demonstrations | tests | largest grid | tokens |\n|---|---|---|---|---|---|")
+        for name, chosen in (("train", train), ("eval", held)):
+            for t in chosen:
+                print(f"| {name} | {t.id} | {len(t.train)} | {len(t.test)} | {max_side(t)} | {task_tokens(t, count)} |")
+
+    @app.command("show")
+    @guard
+    def show(task_id: Annotated[str, typer.Argument(help="A task id of the configured source (either split).")],
+             config: ConfigOpt = None, set: SetOpt = None,
+             png: Annotated[Optional[Path], typer.Option(help="Also draw the task to this PNG file.")] = None):
+        """Print a task as text (and draw it as a picture with --png)."""
+        from seal.arc.tasks import TaskError, load_split, save_picture, task_text
+
+        cfg = load_config(config, set or [], domain="arc")
+        for split in ("train", "eval"):
+            found = load_split(cfg.data, split)
+            if task_id in found:
+                print(task_text(found[task_id]))
+                if png is not None:
+                    console.print(f"[dim]picture written to {save_picture(found[task_id], png)}[/dim]")
+                return
+        raise TaskError(f"task '{task_id}' not found in {cfg.data.source} {cfg.data.version}")

@@ -1,0 +1,61 @@
+"""Few-shot ARC as the command line, the report and the library see it (core/domain.py)."""
+
+from __future__ import annotations
+
+from seal.arc.tasks import TaskError
+from seal.core.config import ConfigError
+from seal.core.domain import DomainPlugin
+
+
+def token_counter(config):
+    """The length of a text in the configured model's tokens."""
+    from seal.core.models import load_tokenizer
+
+    tok = load_tokenizer(config.model.name)
+    return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+class ArcPlugin(DomainPlugin):
+    name = "arc"
+    help = "Few-shot ARC: the model chooses its own test-time training configuration."
+    run_prefix = "arc-"
+    contexts_word = "tasks"
+    group_word = "a task"
+    input_errors = (TaskError,)
+
+    def config_class(self):
+        from seal.arc.config import ArcConfig
+
+        return ArcConfig
+
+    def contexts(self, config):
+        from seal.arc.tasks import configured_tasks
+
+        return configured_tasks(config.data, token_counter(config))
+
+    def domain(self, config):
+        from seal.arc.domain import ArcDomain
+
+        return ArcDomain(config)
+
+    def evaluate(self, run, domain, held, progress, policy_run=None, lm=None):
+        from seal.arc.evaluate import evaluate
+
+        return evaluate(run, domain, held, progress, policy_run=policy_run, lm=lm)
+
+    def table(self, run):
+        from seal.arc.evaluate import table
+
+        return table(run)
+
+    def check(self, config, command, held):
+        if command == "evaluate" and not held:
+            raise ConfigError("no evaluation tasks: set data.eval_ids, or loosen data.max_tokens / data.max_grid")
+
+    def register(self, app):
+        from seal.arc.cli import register
+
+        register(app)
+
+
+PLUGIN = ArcPlugin()

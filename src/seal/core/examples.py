@@ -1,0 +1,13 @@
+"""A training example as token ids and labels: what every data builder produces and every training
+loop consumes. No torch here, so that data code (ARC's TTT sets, token stores) can build examples
+without importing it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # -100 where no loss is taken

@@ -1,0 +1,70 @@
+"""Comparison tables, whichever domain they come from: one writer for markdown and CSV.
+
+A domain builds a `Table` from a run's records: its columns, one dict per row (a condition), and which
+column is the score. Every row also carries `kind` (what was trained before scoring: "no-update",
+"passage", "self-edits", "teacher", "oracle") and `round` (0 for the base model, r for the round-r
+policy, None for rows that belong to no round), taken from the records, so that reports never parse
+condition names.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Column:
+    key: str
+    header: str | None = None  # shown instead of the key
+    kind: str = "float"  # text | int | float | ci (a (low, high) pair; two CSV columns)
+    digits: int = 3
+
+    def format(self, value) -> str:
+        if value is None:
+            return "-"
+        if self.kind == "ci":
+            return "-" if math.isnan(value[0]) else f"[{value[0]:.{self.digits}f}, {value[1]:.{self.digits}f}]"
+        if self.kind in ("text", "int"):
+            return str(value)
+        return f"{value:.{self.digits}f}"
+
+
+@dataclass
+class Table:
+    columns: list[Column]
+    rows: list[dict]
+    score: str  # the key of the score column, drawn by reports
+    score_label: str  # what that score is, for axis labels
+    extra: str = ""  # markdown written after the table (e.g. a per-task breakdown)
+    notes: list[str] = field(default_factory=list)  # lines printed under the table
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(c.header or c.key for c in self.columns) + " |",
+                 "|" + "|".join("---" for _ in self.columns) + "|"]
+        lines += ["| " + " | ".join(c.format(row.get(c.key)) for c in self.columns) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+    def csv(self) -> str:
+        header = []
+        for c in self.columns:
+            header += ["ci_low", "ci_high"] if c.kind == "ci" else [c.key]
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(header + ["kind", "round"])
+        for row in self.rows:
+            cells = []
+            for c in self.columns:
+                cells += list(row.get(c.key) or (None, None)) if c.kind == "ci" else [row.get(c.key)]
+            writer.writerow(cells + [row.get("kind"), row.get("round")])
+        return buf.getvalue()
+
+    def write(self, folder: Path) -> str:
+        """Write table.md (the table, then `extra`) and table.csv into `folder`; returns the markdown."""
+        md = self.markdown()
+        (folder / "table.md").write_text(md + ("\n\n" + self.extra if self.extra else "") + "\n", encoding="utf-8")
+        (folder / "table.csv").write_text(self.csv(), encoding="utf-8")
+        return md

@@ -1,0 +1,88 @@
+"""The knowledge domain as the command line, the report and the library see it (core/domain.py)."""
+
+from __future__ import annotations
+
+from seal.core.config import ConfigError
+from seal.core.domain import DomainPlugin
+from seal.knowledge.data import DataError
+
+
+class KnowledgePlugin(DomainPlugin):
+    name = "knowledge"
+    help = "Knowledge incorporation: learn passages from self-written training data."
+    contexts_word = "passages"
+    group_word = "an article"
+    input_errors = (DataError,)
+
+    def config_class(self):
+        from seal.knowledge.config import KnowledgeConfig
+
+        return KnowledgeConfig
+
+    def contexts(self, config):
+        from seal.knowledge.data import load_passages, split_passages
+        from seal.knowledge.prompts import load_template
+
+        load_template(config.self_edit.prompt)  # a bad prompt style or template file stops here
+        d = config.data
+        passages = load_passages(d.source, d.path, d.hub_split)
+        return split_passages(passages, d.train_passages, d.eval_passages, config.seed, d.split_by_article)
+
+    def domain(self, config):
+        from seal.core.endpoint import ChatEndpoint, Judge
+        from seal.knowledge.domain import KnowledgeDomain
+
+        j = config.judge
+        judge = Judge(ChatEndpoint(j.base_url, j.model, j.api_key_env, j.retries, j.timeout_s)) if j.base_url else None
+        return KnowledgeDomain(config, judge)
+
+    def evaluate(self, run, domain, held, progress, policy_run=None, lm=None):
+        from seal.knowledge.evaluate import evaluate
+
+        return evaluate(run, domain, held, progress, policy_run=policy_run, lm=lm)
+
+    def table(self, run):
+        from seal.knowledge.evaluate import table
+
+        return table(run)
+
+    def lora_sections(self, config, command):
+        sections = super().lora_sections(config, command)
+        if command == "cpt" and config.cpt.update == "lora":
+            sections.append(("cpt", config.cpt))
+        return sections
+
+    def check(self, config, command, held):
+        if command == "cpt" and not held:
+            raise ConfigError("no passages: set data.eval_passages (the passages pooled for continued pretraining)")
+        if command == "continual" and config.continual.steps > len(held):
+            raise ConfigError(f"continual.steps={config.continual.steps} needs at least that many passages; "
+                              f"data.eval_passages gives {len(held)}")
+
+    def show(self, run):
+        if run.command != "continual":
+            return None
+        from seal.knowledge.continual import summary_markdown
+
+        return summary_markdown(run)
+
+    def report(self, run, section):
+        if run.command != "continual":
+            return False
+        from seal.knowledge.report import continual_section
+
+        section.found["continual"] = continual_section(section, run)
+        return True
+
+    def compare(self, section, found):
+        from seal.knowledge.report import compare_continual
+
+        return compare_continual(section, found)
+
+    def register(self, app):
+        from seal.knowledge.cli import register
+
+        register(app)
+
+
+PLUGIN = KnowledgePlugin()
