@@ -1,6 +1,6 @@
 # make demo: set up .venv and run the main job (one ReST-EM round + the comparison table, ~7 min on 2 CPU cores)
 # make demo-arc: the same for few-shot ARC (a small round on 3 tasks + the baseline table on 2)
-# make test: set up .venv and run the tests (unit and pipeline tests on tiny models, then embedded-model tests)
+# make test: set up .venv, lint (ruff, rules in pyproject.toml) and run the tests (tiny models, then embedded-model tests)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -25,6 +25,7 @@ demo-arc: setup
 	$(BIN)/seal arc restem --config configs/arc-demo.yaml
 
 test: setup
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

@@ -44,7 +44,7 @@ def measure(build, n_sequences: int) -> dict:
     order = list(range(len(data)))
     random.Random(0).shuffle(order)
     tokens = sum(len(data[i].input_ids) for i in order)
-    current, peak = tracemalloc.get_traced_memory()
+    _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return dict(sequences=len(data), tokens=tokens, held_mb=round(built / 2**20, 2), peak_mb=round(peak / 2**20, 2),
                 seconds=round(time.perf_counter() - start, 1))

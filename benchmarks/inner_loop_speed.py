@@ -149,7 +149,8 @@ def main() -> None:
     parser.add_argument("--reference", type=int, default=1, help="of those, how many (a) evaluates (it is slow)")
     parser.add_argument("--k", type=int, default=None, help="adapters per batch in (c); default: from memory")
     parser.add_argument("--recipe", choices=["reference", "project"], default="reference",
-                        help="reference: the paper's inner loop (q,v r32, batch 1); project: this project's default (all linear r16, batch 4)")
+                        help="reference: the paper's inner loop (q,v r32, batch 1); "
+                             "project: this project's default (all linear r16, batch 4)")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (10 / 5) to shorten a run")
     parser.add_argument("--pad-to", type=int, default=2048, help="(a) pads every training sequence to this length")
     parser.add_argument("--config", default=None, help="a configuration file for everything but the inner loop")

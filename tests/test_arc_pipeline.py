@@ -40,7 +40,8 @@ def test_batched_evaluation_equals_one_at_a_time(tiny, arc_config):
     domain = ArcDomain(arc_config)
     items = [(tasks["6150a2bd"], USABLE, 3, {"reward": 0.0}),
              (tasks["5582e5ca"], "no json here", 4, {"reward": 0.0}),
-             (tasks["5582e5ca"], USABLE.replace("0.001", "0.002").replace('"num_train_epochs": 1', '"num_train_epochs": 2'), 5, {"reward": 0.0})]
+             (tasks["5582e5ca"], USABLE.replace("0.001", "0.002").replace('"num_train_epochs": 1', '"num_train_epochs": 2'), 5,
+              {"reward": 0.0})]
     before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
     batched = domain.evaluate_batch(tiny, items)
     alone = [domain.evaluate(tiny, *item) for item in items]
@@ -123,7 +124,7 @@ def test_unusable_self_edits_are_resampled_a_bounded_number_of_times(tiny, arc_c
 def test_arc_tasks_and_show(tmp_path):
     listed = runner.invoke(app, ["arc", "tasks", "--set", "data.eval_count=3"])
     assert listed.exit_code == 0, listed.output
-    lines = [l for l in listed.output.splitlines() if l.startswith("| train |") or l.startswith("| eval |")]
+    lines = [line for line in listed.output.splitlines() if line.startswith(("| train |", "| eval |"))]
     assert len(lines) == 12 + 3 and "| train | 6150a2bd | 2 | 1 | 3 |" in listed.output
     shown = runner.invoke(app, ["arc", "show", "6150a2bd", "--png", str(tmp_path / "t.png")])
     assert shown.exit_code == 0 and "task 6150a2bd: 2 demonstrations" in shown.output

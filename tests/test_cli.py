@@ -54,7 +54,7 @@ def test_generate_writes_self_edits(tiny_config):
                                  "--set", "self_edit.prompt=self-qa", *overrides(tiny_config)])
     assert result.exit_code == 0, result.output
     [run_dir] = list(__import__("pathlib").Path(tiny_config.runs_dir).iterdir())
-    records = [json.loads(l) for l in (run_dir / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(len(r["self_edits"]) == 2 for r in records)
     assert "question-answer pairs" in records[0]["prompt"]
 
@@ -126,7 +126,7 @@ def test_a_policy_is_checked_against_the_model_and_the_scored_passages(tiny_conf
     assert "--allow-overlap" in result.output and list(Path(tiny_config.runs_dir).iterdir()) == [policy]
     cfg = tiny_config.model_copy(deep=True)
     cfg.data.train_passages, cfg.data.eval_passages, cfg.data.split_by_article = 0, 24, False
-    train, held = PLUGIN.contexts(cfg)
+    _, held = PLUGIN.contexts(cfg)
     domain = PLUGIN.domain(cfg)
     check_policy(PLUGIN, domain, cfg, policy, held, allow_overlap=True)  # allowed: no error
     _, own_held = PLUGIN.contexts(tiny_config)

@@ -135,7 +135,7 @@ def test_draw_sequences(tiny_config):
     assert [len(s) for s in seqs] == [4, 4, 4] and all(len({p.id for p in s}) == 4 for s in seqs)
     assert draw_sequences(pool, 4, 3, seed=0) == seqs and draw_sequences(pool, 4, 3, seed=1) != seqs
     assert draw_sequences(pool, 4, 2, seed=0) == seqs[:2]  # sequence s does not depend on S
-    with pytest.raises(ConfigError, match="continual.steps=7"):
+    with pytest.raises(ConfigError, match=r"continual\.steps=7"):
         draw_sequences(pool, 7, 1, seed=0)
 
 

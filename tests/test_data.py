@@ -54,7 +54,7 @@ def test_bad_seal_json_names_the_problem(tmp_path, content, message):
 def test_missing_file_and_unknown_source(tmp_path):
     with pytest.raises(DataError, match="not found"):
         load_passages("seal-json", str(tmp_path / "nope.json"))
-    with pytest.raises(DataError, match="needs data.path"):
+    with pytest.raises(DataError, match=r"needs data\.path"):
         load_passages("squad", None)
 
 

@@ -106,7 +106,7 @@ def test_batched_adamw_matches_torch_and_leaves_inactive_adapters_alone():
 def test_packing_keeps_examples_apart_and_micro_batches_respect_the_budget(tokenizer):
     examples = lm_examples(tokenizer, [" ".join(["word"] * n) for n in (3, 40, 5, 12, 7, 30)], 64)
     row = pack(examples[:3], adapter=2)
-    assert row.input_ids == sum((e.input_ids for e in examples[:3]), [])
+    assert row.input_ids == [t for e in examples[:3] for t in e.input_ids]
     starts = [0, len(examples[0].input_ids), len(examples[0].input_ids) + len(examples[1].input_ids)]
     assert [i for i, p in enumerate(row.positions) if p == 0] == starts
     assert all(row.labels[i] == -100 for i in starts)  # no target across an example boundary

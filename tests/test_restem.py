@@ -1,3 +1,4 @@
+import contextlib
 import json
 
 import pytest
@@ -49,7 +50,7 @@ def test_full_round_trains_and_merges_the_policy(tiny_config):
     assert {r["sample"] for r in evals} == {0, 1} and all(("self_edit" in r and "train" in r) or not r["valid"] for r in evals)
     # every record is on disk, one JSON object a line
     lines = (run.path / "records.jsonl").read_text().splitlines()
-    assert len(lines) == len(run.records()) and all(json.loads(l)["key"] for l in lines)
+    assert len(lines) == len(run.records()) and all(json.loads(line)["key"] for line in lines)
 
 
 def test_require_improvement_can_keep_nothing(tiny_config):
@@ -74,11 +75,8 @@ def test_resume_redoes_nothing_that_finished(tiny_config, batched):
     run = Run.create(tiny_config, "restem")
     lm = load_model(tiny_config.model.name, "cpu")
     domain = CountingDomain(tiny_config, fail_after=3)
-    with Progress(enabled=False) as progress:
-        try:
-            restem(run, lm, domain, contexts, progress)
-        except KeyboardInterrupt:
-            pass
+    with Progress(enabled=False) as progress, contextlib.suppress(KeyboardInterrupt):
+        restem(run, lm, domain, contexts, progress)
     assert len(Run.resume(run.path).records("self_edit_eval")) == 3
     # a torn last line (killed mid-write) is ignored and redone
     with open(run.path / "records.jsonl", "a") as f:

@@ -57,7 +57,7 @@ def guard(fn):
             fail(str(err))
         except KeyboardInterrupt:
             console.print("\n[yellow]interrupted[/yellow]: finished work is saved; continue with --resume RUN_DIR")
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
 
     return wrapper
 

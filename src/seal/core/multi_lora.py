@@ -70,8 +70,9 @@ class AdapterBank:
     """K LoRA adapters (rank r on the configured layers). All their weights live in one (K, size) tensor,
     adapter-major, so that each adapter's weights (and gradient, and optimiser moments) are one
     contiguous row for the fused optimiser; each layer's A and B are leaf parameters that view into
-    it, and their gradients are views into one (K, size) gradient tensor. (Slicing one big leaf instead would make every layer's backward pass
-    fill a zero tensor the size of all K adapters: three times slower than no batching at all.)"""
+    it, and their gradients are views into one (K, size) gradient tensor. (Slicing one big leaf instead
+    would make every layer's backward pass fill a zero tensor the size of all K adapters: three times
+    slower than no batching at all.)"""
 
     def __init__(self, layers: list[tuple[str, torch.nn.Linear]], cfg: LoraTrainConfig, seeds: list[int],
                  device: torch.device):
@@ -85,7 +86,7 @@ class AdapterBank:
             offset += cfg.rank * (layer.in_features + layer.out_features)
         flat = torch.zeros(self.k, offset)
         for i, seed in enumerate(seeds):
-            for (name, layer), (start, fan_in, _) in zip(layers, spans):
+            for (name, _layer), (start, fan_in, _) in zip(layers, spans):
                 flat[i, start:start + cfg.rank * fan_in] = init_lora_a(seed, name, cfg.rank, fan_in).flatten()
         self.data = flat.to(device)
         self.grad = torch.zeros_like(self.data)

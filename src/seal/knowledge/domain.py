@@ -75,7 +75,7 @@ class KnowledgeDomain(Domain):
         cfg = self.config.inner_loop
         results: list[dict | None] = [None] * len(items)
         usable = []
-        for i, (passage, self_edit, seed, pre) in enumerate(items):
+        for i, (passage, self_edit, _seed, pre) in enumerate(items):
             base, data = self._prepare(passage, self_edit, pre)
             if data.problem:
                 results[i] = self._unusable(passage, base, data.problem)

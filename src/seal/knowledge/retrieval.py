@@ -8,7 +8,12 @@ from collections import Counter
 
 _WORD = re.compile(r"[a-z0-9]+")
 # Words that say nothing about which passage a question is about.
-_STOP = set(["a", "an", "and", "are", "as", "at", "be", "by", "did", "do", "does", "for", "from", "had", "has", "have", "he", "her", "his", "how", "in", "is", "it", "its", "of", "on", "or", "she", "that", "the", "their", "them", "they", "this", "to", "was", "were", "what", "when", "where", "which", "who", "whom", "whose", "why", "with"])
+_STOP = {
+    "a", "an", "and", "are", "as", "at", "be", "by", "did", "do", "does", "for", "from", "had", "has",
+    "have", "he", "her", "his", "how", "in", "is", "it", "its", "of", "on", "or", "she", "that", "the",
+    "their", "them", "they", "this", "to", "was", "were", "what", "when", "where", "which", "who",
+    "whom", "whose", "why", "with",
+}
 
 
 def words(text: str) -> list[str]:
