@@ -22,16 +22,19 @@ def _target() -> tuple[str, int] | None:
     return name, int(n or 1)
 
 
-def crash_armed(name: str) -> bool:
-    """Whether the next `crash_point(name)` will kill the process."""
+def reached(name: str) -> bool:
+    """Count one pass through point `name`; True when this is the pass that must crash."""
     target = _target()
-    return target is not None and target[0] == name and _hits.get(name, 0) + 1 == target[1]
+    if target is None or target[0] != name:
+        return False
+    _hits[name] = _hits.get(name, 0) + 1
+    return _hits[name] == target[1]
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def crash_point(name: str) -> None:
-    target = _target()
-    if target is None or target[0] != name:
-        return
-    _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] == target[1]:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if reached(name):
+        die()

@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from seal.core.config import ConfigError, Section, dump_config, load_config
-from seal.core.faults import crash_armed, crash_point
+from seal.core.faults import crash_point, die, reached
 
 PACKAGES = ["seal", "torch", "transformers", "peft", "pydantic", "numpy"]
 RECORDS = "records.jsonl"
@@ -106,10 +106,10 @@ class Run:
             if self._good_end is not None:  # a torn tail from a kill: cut it off before writing after it
                 f.truncate(self._good_end)
                 self._good_end = None
-            if crash_armed("record-write"):  # tests: die with half a record written
+            if reached("record-write"):  # tests: die with half a record written
                 f.write(line[:len(line) // 2])
                 f.flush()
-                crash_point("record-write")
+                die()
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
