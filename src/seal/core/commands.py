@@ -80,12 +80,28 @@ class Started:
     plugin: DomainPlugin
 
 
+def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path] = None,
+              allow_overlap: bool = False) -> tuple[list, list, Domain]:
+    """Every check a command needs before its run directory may exist; returns (training contexts,
+    held-out contexts, the domain's inner loop)."""
+    from seal.core.models import model_layer_names
+    from seal.core.training import check_targets
+
+    train, held = p.contexts(config)
+    names = model_layer_names(config.model.name)
+    for field, recipe in p.lora_sections(config, command):
+        check_targets(names, recipe, f"{field}.target_modules")
+    p.check(config, command, held)
+    domain = p.domain(config)
+    if policy is not None:
+        check_policy(p, domain, config, policy, held, allow_overlap)
+    return train, held, domain
+
+
 def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrides: Optional[list[str]],
              resume: Optional[Path], policy: Optional[Path] = None, allow_overlap: bool = False) -> Started:
     """Check everything (see the module's docstring), then create the run directory or reopen it."""
-    from seal.core.models import model_layer_names
     from seal.core.runs import Run
-    from seal.core.training import check_targets
 
     run_command = p.run_prefix + command
     if resume is not None:
@@ -97,14 +113,7 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
         config = run.config
     else:
         config = load_config(config_file, overrides or [], domain=p.name)
-    train, held = p.contexts(config)
-    names = model_layer_names(config.model.name)
-    for field, recipe in p.lora_sections(config, command):
-        check_targets(names, recipe, f"{field}.target_modules")
-    p.check(config, command, held)
-    domain = p.domain(config)
-    if policy is not None:
-        check_policy(p, domain, config, policy, held, allow_overlap)
+    train, held, domain = check_run(p, command, config, policy, allow_overlap)
     if resume is None:
         run = Run.create(config, run_command)
         _fresh.append(run.path)

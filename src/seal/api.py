@@ -1,0 +1,74 @@
+"""seal as a Python library: the same runs as the command line, from code.
+
+    import seal
+
+    config = seal.load_config("configs/knowledge-demo.yaml", ["restem.rounds=2"])
+    run = seal.start(config)              # a new run directory, after every check the CLI makes
+    policy = seal.restem(run)             # the ReST-EM rounds; returns the last round's policy
+    table = seal.evaluate(run, policy=run.path)
+    print(table.markdown())
+
+Every function works on a `Run` (a run directory): results are written as they finish, and calling
+the same function again on `seal.resume(path)` continues where it stopped. Progress goes to the run's
+progress.log (pass a `Progress` to see bars).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from seal.core.config import Section
+from seal.core.domain import plugin
+from seal.core.models import LoadedModel, load_model
+from seal.core.progress import Progress
+from seal.core.runs import Run
+from seal.core.tables import Table
+
+
+def start(config: Section, command: str = "restem", policy: str | Path | None = None,
+          allow_overlap: bool = False) -> Run:
+    """Check `config` for `command` ("restem", "evaluate", or a domain's own command) as the command
+    line does (data, model layers, the domain's checks, `policy`), then create a new run directory."""
+    from seal.core.commands import check_run
+
+    p = plugin(config.domain)
+    check_run(p, command, config, Path(policy) if policy else None, allow_overlap)
+    return Run.create(config, p.run_prefix + command)
+
+
+def resume(path: str | Path) -> Run:
+    """Reopen a run directory with its saved configuration."""
+    return Run.resume(path)
+
+
+def _progress(run: Run, progress: Progress | None) -> Progress:
+    return progress or Progress(enabled=False, log=run.path / "progress.log")
+
+
+def restem(run: Run, lm: LoadedModel | None = None, progress: Progress | None = None) -> LoadedModel:
+    """The run's ReST-EM rounds on its training contexts; returns the model as the last round's policy."""
+    from seal.core.restem import restem as run_restem
+
+    p = plugin(run.config.domain)
+    train, _ = p.contexts(run.config)
+    lm = lm or load_model(run.config.model.name, run.config.model.device)
+    with _progress(run, progress) as bars:
+        run_restem(run, lm, p.domain(run.config), train, bars)
+    return lm
+
+
+def evaluate(run: Run, policy: str | Path | None = None, lm: LoadedModel | None = None,
+             progress: Progress | None = None) -> Table:
+    """The comparison table on the held-out contexts (with `policy`'s rounds: a restem run directory),
+    starting from the base model (or `lm`); also written to the run's table.md and table.csv."""
+    p = plugin(run.config.domain)
+    _, held = p.contexts(run.config)
+    with _progress(run, progress) as bars:
+        result = p.evaluate(run, p.domain(run.config), held, bars, policy_run=Path(policy) if policy else None, lm=lm)
+    result.write(run.path)
+    return result
+
+
+def table(run: Run) -> Table:
+    """The comparison table of a run, from its records alone."""
+    return plugin(run.config.domain).table(run)
