@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from seal.arc.tasks import PAPER_TRAIN_IDS
-from seal.core.config import ALL_LINEAR, InnerLoopBase, ModelConfig, PolicySftConfig, RestemConfig, SamplingBase, Section
+from seal.core.config import ALL_LINEAR, InnerLoopBase, PolicySftConfig, RestemConfig, RunConfig, SamplingBase, Section
 
 # The hand-made configuration of the "oracle TTT" row: what worked best on the embedded model.
 ORACLE = dict(use_basic_augmentations=True, use_size_augmentations=False, use_chain_augmentations=False,
@@ -104,11 +104,8 @@ class ArcRestemConfig(RestemConfig):
     sft: ArcPolicySftConfig = Field(default_factory=ArcPolicySftConfig, description="fine-tuning the policy on (prompt -> solved self-edit)")
 
 
-class ArcConfig(Section):
+class ArcConfig(RunConfig):
     domain: Literal["arc"] = Field("arc", description="the experiment this configuration is for")
-    seed: int = Field(0, description="seeds task choice, sampling, TTT data and adapter initialisation")
-    runs_dir: str = Field("runs", description="where new run directories are created")
-    model: ModelConfig = Field(default_factory=ModelConfig)
     data: ArcDataConfig = Field(default_factory=ArcDataConfig)
     self_edit: ArcSelfEditConfig = Field(default_factory=ArcSelfEditConfig)
     inner_loop: ArcInnerLoopConfig = Field(default_factory=ArcInnerLoopConfig)

@@ -90,6 +90,16 @@ class RestemConfig(Section):
                                  description="fine-tuning the policy on (prompt -> kept self-edit); merged into the weights after each round")
 
 
+class RunConfig(Section):
+    """What every domain's root configuration starts with; a domain narrows `domain` to its own name
+    and adds its sections (data, self_edit, inner_loop, reward, restem, eval, ...)."""
+
+    domain: str = Field(description="the experiment this configuration is for")
+    seed: int = Field(0, description="seeds data selection, sampling and adapter initialisation")
+    runs_dir: str = Field("runs", description="where new run directories are created")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+
+
 def _set_dotted(tree: dict, dotted: str, raw: str, where: str) -> None:
     keys = dotted.split(".")
     node = tree

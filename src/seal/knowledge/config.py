@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from seal.core.config import InnerLoopBase, LoraTrainConfig, ModelConfig, RestemConfig, SamplingBase, Section
+from seal.core.config import InnerLoopBase, LoraTrainConfig, RestemConfig, RunConfig, SamplingBase, Section
 
 # The inner-loop settings of the paper's reference code, kept by name (`preset: reference`).
 INNER_LOOP_PRESETS: dict[str, dict[str, Any]] = {
@@ -129,11 +129,8 @@ class ContinualConfig(Section):
     keep_adapters: bool = Field(False, description="keep every step's adapter in the run directory (they are always kept until their sequence ends, for --resume)")
 
 
-class KnowledgeConfig(Section):
+class KnowledgeConfig(RunConfig):
     domain: Literal["knowledge"] = Field("knowledge", description="the experiment this configuration is for")
-    seed: int = Field(0, description="seeds data selection, sampling and adapter initialisation")
-    runs_dir: str = Field("runs", description="where new run directories are created")
-    model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     self_edit: SamplingConfig = Field(default_factory=SamplingConfig)
     inner_loop: InnerLoopConfig = Field(default_factory=InnerLoopConfig)
