@@ -65,7 +65,7 @@ class Section:
 
 # --- comparison tables (every domain) ----------------------------------------------------------------
 def score_label(run: Run) -> str:
-    return plugin(run.config.domain).table(run).score_label
+    return plugin(run.config.domain).score_label(run.config)
 
 
 def conditions_plot(sec: Section, run: Run, rows: list[dict], score: str, label: str) -> None:

@@ -26,6 +26,7 @@ from seal.core.tables import Column, Table
 COLUMNS = [Column("condition", kind="text"), Column("tasks", kind="int"), Column("pairs", kind="int"),
            Column("success", digits=2), Column("95% CI", kind="ci", digits=2), Column("pass@k", digits=2),
            Column("valid self-edits", digits=2)]
+SCORE_LABEL = "success rate (solved pairs)"
 ICL, BASE, ORACLE = "ICL, no TTT", "TTT + base self-edits (no RL)", "TTT + oracle configuration"
 
 
@@ -100,7 +101,7 @@ def table(run: Run) -> Table:
             "valid self-edits": sum(row["valid"]) / len(row["valid"]) if row["valid"] else None,
             "per_task": row["tasks"],
         })
-    return Table(COLUMNS, out, "success", "success rate (solved pairs)", extra=task_table(out) if out else "")
+    return Table(COLUMNS, out, "success", SCORE_LABEL, extra=task_table(out) if out else "")
 
 
 def task_table(rows: list[dict]) -> str:

@@ -48,6 +48,11 @@ class ArcPlugin(DomainPlugin):
 
         return table(run)
 
+    def score_label(self, config):
+        from seal.arc.evaluate import SCORE_LABEL
+
+        return SCORE_LABEL
+
     def check(self, config, command, held):
         if command == "evaluate" and not held:
             raise ConfigError("no evaluation tasks: set data.eval_ids, or loosen data.max_tokens / data.max_grid")

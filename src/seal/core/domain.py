@@ -106,6 +106,10 @@ class DomainPlugin(ABC):
     def table(self, run: Run) -> Table:
         """The comparison table of a run, from its records alone."""
 
+    def score_label(self, config) -> str:
+        """What the table's score is, for axis labels."""
+        return "score"
+
     def lora_sections(self, config, command: str) -> list[tuple[str, LoraTrainConfig]]:
         """(field, recipe) of every LoRA recipe a command will train, checked against the model's
         layers before the run starts."""

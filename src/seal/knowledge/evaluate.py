@@ -160,6 +160,9 @@ def table(run: Run) -> Table:
             "questions": sum(row["questions"].values()), "missing": row["missing"],
             "reward": mean(per_passage), "95% CI": bootstrap_ci(per_passage, config.eval.bootstrap, config.seed),
         })
+    return Table(columns(config.reward.metric), out, "reward", score_label(config))
+
+
+def score_label(config: KnowledgeConfig) -> str:
     metric = config.reward.metric
-    label = "mean gold-answer token probability" if metric == "loglik" else f"{metric} (0-1)"
-    return Table(columns(metric), out, "reward", label)
+    return "gold-answer token probability (geometric mean, best gold)" if metric == "loglik" else f"{metric} (0-1)"

@@ -46,6 +46,11 @@ class KnowledgePlugin(DomainPlugin):
 
         return table(run)
 
+    def score_label(self, config):
+        from seal.knowledge.evaluate import score_label
+
+        return score_label(config)
+
     def lora_sections(self, config, command):
         sections = super().lora_sections(config, command)
         if command == "cpt" and config.cpt.update == "lora":
