@@ -122,3 +122,27 @@ def test_a_failed_teacher_call_is_missing_not_a_zero_and_is_retried(tiny_config)
         server.shutdown()
     assert rows[-1]["missing"] == 0
     assert len([r for r in resumed.records("self_edit_eval") if r["condition"] == teacher["condition"]]) == 2
+
+
+def test_cpt_waits_for_every_teacher_self_edit(tiny_config):
+    """CPT trains one update on every passage: with a teacher self-edit missing, the row is left out
+    (and tried again on --resume), never trained on a pool with a hole in it."""
+    from seal.core.progress import Progress
+    from seal.core.runs import Run
+    from seal.knowledge.cpt import cpt
+
+    passages = load_builtin()[:2]
+    failing = passages[1].title
+    server, url = serve(lambda prompt: (500, "down") if failing in prompt else (200, "A fact is here.\nAnother one."))
+    try:
+        cfg = tiny_config.model_copy(deep=True)
+        cfg.teacher.base_url, cfg.teacher.retries = url, 0
+        cfg.eval.base_self_edits = cfg.eval.passage_only = False
+        cfg.cpt.epochs, cfg.cpt.rank, cfg.cpt.alpha = 1, 4, 8
+        run = Run.create(cfg, "cpt")
+        with Progress(enabled=False) as progress:
+            rows = cpt(run, KnowledgeDomain(cfg), passages, progress).rows
+    finally:
+        server.shutdown()
+    assert [r["condition"] for r in rows] == ["base model, no update"]
+    assert not run.records("cpt_train") and run.get(f"eval/samples/passage + teacher self-edits/{passages[1].id}")["error"]
