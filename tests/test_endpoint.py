@@ -144,5 +144,7 @@ def test_cpt_waits_for_every_teacher_self_edit(tiny_config):
             rows = cpt(run, KnowledgeDomain(cfg), passages, progress).rows
     finally:
         server.shutdown()
-    assert [r["condition"] for r in rows] == ["base model, no update"]
+    teacher = rows[-1]  # listed, with its missing self-edit counted, and nothing scored
+    assert teacher["condition"] == "passage + teacher self-edits" and teacher["missing"] == 1
+    assert teacher["questions"] == 0 and teacher["reward"] is None
     assert not run.records("cpt_train") and run.get(f"eval/samples/passage + teacher self-edits/{passages[1].id}")["error"]
