@@ -90,18 +90,25 @@ def test_teacher_row_from_an_endpoint(tiny_config, tmp_path):
     assert len(teacher_evals) == 2 and all(r["n_lines"] == 2 for r in teacher_evals)
 
 
+def teacher_failing_on_one(tiny_config):
+    """Two passages, a teacher endpoint that fails on the second, and a configuration with the teacher
+    row only."""
+    passages = load_builtin()[:2]
+    failing = passages[1].title
+    server, url = serve(lambda prompt: (500, "down") if failing in prompt else (200, "A fact is here.\nAnother one."))
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.teacher.base_url, cfg.teacher.retries = url, 0
+    cfg.eval.base_self_edits = cfg.eval.passage_only = False
+    return passages, server, cfg
+
+
 def test_a_failed_teacher_call_is_missing_not_a_zero_and_is_retried(tiny_config):
     from seal.core.progress import Progress
     from seal.core.runs import Run
     from seal.knowledge.evaluate import evaluate
 
-    passages = load_builtin()[:2]
-    failing = passages[1].title
-    server, url = serve(lambda prompt: (500, "down") if failing in prompt else (200, "A fact is here.\nAnother one."))
+    passages, server, cfg = teacher_failing_on_one(tiny_config)
     try:
-        cfg = tiny_config.model_copy(deep=True)
-        cfg.teacher.base_url, cfg.teacher.retries = url, 0
-        cfg.eval.base_self_edits = cfg.eval.passage_only = False
         run = Run.create(cfg, "evaluate")
         with Progress(enabled=False) as progress:
             rows = evaluate(run, KnowledgeDomain(cfg), passages, progress).rows
@@ -131,13 +138,8 @@ def test_cpt_waits_for_every_teacher_self_edit(tiny_config):
     from seal.core.runs import Run
     from seal.knowledge.cpt import cpt
 
-    passages = load_builtin()[:2]
-    failing = passages[1].title
-    server, url = serve(lambda prompt: (500, "down") if failing in prompt else (200, "A fact is here.\nAnother one."))
+    passages, server, cfg = teacher_failing_on_one(tiny_config)
     try:
-        cfg = tiny_config.model_copy(deep=True)
-        cfg.teacher.base_url, cfg.teacher.retries = url, 0
-        cfg.eval.base_self_edits = cfg.eval.passage_only = False
         cfg.cpt.epochs, cfg.cpt.rank, cfg.cpt.alpha = 1, 4, 8
         run = Run.create(cfg, "cpt")
         with Progress(enabled=False) as progress:
