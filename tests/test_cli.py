@@ -69,6 +69,7 @@ def test_generate_writes_self_edits(tiny_config):
     (["--config", "/no/such.yaml"], "config file not found"),
     (["--resume", "/tmp"], "not a run directory"),
     (["--set", "reward.metric=judge"], "reward.metric 'judge' needs judge.base_url"),
+    (["--set", "eval.more_prompts=[rewrite, implicatons]"], "self_edit.prompt 'implicatons' is neither a built-in style"),
 ])
 def test_bad_input_is_one_clear_line(args, message, tmp_path):
     result = runner.invoke(app, ["knowledge", "restem", "--quiet", "--set", f"runs_dir={tmp_path}", *args]
@@ -134,3 +135,21 @@ def test_a_policy_is_checked_against_the_model_and_the_scored_passages(tiny_conf
     cfg.model.name = "embedded"
     with pytest.raises(ConfigError, match="trained from model"):
         check_policy(PLUGIN, domain, cfg, policy, held, allow_overlap=True)
+
+
+def test_several_prompt_styles_in_one_table(tiny_config):
+    result = runner.invoke(app, ["knowledge", "evaluate", "--quiet", *overrides(tiny_config),
+                                 "--set", "eval.more_prompts=[rewrite, self-qa]"])
+    assert result.exit_code == 0, result.output
+    [run_dir] = list(Path(tiny_config.runs_dir).iterdir())
+    from seal.core.runs import Run
+    from seal.knowledge.evaluate import table
+
+    run = Run.resume(run_dir)
+    names = [row["condition"] for row in table(run).rows]
+    assert names[2:] == ["passage + base self-edits", "passage + base self-edits (rewrite)",
+                         "passage + base self-edits (self-qa)"]
+    prompts = {r["condition"]: r["prompt"] for r in run.records("samples")}
+    assert "Rewrite this passage" in prompts["passage + base self-edits (rewrite)"]
+    assert "question-answer pairs" in prompts["passage + base self-edits (self-qa)"]
+    assert "implications" in prompts["passage + base self-edits"]

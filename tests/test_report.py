@@ -106,3 +106,19 @@ def test_every_table_record_carries_its_row_kind_and_round(recorded):
     kinds = {(row["condition"], row["kind"], row["round"]) for row in table(run).rows}
     assert ("passage only", "passage", None) in kinds and ("SEAL round 1, no update", "no-update", 1) in kinds
     assert ("passage + SEAL round 1 self-edits", "self-edits", 1) in kinds
+
+
+def test_paired_differences_equal_a_hand_computation(recorded):
+    restem_dir, _ = recorded
+    run = Run.resume(restem_dir)
+    rows = {row["condition"]: row for row in table(run).rows}
+    reward = lambda condition: {r["context_id"]: r["reward"] for r in run.records()
+                                if r["key"].startswith(("eval/pre/", "eval/eval/")) and r["condition"] == condition}
+    base, passage = reward("base model, no update"), reward("passage only")
+    by_hand = sum(passage[p] - base[p] for p in base) / len(base)
+    assert rows["passage only"]["vs base"][0] == pytest.approx(by_hand)
+    assert rows["base model, no update"]["vs base"] is None and rows["passage only"]["vs passage only"] is None
+    seal_row = rows["passage + SEAL round 1 self-edits"]
+    own = reward("passage + SEAL round 1 self-edits")
+    assert seal_row["vs passage only"][0] == pytest.approx(sum(own[p] - passage[p] for p in own) / len(own))
+    assert "vs base (paired, 95% CI)" in (restem_dir / "table.md").read_text()

@@ -16,3 +16,20 @@ def bootstrap_ci(per_unit: list[float], n: int, seed: int) -> tuple[float, float
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def paired_difference(rows: dict[str, float], reference: dict[str, float], n: int,
+                      seed: int) -> tuple[float, float, float] | None:
+    """Mean of (row - reference) over the units both have (e.g. passages), with a 95% percentile
+    interval from resampling those units: both rows are scored on the same units, so how hard a unit
+    is cancels out, and the interval measures how the rows differ rather than how the units vary.
+    None when the rows share no unit."""
+    common = sorted(set(rows) & set(reference))
+    if not common:
+        return None
+    d = np.asarray([rows[k] - reference[k] for k in common], dtype=float)
+    if len(d) < 2:
+        return float(d.mean()), math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n, len(d)))].mean(axis=1)
+    return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))

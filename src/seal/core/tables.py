@@ -20,7 +20,7 @@ from pathlib import Path
 class Column:
     key: str
     header: str | None = None  # shown instead of the key
-    kind: str = "float"  # text | int | float | ci (a (low, high) pair; two CSV columns)
+    kind: str = "float"  # text | int | float | ci (a (low, high) pair; two CSV columns) | diff ((mean, low, high); three)
     digits: int = 3
 
     def format(self, value) -> str:
@@ -28,6 +28,10 @@ class Column:
             return "-"
         if self.kind == "ci":
             return "-" if math.isnan(value[0]) else f"[{value[0]:.{self.digits}f}, {value[1]:.{self.digits}f}]"
+        if self.kind == "diff":
+            mean, low, high = value
+            ci = "" if math.isnan(low) else f" [{low:+.{self.digits}f}, {high:+.{self.digits}f}]"
+            return f"{mean:+.{self.digits}f}{ci}"
         if self.kind in ("text", "int"):
             return str(value)
         return f"{value:.{self.digits}f}"
@@ -51,14 +55,22 @@ class Table:
     def csv(self) -> str:
         header = []
         for c in self.columns:
-            header += ["ci_low", "ci_high"] if c.kind == "ci" else [c.key]
+            if c.kind == "ci":
+                header += ["ci_low", "ci_high"]
+            elif c.kind == "diff":
+                header += [c.key, f"{c.key} ci_low", f"{c.key} ci_high"]
+            else:
+                header.append(c.key)
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(header + ["kind", "round"])
         for row in self.rows:
             cells = []
             for c in self.columns:
-                cells += list(row.get(c.key) or (None, None)) if c.kind == "ci" else [row.get(c.key)]
+                if c.kind in ("ci", "diff"):
+                    cells += list(row.get(c.key) or (None,) * (2 if c.kind == "ci" else 3))
+                else:
+                    cells.append(row.get(c.key))
             writer.writerow(cells + [row.get("kind"), row.get("round")])
         return buf.getvalue()
 

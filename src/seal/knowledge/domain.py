@@ -8,6 +8,7 @@ questions answered in shared batches, each row through its own adapter.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -41,6 +42,12 @@ class KnowledgeDomain(Domain):
         self.config = config
         self.judge = judge
         self.template = load_template(config.self_edit.prompt)
+
+    def with_prompt(self, style: str) -> KnowledgeDomain:
+        """The same domain asking for self-edits in another prompt style (or template file)."""
+        other = copy.copy(self)
+        other.template = load_template(style)
+        return other
 
     # --- what the core asks of a domain -------------------------------------------------------
     def context_id(self, passage: Passage) -> str:

@@ -17,18 +17,23 @@ from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
 from seal.core.restem import EvalJob, evaluate_jobs, policy_rounds, record_samples, self_edit_writer
 from seal.core.runs import Run
-from seal.core.stats import bootstrap_ci
+from seal.core.stats import bootstrap_ci, paired_difference
 from seal.core.tables import Column, Table
 from seal.knowledge.config import KnowledgeConfig
 from seal.knowledge.data import Passage
 from seal.knowledge.domain import KnowledgeDomain, mean
 
+# The rows every other row is compared with, passage by passage (paired differences of the reward).
+REFERENCES = {"vs base": "base model, no update", "vs passage only": "passage only"}
 
-# missing: passages left out of the row because their self-edit could not be written (an endpoint error)
+
 def columns(metric: str) -> list[Column]:
+    """missing: passages left out of the row because their self-edit could not be written (an endpoint
+    error); vs ...: the row's reward minus the reference row's, passage by passage (repeats averaged)."""
     return [Column("condition", kind="text"), Column("EM"), Column("F1"), Column("contains"), Column("loglik"),
             Column("judge"), Column("questions", kind="int"), Column("missing", kind="int"),
-            Column("reward", f"reward ({metric})"), Column("95% CI", kind="ci")]
+            Column("reward", f"reward ({metric})"), Column("95% CI", kind="ci"),
+            *[Column(key, f"{key} (paired, 95% CI)", kind="diff") for key in REFERENCES]]
 
 
 Writer = Callable[[list[Passage], int], list[dict]]  # (passages, seed) -> one sample record each
@@ -108,6 +113,9 @@ def conditions(config: KnowledgeConfig, lm: LoadedModel, domain: KnowledgeDomain
         yield Condition("passage only", "passage", None, base, 0)
     if config.eval.base_self_edits:
         yield Condition("passage + base self-edits", "self-edits", 0, base, 0, own)
+    for style in config.eval.more_prompts:  # no round: these rows are not the policy's own style
+        yield Condition(f"passage + base self-edits ({style})", "self-edits", None, base, 0,
+                        self_edit_writer(lm, domain.with_prompt(style), 1, config))
     teacher = _teacher_writer(config, domain)
     if teacher is not None:
         yield Condition("passage + teacher self-edits", "teacher", None, base, 0, teacher)
@@ -148,10 +156,12 @@ def table(run: Run) -> Table:
         row["questions"][pid] = len(record["answers"])
         for metric, values in record["grades"].items():
             row["grades"].setdefault(metric, []).extend(values)
+    # A passage whose every answer went ungraded (a failed judge) is left out, not counted as 0.
+    by_passage = {name: {pid: m for pid, rs in row["rewards"].items() if (m := mean(rs)) is not None}
+                  for name, row in rows.items()}
     out = []
     for name, row in rows.items():
-        # A passage whose every answer went ungraded (a failed judge) is left out, not counted as 0.
-        per_passage = [m for m in map(mean, row["rewards"].values()) if m is not None]
+        per_passage = list(by_passage[name].values())
         g = row["grades"]
         out.append({
             "condition": name, "kind": row["kind"], "round": row["round"],
@@ -159,6 +169,8 @@ def table(run: Run) -> Table:
             "loglik": mean(g.get("loglik", [])), "judge": mean(g.get("judge", [])),
             "questions": sum(row["questions"].values()), "missing": row["missing"],
             "reward": mean(per_passage), "95% CI": bootstrap_ci(per_passage, config.eval.bootstrap, config.seed),
+            **{key: paired_difference(by_passage[name], by_passage[ref], config.eval.bootstrap, config.seed)
+               if ref in by_passage and ref != name else None for key, ref in REFERENCES.items()},
         })
     return Table(columns(config.reward.metric), out, "reward", score_label(config))
 

@@ -23,7 +23,8 @@ class KnowledgePlugin(DomainPlugin):
         from seal.knowledge.data import load_passages, split_passages
         from seal.knowledge.prompts import load_template
 
-        load_template(config.self_edit.prompt)  # a bad prompt style or template file stops here
+        for style in [config.self_edit.prompt, *config.eval.more_prompts]:
+            load_template(style)  # a bad prompt style or template file stops here
         d = config.data
         passages = load_passages(d.source, d.path, d.hub_split)
         return split_passages(passages, d.train_passages, d.eval_passages, config.seed, d.split_by_article)
