@@ -142,3 +142,30 @@ def test_a_batch_holds_about_max_batch_seconds_of_work(tiny_config):
     sizes = [r["batch"] for r in run.records("self_edit_eval")]
     assert sizes[:4] == [4] * 4  # the first batch: nothing measured yet
     assert max(sizes[4:]) <= 2 and len(sizes) == 9  # then at most 0.12 s / (0.05 s + training) each
+
+
+@pytest.mark.parametrize("common", [True, False])
+def test_common_seeds_make_equal_texts_equal_rewards(tiny_config, common):
+    """With common random numbers, the self-edits of one context train from one initialisation and
+    data order per repeat: equal texts get equal adapters and rewards, so rewards differ by text alone."""
+    from seal.core.restem import EvalJob, evaluate_jobs
+
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.inner_loop.common_seeds, cfg.inner_loop.eval_times, cfg.reward.metric = common, 2, "loglik"
+    run = Run.create(cfg, "restem")
+    lm = load_model(cfg.model.name, "cpu")
+    domain = KnowledgeDomain(cfg)
+    passage = load_builtin()[0]
+    pre = domain.pre_update(lm, passage)
+    text = "It was built long ago.\nIt is famous for its light."
+    jobs = [EvalJob(f"e/{i}", passage, text, pre, ("e", passage.id, i), common_parts=("e", passage.id))
+            for i in range(2)]
+    out = evaluate_jobs(run, lm, domain, jobs)
+    a, b = out["e/0"], out["e/1"]
+    assert [r["seed"] for r in a] != [r["seed"] for r in b] or common
+    assert a[0]["seed"] != a[1]["seed"]  # the repeats still differ
+    if common:
+        assert [r["seed"] for r in a] == [r["seed"] for r in b]
+        assert [r["reward"] for r in a] == pytest.approx([r["reward"] for r in b], abs=1e-7)
+    else:
+        assert [r["reward"] for r in a] != [r["reward"] for r in b]

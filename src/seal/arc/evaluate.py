@@ -54,7 +54,7 @@ def _ttt(run: Run, lm: LoadedModel, domain: ArcDomain, tasks: list[Task], row: s
         texts = [fixed] if fixed is not None else run.get(f"eval/samples/{row}/{task.id}")["self_edits"]
         for i, text in enumerate(texts):
             jobs.append(EvalJob(f"eval/eval/{row}/{task.id}/{i}", task, text, pres[task.id], ("eval", row, task.id, i),
-                                dict(tags(task.id), sample=i)))
+                                dict(tags(task.id), sample=i), common_parts=("eval", task.id)))
     progress.start("eval", f"eval: {row}", len(jobs) * cfg.inner_loop.eval_times)
     evaluate_jobs(run, lm, domain, jobs, progress, bar="eval")
 

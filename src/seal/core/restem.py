@@ -113,8 +113,13 @@ class EvalJob:
     context: Any
     self_edit: str | None
     pre: dict
-    seed_parts: tuple
+    seed_parts: tuple  # this self-edit's own seed (inner_loop.common_seeds false)
     tags: dict = field(default_factory=dict)
+    common_parts: tuple | None = None  # the seed it shares with the other self-edits of its context
+
+    def seed(self, config, repeat: int) -> int:
+        shared = config.inner_loop.common_seeds and self.common_parts is not None
+        return derive_seed(config.seed, *(self.common_parts if shared else self.seed_parts), repeat)
 
 
 def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob],
@@ -124,8 +129,7 @@ def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob]
     domain's `evaluate_batch`; else one adapter at a time through `evaluate`. Returns each job's records."""
     cfg = run.config.inner_loop
     todo = [(job, t, f"{job.key}/{t}") for job in jobs for t in range(cfg.eval_times)]
-    todo = [(job, t, key, derive_seed(run.config.seed, *job.seed_parts, t)) for job, t, key in todo
-            if run.get(key) is None]
+    todo = [(job, t, key, job.seed(run.config, t)) for job, t, key in todo if run.get(key) is None]
     if progress:
         progress.advance(bar, len(jobs) * cfg.eval_times - len(todo))
     batched = cfg.batched and domain.batched
@@ -182,7 +186,8 @@ def restem_round(run: Run, lm: LoadedModel, domain: Domain, contexts: list, roun
         progress.advance("contexts")
         for i, self_edit in enumerate(run.get(key(context))["self_edits"]):
             jobs.append(EvalJob(f"round{round_idx}/eval/{cid}/{i}", context, self_edit, pres[cid],
-                                ("restem", round_idx, cid, i), dict(round=round_idx, context_id=cid, sample=i)))
+                                ("restem", round_idx, cid, i), dict(round=round_idx, context_id=cid, sample=i),
+                                common_parts=("restem", round_idx, cid)))
     results = evaluate_jobs(run, lm, domain, jobs, progress)
     kept = []
     for context in contexts:

@@ -98,7 +98,8 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
             progress.advance("eval", repeats)
             continue  # the writer failed (an endpoint error): no self-edit to evaluate
         text = sample["self_edits"][0] if sample is not None else None
-        jobs.append(EvalJob(f"eval/eval/{name}/{pid}", passage, text, pre, ("eval", name, pid), tags(pid)))
+        jobs.append(EvalJob(f"eval/eval/{name}/{pid}", passage, text, pre, ("eval", name, pid), tags(pid),
+                            common_parts=("eval", pid)))
     if jobs:
         evaluate_jobs(run, lm, domain, jobs, progress, bar="eval")
 
