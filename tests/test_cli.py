@@ -147,7 +147,7 @@ def test_several_prompt_styles_in_one_table(tiny_config):
 
     run = Run.resume(run_dir)
     names = [row["condition"] for row in table(run).rows]
-    assert names[2:] == ["passage + base self-edits", "passage + base self-edits (rewrite)",
+    assert names[3:] == ["passage + base self-edits", "passage + base self-edits (rewrite)",
                          "passage + base self-edits (self-qa)"]
     prompts = {r["condition"]: r["prompt"] for r in run.records("samples")}
     assert "Rewrite this passage" in prompts["passage + base self-edits (rewrite)"]

@@ -85,7 +85,8 @@ def test_teacher_row_from_an_endpoint(tiny_config, tmp_path):
             rows = evaluate(run, KnowledgeDomain(cfg), load_builtin()[:2], progress).rows
     finally:
         server.shutdown()
-    assert [r["condition"] for r in rows] == ["base model, no update", "passage only", "passage + teacher self-edits"]
+    assert [r["condition"] for r in rows] == ["base model, no update", "open book (passage in the prompt), no update",
+                                              "passage only", "passage + teacher self-edits"]
     teacher_evals = [r for r in run.records("self_edit_eval") if r["condition"] == "passage + teacher self-edits"]
     assert len(teacher_evals) == 2 and all(r["n_lines"] == 2 for r in teacher_evals)
 

@@ -122,3 +122,43 @@ def test_paired_differences_equal_a_hand_computation(recorded):
     own = reward("passage + SEAL round 1 self-edits")
     assert seal_row["vs passage only"][0] == pytest.approx(sum(own[p] - passage[p] for p in own) / len(own))
     assert "vs base (paired, 95% CI)" in (restem_dir / "table.md").read_text()
+
+
+def test_the_open_book_row_never_trains_and_sets_the_ceiling(recorded):
+    restem_dir, _ = recorded
+    run = Run.resume(restem_dir)
+    name = "open book (passage in the prompt), no update"
+    records = [r for r in run.records() if r.get("condition") == name]
+    assert records and all(r["kind"] == "pre_update" and r["row"] == "open-book" and "train" not in r for r in records)
+    assert not [r for r in run.records("self_edit_eval") if r.get("condition") == name]
+
+
+def test_gap_closed_equals_a_hand_computation(tiny_config):
+    run = Run.create(tiny_config, "evaluate")
+    rewards = {"base model, no update": ("no-update", [0.1, 0.2]), "open book (passage in the prompt), no update":
+               ("open-book", [0.5, 0.6]), "passage only": ("passage", [0.2, 0.3])}
+    for condition, (kind, values) in rewards.items():
+        for pid, value in zip(["a", "b"], values):
+            record = "pre_update" if kind != "passage" else "self_edit_eval"
+            key = f"eval/pre/{condition}/{pid}" if kind != "passage" else f"eval/eval/{condition}/{pid}/0"
+            run.append(record, key, condition=condition, context_id=pid, row=kind, round=None, reward=value,
+                       answers=["x"], grades={"loglik": [-1.0]})
+    rows = {row["condition"]: row for row in table(run).rows}
+    assert rows["passage only"]["gap closed"] == pytest.approx((0.25 - 0.15) / (0.55 - 0.15))
+    assert rows["base model, no update"]["gap closed"] == 0
+    assert rows["open book (passage in the prompt), no update"]["gap closed"] == pytest.approx(1.0)
+
+
+def test_open_book_questions_carry_their_passage(tiny, tiny_config, monkeypatch):
+    from seal.knowledge import domain as knowledge_domain
+    from seal.knowledge.data import load_builtin
+
+    seen = []
+    real = knowledge_domain.generate
+    monkeypatch.setattr(knowledge_domain, "generate", lambda lm, prompts, **kw: seen.extend(prompts) or real(lm, prompts, **kw))
+    passage = load_builtin()[0]
+    d = knowledge_domain.KnowledgeDomain(tiny_config)
+    d.score(tiny, passage, open_book=True)
+    d.score(tiny, passage)
+    n = len(d.questions(passage))
+    assert all(passage.context in p for p in seen[:n]) and not any(passage.context in p for p in seen[n:])

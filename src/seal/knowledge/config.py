@@ -88,6 +88,7 @@ class DataConfig(Section):
 
 
 class EvalConfig(Section):
+    open_book: bool = Field(True, description="row: the model with no update, each question asked with its passage in the prompt: the ceiling a self-edit is measured against ('gap closed')")
     passage_only: bool = Field(True, description="row: trained on the passage alone")
     base_self_edits: bool = Field(True, description="row: passage + the base model's self-edits")
     more_prompts: list[str] = Field(default_factory=list, description="one more row per prompt style (or template file): passage + the base model's self-edits written with it, on the same passages as the self_edit.prompt row, to compare styles in one table")

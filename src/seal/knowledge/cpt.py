@@ -26,7 +26,7 @@ from seal.core.training import epoch_batches, temporary_update
 from seal.knowledge.config import KnowledgeConfig
 from seal.knowledge.data import Passage
 from seal.knowledge.domain import KnowledgeDomain
-from seal.knowledge.evaluate import Condition, conditions, table
+from seal.knowledge.evaluate import Condition, conditions, no_update_tags, table
 from seal.knowledge.self_edit import training_set
 
 
@@ -47,7 +47,7 @@ def cpt(run: Run, domain: KnowledgeDomain, passages: list[Passage], progress: Pr
 
 
 def _answer(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], kind: str, key, tags,
-            progress: Progress, bar: str, extra: dict | None = None) -> None:
+            progress: Progress, bar: str, extra: dict | None = None, open_book: bool = False) -> None:
     """Answer the questions of every passage without a record under key(pid), `answer_chunk` passages
     per batch of generations, and record each passage's grades."""
     todo = [p for p in passages if run.get(key(p.id)) is None]
@@ -56,7 +56,7 @@ def _answer(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[P
     size = run.config.cpt.answer_chunk
     for begin in range(0, len(todo), size):
         chunk = todo[begin:begin + size]
-        for passage, scored in zip(chunk, domain.score_many(lm, chunk)):
+        for passage, scored in zip(chunk, domain.score_many(lm, chunk, open_book=open_book)):
             run.append(kind, key(passage.id), **tags(passage.id), **(extra or {}), **scored)
         progress.advance(bar, len(chunk))
 
@@ -65,8 +65,8 @@ def _no_update(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
                progress: Progress) -> None:
     row = c.model_row
     _answer(run, lm, domain, passages, "pre_update", lambda pid: f"eval/pre/{row}/{pid}",
-            lambda pid: dict(condition=row, context_id=pid, row="no-update", round=c.model_round), progress,
-            f"answering: {row}")
+            lambda pid: dict(condition=row, context_id=pid, **no_update_tags(c)), progress,
+            f"answering: {row}", open_book=c.open_book)
 
 
 def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], c: Condition,

@@ -125,17 +125,20 @@ class KnowledgeDomain(Domain):
         limit = self.config.answer.max_questions
         return passage.questions[:limit] if limit else passage.questions
 
-    def score(self, lm: LoadedModel, passage: Passage) -> dict:
-        return self.score_many(lm, [passage])[0]
+    def score(self, lm: LoadedModel, passage: Passage, open_book: bool = False) -> dict:
+        return self.score_many(lm, [passage], open_book=open_book)[0]
 
-    def score_many(self, lm: LoadedModel, passages: list[Passage], adapters: list | None = None) -> list[dict]:
+    def score_many(self, lm: LoadedModel, passages: list[Passage], adapters: list | None = None,
+                   open_book: bool = False) -> list[dict]:
         """Answer and grade the questions of each passage, all in shared batches; with `adapters`,
         passage i's questions go through adapter adapters[i] of the installed adapter bank (or, when
-        adapters[i] is a list, question j through adapter adapters[i][j])."""
+        adapters[i] is a list, question j through adapter adapters[i][j]); with `open_book`, each
+        question is asked with its passage in the prompt."""
         cfg = self.config.answer
         precision = self.precision(lm)
         questions = [self.questions(p) for p in passages]
-        prompts = [format_prompt(lm, answer_prompt(cfg.prompt_style, p.title, q.question), chat=cfg.prompt_style == "chat")
+        prompts = [format_prompt(lm, answer_prompt(cfg.prompt_style, p.title, q.question, p.context if open_book else None),
+                                 chat=cfg.prompt_style == "chat")
                    for p, qs in zip(passages, questions) for q in qs]
         rows = None if adapters is None else [
             r for a, qs in zip(adapters, questions) for r in (a if isinstance(a, list) else [a] * len(qs))]

@@ -25,14 +25,17 @@ from seal.knowledge.domain import KnowledgeDomain, mean
 
 # The rows every other row is compared with, passage by passage (paired differences of the reward).
 REFERENCES = {"vs base": "base model, no update", "vs passage only": "passage only"}
+OPEN_BOOK = "open book (passage in the prompt), no update"
 
 
 def columns(metric: str) -> list[Column]:
     """missing: passages left out of the row because their self-edit could not be written (an endpoint
-    error); vs ...: the row's reward minus the reference row's, passage by passage (repeats averaged)."""
+    error); gap closed: (row - base) / (open book - base) of the mean rewards, the share of the way from
+    the closed-book base model to the open-book ceiling; vs ...: the row's reward minus the reference
+    row's, passage by passage (repeats averaged)."""
     return [Column("condition", kind="text"), Column("EM"), Column("F1"), Column("contains"), Column("loglik"),
             Column("judge"), Column("questions", kind="int"), Column("missing", kind="int"),
-            Column("reward", f"reward ({metric})"), Column("95% CI", kind="ci"),
+            Column("reward", f"reward ({metric})"), Column("95% CI", kind="ci"), Column("gap closed"),
             *[Column(key, f"{key} (paired, 95% CI)", kind="diff") for key in REFERENCES]]
 
 
@@ -71,6 +74,7 @@ class Condition:
     model_row: str
     model_round: int
     write: Writer | None = None
+    open_book: bool = False  # the no-update row asks each question with its passage in the prompt
 
 
 def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], c: Condition,
@@ -89,7 +93,7 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
     for passage in passages:
         pid = passage.id
         pre = run.cached("pre_update", f"eval/pre/{c.model_row}/{pid}", lambda: dict(
-            condition=c.model_row, context_id=pid, row="no-update", round=c.model_round, **domain.pre_update(lm, passage)))
+            condition=c.model_row, context_id=pid, **no_update_tags(c), **domain.score(lm, passage, c.open_book)))
         if name is None:
             progress.advance("eval")
             continue
@@ -104,12 +108,19 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
         evaluate_jobs(run, lm, domain, jobs, progress, bar="eval")
 
 
+def no_update_tags(c: Condition) -> dict:
+    """The kind and round recorded with a no-update row's scores."""
+    return dict(row="open-book", round=None) if c.open_book else dict(row="no-update", round=c.model_round)
+
+
 def conditions(config: KnowledgeConfig, lm: LoadedModel, domain: KnowledgeDomain, policy_run: Path | None):
     """The table's rows in order. A SEAL round's rows come while `lm` is that round's policy. Shared by
     the single-passage table and CPT."""
     own = self_edit_writer(lm, domain, 1, config)  # follows lm as policy adapters are merged into it
     base = "base model, no update"
     yield Condition(None, "no-update", 0, base, 0)
+    if config.eval.open_book:
+        yield Condition(None, "open-book", None, OPEN_BOOK, 0, open_book=True)
     if config.eval.passage_only:
         yield Condition("passage only", "passage", None, base, 0)
     if config.eval.base_self_edits:
@@ -173,6 +184,11 @@ def table(run: Run) -> Table:
             **{key: paired_difference(by_passage[name], by_passage[ref], config.eval.bootstrap, config.seed)
                if ref in by_passage and ref != name else None for key, ref in REFERENCES.items()},
         })
+    base, ceiling = (next((r["reward"] for r in out if r["condition"] == name), None)
+                     for name in ("base model, no update", OPEN_BOOK))
+    for r in out:
+        r["gap closed"] = (None if None in (base, ceiling, r["reward"]) or ceiling == base
+                           else (r["reward"] - base) / (ceiling - base))
     return Table(columns(config.reward.metric), out, "reward", score_label(config))
 
 

@@ -47,6 +47,11 @@ ANSWER_TEMPLATES: dict[str, str] = {
     "completion": "Topic: {title}\nQuestion: {question}\nAnswer:",
     "chat": "Answer the question directly and concisely, in a few words.\nTopic: {title}\nQuestion: {question}",
 }
+# The same questions asked with the passage in the prompt (the open-book ceiling).
+OPEN_BOOK_TEMPLATES: dict[str, str] = {
+    "completion": "Topic: {title}\n{passage}\nQuestion: {question}\nAnswer:",
+    "chat": "Answer the question directly and concisely, in a few words.\nTopic: {title}\nText: {passage}\nQuestion: {question}",
+}
 
 
 def load_template(style: str) -> str:
@@ -73,7 +78,10 @@ def self_edit_prompt(template: str, passage: Passage) -> str:
     return template.format(title=passage.title, passage=passage.context)
 
 
-def answer_prompt(style: str, title: str, question: str) -> str:
+def answer_prompt(style: str, title: str, question: str, passage: str | None = None) -> str:
+    """The prompt a question is answered from: closed-book, or with `passage` in it (open book)."""
     if style not in ANSWER_TEMPLATES:
         raise DataError(f"answer.prompt_style '{style}' is unknown (choose {', '.join(ANSWER_TEMPLATES)})")
+    if passage is not None:
+        return OPEN_BOOK_TEMPLATES[style].format(title=title, question=question, passage=passage)
     return ANSWER_TEMPLATES[style].format(title=title, question=question)
