@@ -41,7 +41,8 @@ def test_restem_then_table_then_resume(tiny_config):
 
     again = runner.invoke(app, ["knowledge", "table", str(run_dir)])
     assert again.exit_code == 0 and "passage only" in again.output
-    assert "self-edit evaluations: 10, wall time mean" in again.output  # 2 x k=2 in the round, 3 x 2 in eval
+    # 2 E-steps (round 1, then the new policy) x 2 passages x (k=2 + the passage alone), then 3 rows x 2 in eval
+    assert "self-edit evaluations: 18, wall time mean" in again.output
     assert "round 1: " in again.output and "kept 2 self-edits" in again.output
 
     resumed = runner.invoke(app, ["knowledge", "restem", "--quiet", "--resume", str(run_dir)])

@@ -41,12 +41,13 @@ def test_full_round_trains_and_merges_the_policy(tiny_config):
     contexts = load_builtin()[:2]
     with Progress(enabled=False) as progress:
         restem(run, lm, domain, contexts, progress)
-    assert domain.calls == 2 * tiny_config.restem.k
+    # round 1's E-step, then the new policy's own evaluation; each: k self-edits and the passage alone per context
+    assert domain.calls == 2 * len(contexts) * (tiny_config.restem.k + 1)
     [done] = run.records("round")
     assert len(done["kept"]) == 2 and done["adapter"] == "policy/round-1"
     assert (run.path / "policy/round-1/adapter_config.json").is_file()
     assert any(not torch.equal(before[k], v) for k, v in lm.model.state_dict().items())
-    evals = run.records("self_edit_eval")
+    evals = [r for r in run.records("self_edit_eval") if "/eval/" in r["key"]]
     assert {r["sample"] for r in evals} == {0, 1} and all(("self_edit" in r and "train" in r) or not r["valid"] for r in evals)
     # every record is on disk, one JSON object a line
     lines = (run.path / "records.jsonl").read_text().splitlines()
@@ -87,7 +88,7 @@ def test_resume_redoes_nothing_that_finished(tiny_config, batched):
     domain2 = CountingDomain(resumed.config)
     with Progress(enabled=False) as progress:
         restem(resumed, lm2, domain2, contexts, progress)
-    assert domain2.calls == 1  # only the evaluation that never finished
+    assert domain2.calls == 2 * 2 * 3 - 3  # all but the 3 that finished (2 E-steps x 2 contexts x (k + passage))
 
     # the same policy as an uninterrupted run with the same seed
     fresh = Run.create(tiny_config, "restem")

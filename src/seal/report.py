@@ -6,7 +6,8 @@ records.jsonl), so it works on finished, interrupted or copied runs alike. For a
 - a comparison table (the domain's `table`): the table, every condition's score with its 95%
   interval, and the score per ReST-EM round for the rows that exist for each round (the policy with
   no update, and with its own self-edits), read from the rows' `kind` and `round`;
-- ReST-EM rounds: the distribution of self-edit rewards per round.
+- ReST-EM rounds: the distribution of self-edit rewards per round, the learning curve of the outer
+  loop (core/curves.py) and, with eval_times >= 2, the reward noise (core/noise.py).
 
 A domain adds its own parts (`DomainPlugin.report`, e.g. the knowledge domain's continual runs).
 
@@ -149,12 +150,59 @@ def reward_distributions(sec: Section, run: Run) -> None:
         if pre.get(rounds[i]):
             ax.scatter([i + 0.32], [statistics.fmean(pre[rounds[i]])], marker="D", s=40, color="#c44e52",
                        label="policy before any update (mean)" if i == 0 else None)
-    ax.set_xticks(range(len(rounds)), [f"round {r}" for r in rounds])
+    ax.set_xticks(range(len(rounds)), ["base model" if r == 1 else f"round-{r - 1} policy" for r in rounds])
     ax.set_ylabel(f"reward: {score_label(run)}", fontsize=9)
-    ax.set_title(f"{run.path.name}\nrewards of the sampled self-edits per round", fontsize=10)
+    ax.set_title(f"{run.path.name}\nrewards of each policy's sampled self-edits", fontsize=10)
     ax.legend(fontsize=8)
     _save(fig, sec.path("rewards.png"))
-    sec.figure("rewards.png", "Reward of every sampled self-edit per ReST-EM round (training contexts)", "rewards.csv")
+    sec.figure("rewards.png", "Reward of every sampled self-edit, per policy (training contexts; the CSV's round is "
+               "the E-step's: policy round - 1)", "rewards.csv")
+
+
+def curve_section(sec: Section, run: Run) -> None:
+    """The outer loop's learning curve (core/curves.py): its table, and the mean and best-of-k reward of
+    each policy's own self-edits with 95% intervals, beside the no-update and passage-only levels."""
+    from seal.core.commands import run_contexts
+    from seal.core.curves import learning_curve
+
+    domain, contexts = run_contexts(run)
+    sources = {domain.context_id(c): t for c in contexts if (t := domain.source_text(c)) is not None} if domain else {}
+    curve = learning_curve(run, sources or None)
+    if not curve.rows:
+        return
+    rows = curve.rows
+    sec.found["curve"] = rows
+    sec.lines += ["### Learning curve (training contexts)", "", curve.markdown(), ""]
+    keys = ["mean", "best", "pre", "passage"]
+    _write_csv(sec.path("curve.csv"), ["policy", *keys, "ci_low", "ci_high"],
+               [[r["round"], *[r[k] for k in keys], *r["95% CI"]] for r in rows])
+    xs = [r["round"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    value = lambda r, k: math.nan if r[k] is None else r[k]
+    means = [value(r, "mean") for r in rows]
+    err = [[max(0.0, m - r["95% CI"][0]) if not math.isnan(r["95% CI"][0]) else 0 for m, r in zip(means, rows)],
+           [max(0.0, r["95% CI"][1] - m) if not math.isnan(r["95% CI"][1]) else 0 for m, r in zip(means, rows)]]
+    ax.errorbar(xs, means, yerr=err, marker="o", capsize=3, label="mean self-edit reward (95% CI)")
+    ax.plot(xs, [value(r, "best") for r in rows], marker="^", ls=":", label="best of k")
+    for k, label, style in (("passage", "passage only", "--"), ("pre", "no update", "-.")):
+        if any(r[k] is not None for r in rows):
+            ax.plot(xs, [value(r, k) for r in rows], ls=style, marker=".", label=label)
+    ax.set_xticks(xs)
+    ax.set_xlabel("policy (0 = base model; r = after round r's M-step)")
+    ax.set_ylabel(f"reward: {score_label(run)}", fontsize=9)
+    ax.set_title(f"{run.path.name}\nlearning curve: each policy's self-edits on the training contexts", fontsize=10)
+    ax.legend(fontsize=8)
+    _save(fig, sec.path("curve.png"))
+    sec.figure("curve.png", "Learning curve of the outer loop (training contexts)", "curve.csv")
+
+
+def noise_section(sec: Section, run: Run) -> None:
+    """How noisy the rewards were (core/noise.py), when self-edits were trained more than once."""
+    from seal.core.noise import noise_table
+
+    table = noise_table([run])
+    if table.rows:
+        sec.lines += ["### Reward noise (training contexts)", "", table.markdown(), ""]
 
 
 # --- the report ---------------------------------------------------------------------------------------
@@ -178,6 +226,8 @@ def run_section(out: Path, run: Run, prefix: str) -> tuple[list[str], dict]:
             rounds_plot(sec, run, table.rows, table.score, table.score_label)
             sec.found.update(rows=table.rows, score=table.score)
         reward_distributions(sec, run)
+        curve_section(sec, run)
+        noise_section(sec, run)
     if len(sec.lines) == heading:
         sec.lines.append(f"Nothing to report in this '{run.command}' run yet (its records are in records.jsonl).\n")
     return sec.lines, sec.found

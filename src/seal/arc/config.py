@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from seal.arc.tasks import PAPER_TRAIN_IDS
-from seal.core.config import ALL_LINEAR, InnerLoopBase, PolicySftConfig, RestemConfig, RunConfig, SamplingBase, Section
+from seal.core.config import ALL_LINEAR, InnerLoopBase, PolicySftConfig, RestemConfig, RewardBase, RunConfig, SamplingBase, Section
 
 # The hand-made configuration of the "oracle TTT" row: what worked best on the embedded model.
 ORACLE = dict(use_basic_augmentations=True, use_size_augmentations=False, use_chain_augmentations=False,
@@ -75,8 +75,8 @@ class ArcPredictConfig(Section):
     batch_size: int = Field(16, ge=1, description="prompts generated together")
 
 
-class ArcRewardConfig(Section):
-    require_improvement: bool = Field(False, description="keep a solved self-edit only when the model did not already solve the task without TTT")
+class ArcRewardConfig(RewardBase):
+    require_improvement: bool = Field(False, description="rest-em: keep a solved self-edit only when the model did not already solve the task without TTT")
 
 
 class ArcEvalConfig(Section):

@@ -26,6 +26,7 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Overri
 ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run directory instead of starting a new one.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars (progress still goes to RUN_DIR/progress.log).")]
 PolicyOpt = Annotated[Optional[Path], typer.Option(help="A restem run directory: adds its rounds' rows to the table.")]
+ReuseOpt = Annotated[Optional[Path], typer.Option("--reuse-round1", help="A restem run directory with the same configuration (up to restem.rounds, algorithm, sft and evaluate_policy, and eval): take its round-1 samples and evaluations instead of computing them again, e.g. to compare RLOO with ReST-EM from the same first E-step.")]
 OverlapOpt = Annotated[bool, typer.Option("--allow-overlap", help="Score contexts that --policy was trained on (or that share its articles) anyway.")]
 
 _fresh: list[Path] = []  # run directories created by this process, removed again if the command fails on bad input
@@ -81,7 +82,7 @@ class Started:
 
 
 def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path] = None,
-              allow_overlap: bool = False) -> tuple[list, list, Domain]:
+              allow_overlap: bool = False, reuse: Optional[Path] = None) -> tuple[list, list, Domain]:
     """Every check a command needs before its run directory may exist; returns (training contexts,
     held-out contexts, the domain's inner loop)."""
     from seal.core.models import model_layer_names
@@ -95,11 +96,64 @@ def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path] = No
     domain = p.domain(config)
     if policy is not None:
         check_policy(p, domain, config, policy, held, allow_overlap)
+    if reuse is not None:
+        check_reuse(p, config, reuse)
     return train, held, domain
 
 
+# Fields that do not change round 1's E-step (its samples and evaluations): what --reuse-round1 may differ in.
+ROUND1_FREE = ("runs_dir", "eval", "cpt", "continual", "teacher", "restem.rounds", "restem.algorithm",
+               "restem.sft", "restem.evaluate_policy", "restem.keep", "restem.min_reward", "reward.require_improvement",
+               "reward.baseline")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        name = prefix + key
+        if isinstance(value, dict):
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def check_reuse(p: DomainPlugin, config, source: Path) -> None:
+    """--reuse-round1: a restem run of this domain whose configuration gives the same round 1 E-step."""
+    from seal.core.runs import Run
+
+    where = f"--reuse-round1 {source}"
+    if not (source / "config.yaml").is_file():
+        raise ConfigError(f"{where}: not a run directory (no config.yaml)")
+    other = Run.resume(source)
+    if other.command != p.run_prefix + "restem":
+        raise ConfigError(f"{where}: a '{other.command}' run, not a {p.run_prefix}restem run")
+    mine, theirs = (_flat(c.model_dump(mode="json")) for c in (config, other.config))
+    free = lambda name: any(name == f or name.startswith(f + ".") for f in ROUND1_FREE)
+    differ = sorted(n for n in set(mine) | set(theirs) if not free(n) and mine.get(n) != theirs.get(n))
+    if differ:
+        raise ConfigError(f"{where}: its round 1 was made with other settings: "
+                          + ", ".join(f"{n}={theirs.get(n)!r} (here {mine.get(n)!r})" for n in differ[:5]))
+
+
+def reuse_round1_copy(run, source: Path) -> int:
+    """Copy round 1's E-step records (samples, scores, evaluations; not its M-step) from `source` into
+    `run`, each marked `reused_from`; records `run` already has are kept. Returns how many were copied."""
+    from seal.core.runs import Run
+
+    copied = 0
+    for record in Run.resume(source).records():
+        key = record["key"]
+        if key.startswith("round1/") and key != "round1/done" and run.get(key) is None:
+            fields = {k: v for k, v in record.items() if k not in ("kind", "key", "time")}
+            run.append(record["kind"], key, **{**fields, "reused_from": str(source)})
+            copied += 1
+    return copied
+
+
 def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrides: Optional[list[str]],
-             resume: Optional[Path], policy: Optional[Path] = None, allow_overlap: bool = False) -> Started:
+             resume: Optional[Path], policy: Optional[Path] = None, allow_overlap: bool = False,
+             reuse: Optional[Path] = None) -> Started:
     """Check everything (see the module's docstring), then create the run directory or reopen it."""
     from seal.core.runs import Run
 
@@ -113,7 +167,7 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
         config = run.config
     else:
         config = load_config(config_file, overrides or [], domain=p.name)
-    train, held, domain = check_run(p, command, config, policy, allow_overlap)
+    train, held, domain = check_run(p, command, config, policy, allow_overlap, reuse)
     if resume is None:
         run = Run.create(config, run_command)
         _fresh.append(run.path)
@@ -173,6 +227,31 @@ def print_table(run, table) -> None:
     console.print(f"[dim]table written to {run.path / 'table.md'} and table.csv[/dim]")
 
 
+def print_curve(run, domain: Domain | None = None, contexts: list | None = None) -> None:
+    """Print the run's learning curve (core/curves.py) and write curve.md / curve.csv beside its records."""
+    from seal.core.curves import learning_curve
+
+    sources = None
+    if domain is not None and contexts:
+        sources = {domain.context_id(c): t for c in contexts if (t := domain.source_text(c)) is not None}
+    curve = learning_curve(run, sources or None)
+    if not curve.rows:
+        return
+    console.print("[bold]learning curve[/bold]: each policy's own self-edits on the training "
+                  f"{plugin(run.config.domain).contexts_word} (policy 0 = the base model)")
+    print(curve.write(run.path, "curve"))
+    console.print(f"[dim]written to {run.path / 'curve.md'} and curve.csv[/dim]")
+
+
+def run_contexts(run) -> tuple[Domain | None, list]:
+    """The domain and training contexts of a recorded run, when its data is still where it was."""
+    p = plugin(run.config.domain)
+    try:
+        return p.domain(run.config), p.contexts(run.config)[0]
+    except p.input_errors:
+        return None, []
+
+
 def show_run(run_dir: Path) -> None:
     """Print what a run holds: its comparison table, or its domain's own summary."""
     from seal.core.runs import Run
@@ -193,22 +272,25 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
 
     @app.command("restem")
     @guard
-    def restem(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None,
+    def restem(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None, reuse_round1: ReuseOpt = None,
                eval: Annotated[bool, typer.Option(help="Evaluate the comparison table on held-out contexts after the rounds.")] = True,
                quiet: QuietOpt = False):
         """Run ReST-EM rounds on the training contexts, then print the comparison table on the held-out ones."""
         from seal.core.models import load_model
         from seal.core.restem import restem as run_restem
 
-        s = open_run(p, "restem", config, set, resume)
+        s = open_run(p, "restem", config, set, resume, reuse=reuse_round1)
         cfg = s.run.config
+        if reuse_round1 is not None:
+            console.print(f"round 1: {reuse_round1_copy(s.run, reuse_round1)} records taken from {reuse_round1}")
         console.print(f"{len(s.train)} training {word}, {len(s.held)} held-out {word}")
         start = time.perf_counter()
         lm = load_model(cfg.model.name, cfg.model.device)
         with progress_for(s.run, quiet) as progress:
             run_restem(s.run, lm, s.domain, s.train, progress)
-            console.print(f"ReST-EM: {cfg.restem.rounds} round(s) on {len(s.train)} {word} done "
+            console.print(f"{cfg.restem.algorithm}: {cfg.restem.rounds} round(s) on {len(s.train)} {word} done "
                           f"in {time.perf_counter() - start:.0f} s")
+            print_curve(s.run, s.domain, s.train)
             if not (eval and s.held):
                 return
             table = p.evaluate(s.run, s.domain, s.held, progress, policy_run=s.run.path)
@@ -229,6 +311,29 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
     def table(run_dir: Annotated[Path, typer.Argument(help="A run directory of this domain.")]):
         """Print (and rewrite table.md/table.csv of) what a run directory recorded."""
         show_run(run_dir)
+
+    @app.command("curve")
+    @guard
+    def curve(run_dir: Annotated[Path, typer.Argument(help="A restem run directory of this domain.")]):
+        """Print a restem run's learning curve: every policy's own self-edits on the training contexts."""
+        from seal.core.runs import Run
+
+        run = Run.resume(run_dir)
+        print_curve(run, *run_contexts(run))
+
+    @app.command("noise")
+    @guard
+    def noise(run_dirs: Annotated[list[Path], typer.Argument(help="restem run directories with inner_loop.eval_times >= 2.")],
+              draws: Annotated[int, typer.Option(help="Bootstrap draws of the repeats per context.")] = 1000):
+        """How noisy self-edit rewards are: the spread between repeats of one self-edit and between the
+        self-edits of a context, and how often the best of k would change under a re-draw."""
+        from seal.core.noise import noise_table
+        from seal.core.runs import Run
+
+        table = noise_table([Run.resume(d) for d in run_dirs], draws)
+        if not table.rows:
+            fail("no E-step with 2 or more self-edits trained 2 or more times each in these runs")
+        print(table.markdown())
 
     p.register(app)
     return app

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -85,10 +85,25 @@ class PolicySftConfig(LoraTrainConfig):
 class RestemConfig(Section):
     rounds: int = Field(1, ge=0, le=100, description="ReST-EM rounds")
     k: int = Field(3, ge=1, le=256, description="self-edits sampled per training passage per round")
-    keep: Literal["best", "all"] = Field("best", description="per training context, keep its best self-edit, or every self-edit that reaches min_reward")
-    min_reward: float | None = Field(None, description="a kept self-edit needs at least this reward (None: any)")
+    algorithm: Literal["rest-em", "rloo"] = Field("rest-em", description="the M-step: rest-em = SFT on the kept self-edits (keep, min_reward, reward.require_improvement); rloo = every sampled self-edit, its loss weighted by its reward minus the mean reward of the other samples of its context (negative weights included)")
+    keep: Literal["best", "all"] = Field("best", description="rest-em: per training context, keep its best self-edit, or every self-edit that reaches min_reward")
+    min_reward: float | None = Field(None, description="rest-em: a kept self-edit needs at least this reward (None: any)")
+    evaluate_policy: bool = Field(True, description="after the last round's M-step, the new policy samples and evaluates k self-edits for the training contexts too (the last point of the learning curve; each earlier round's E-step is the previous policy's)")
     sft: PolicySftConfig = Field(default_factory=PolicySftConfig,
                                  description="fine-tuning the policy on (prompt -> kept self-edit); merged into the weights after each round")
+
+
+class RewardBase(Section):
+    """How a self-edit's reward is compared with a baseline for selection (what the core reads)."""
+
+    baseline: Literal["none", "pre_update"] = Field("pre_update", description="what require_improvement compares a self-edit's reward with: pre_update = the model's score before any update")
+    require_improvement: bool = Field(False, description="rest-em: keep a context's self-edit only when its reward beats the baseline")
+
+    @model_validator(mode="after")
+    def _improvement_needs_a_baseline(self):
+        if self.require_improvement and self.baseline == "none":
+            raise ValueError("reward.require_improvement needs a reward.baseline to beat (not 'none')")
+        return self
 
 
 class RunConfig(Section):

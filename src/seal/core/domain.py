@@ -55,6 +55,11 @@ class Domain(ABC):
     @abstractmethod
     def self_edit_prompt(self, context: Any) -> str: ...
 
+    def source_text(self, context: Any) -> str | None:
+        """The context's own text, if it has one (a passage): how much of it self-edits cover is part of
+        the learning curve (core/curves.py)."""
+        return None
+
     @abstractmethod
     def pre_update(self, lm: LoadedModel, context: Any) -> dict:
         """The model's score on the context before any update; the result has a "reward"."""

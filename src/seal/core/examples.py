@@ -11,3 +11,4 @@ from dataclasses import dataclass
 class Example:
     input_ids: list[int]
     labels: list[int]  # -100 where no loss is taken
+    weight: float = 1.0  # the example's loss weight in a weighted training loop (RLOO's advantage)

@@ -1,10 +1,14 @@
 """The ReST-EM outer loop, independent of the domain.
 
 One round, on the current policy: for every training context, score the policy before any update
-(once per context), sample k self-edits, evaluate each in the inner loop (eval_times repeats; many
-self-edits at a time when the domain supports batched evaluation, see multi_lora), keep
-the best (E-step: rejection sampling); then fine-tune the policy on (prompt -> kept self-edit) with the
-loss on the self-edit only and merge it (M-step). The next round samples from the new policy.
+(once per context) and, with reward.baseline passage, trained on the context alone; sample k
+self-edits, evaluate each in the inner loop (eval_times repeats; many self-edits at a time when the
+domain supports batched evaluation, see multi_lora). ReST-EM keeps the best (E-step: rejection
+sampling) and fine-tunes the policy on (prompt -> kept self-edit) with the loss on the self-edit only,
+then merges it (M-step). RLOO instead trains on every sample, its loss weighted by its reward minus
+the mean reward of the context's other samples. The next round samples from the new policy; after the
+last round the new policy is evaluated the same way (restem.evaluate_policy), so that every policy,
+the base model included, has its point on the learning curve (core/curves.py).
 
 Every step is a keyed record in the run, so an interrupted run resumes where it stopped.
 """
@@ -171,7 +175,9 @@ def _last_seconds_per_eval(run: Run) -> float | None:
 
 def restem_round(run: Run, lm: LoadedModel, domain: Domain, contexts: list, round_idx: int,
                  progress: Progress) -> list[dict]:
-    """E-step of one round: returns the kept (prompt, self-edit) pairs."""
+    """E-step of one round: sample k self-edits per context from the current policy, score the policy
+    before any update and (reward.baseline: passage) trained on the context alone in each repeat, evaluate
+    every self-edit; return what the M-step trains on (see `select`)."""
     cfg = run.config
     k = cfg.restem.k
     key = lambda c: f"round{round_idx}/samples/{domain.context_id(c)}"
@@ -184,10 +190,13 @@ def restem_round(run: Run, lm: LoadedModel, domain: Domain, contexts: list, roun
         pres[cid] = run.cached("pre_update", f"round{round_idx}/pre/{cid}",
                                lambda: dict(round=round_idx, context_id=cid, **domain.pre_update(lm, context)))
         progress.advance("contexts")
+        common = ("restem", round_idx, cid)  # shared by the context's samples and its passage-only training
+        if cfg.reward.baseline == "passage":
+            jobs.append(EvalJob(f"round{round_idx}/passage/{cid}", context, None, pres[cid], (*common, "passage"),
+                                dict(round=round_idx, context_id=cid, baseline="passage"), common_parts=common))
         for i, self_edit in enumerate(run.get(key(context))["self_edits"]):
-            jobs.append(EvalJob(f"round{round_idx}/eval/{cid}/{i}", context, self_edit, pres[cid],
-                                ("restem", round_idx, cid, i), dict(round=round_idx, context_id=cid, sample=i),
-                                common_parts=("restem", round_idx, cid)))
+            jobs.append(EvalJob(f"round{round_idx}/eval/{cid}/{i}", context, self_edit, pres[cid], (*common, i),
+                                dict(round=round_idx, context_id=cid, sample=i), common_parts=common))
     results = evaluate_jobs(run, lm, domain, jobs, progress)
     kept = []
     for context in contexts:
@@ -195,17 +204,52 @@ def restem_round(run: Run, lm: LoadedModel, domain: Domain, contexts: list, roun
         samples = run.get(key(context))
         candidates = []
         for i in range(len(samples["self_edits"])):
-            rewards = [r["reward"] for r in results[f"round{round_idx}/eval/{cid}/{i}"] if r["reward"] is not None]
-            if rewards:  # all repeats ungraded (a failed judge): not a candidate, not a zero
-                candidates.append((sum(rewards) / len(rewards), i))
-        pre = pres[cid]
-        pre_reward = pre["reward"] if pre["reward"] is not None else 0.0
-        for reward, i in keep(candidates, cfg.restem.keep, cfg.restem.min_reward):
-            if cfg.reward.require_improvement and reward <= pre_reward:
-                continue
+            reward = mean_reward(results[f"round{round_idx}/eval/{cid}/{i}"])
+            if reward is not None:  # all repeats ungraded (a failed judge): not a candidate, not a zero
+                candidates.append((reward, i))
+        baseline = baseline_reward(cfg.reward.baseline, pres[cid], results.get(f"round{round_idx}/passage/{cid}"))
+        for reward, i, weight in select(candidates, baseline, cfg):
             kept.append(dict(context_id=cid, prompt=samples["prompt"], self_edit=samples["self_edits"][i],
-                             reward=reward, pre_reward=pre["reward"], sample=i))
+                             reward=reward, baseline=baseline, pre_reward=pres[cid]["reward"], sample=i,
+                             **({} if weight is None else dict(weight=weight))))
     return kept
+
+
+def mean_reward(records: list[dict | None] | None) -> float | None:
+    """The mean reward over a self-edit's repeats that were graded (None: none was)."""
+    rewards = [r["reward"] for r in records or [] if r is not None and r.get("reward") is not None]
+    return sum(rewards) / len(rewards) if rewards else None
+
+
+def baseline_reward(kind: str, pre: dict, passage: list[dict] | None) -> float | None:
+    """The reward a self-edit is compared with: the pre-update score, the mean over repeats of training
+    on the context alone, or none. A missing score counts as 0 (an ungraded pre-update score)."""
+    if kind == "pre_update":
+        return pre["reward"] if pre["reward"] is not None else 0.0
+    if kind == "passage":
+        value = mean_reward(passage)
+        return value if value is not None else 0.0
+    return None
+
+
+def rloo_weights(rewards: list[float]) -> list[float]:
+    """Each reward minus the mean of the others (leave-one-out): the weights sum to zero, and equal
+    rewards give all-zero weights. Fewer than two rewards: no comparison, zero weights."""
+    n = len(rewards)
+    if n < 2:
+        return [0.0] * n
+    return [sum(r - other for other in rewards) / (n - 1) for r in rewards]  # exact 0 for equal rewards
+
+
+def select(candidates: list[tuple[float, int]], baseline: float | None, cfg) -> list[tuple[float, int, float | None]]:
+    """What one context gives the M-step, as (reward, sample, weight). rest-em: the kept self-edits
+    (`keep`; with reward.require_improvement only those beating the baseline), weight None. rloo: every
+    candidate with a non-zero leave-one-out weight."""
+    if cfg.restem.algorithm == "rloo":
+        weights = rloo_weights([reward for reward, _ in candidates])
+        return [(reward, i, w) for (reward, i), w in zip(candidates, weights) if w != 0.0]
+    return [(reward, i, None) for reward, i in keep(candidates, cfg.restem.keep, cfg.restem.min_reward)
+            if not (cfg.reward.require_improvement and baseline is not None and reward <= baseline)]
 
 
 def keep(candidates: list[tuple[float, int]], how: str, min_reward: float | None) -> list[tuple[float, int]]:
@@ -217,8 +261,10 @@ def keep(candidates: list[tuple[float, int]], how: str, min_reward: float | None
 
 
 def restem(run: Run, lm: LoadedModel, domain: Domain, contexts: list, progress: Progress) -> None:
-    """R rounds of ReST-EM; `lm` ends as the last round's policy. Finished rounds are re-applied from
-    their saved adapters on resume."""
+    """R rounds of ReST-EM (or RLOO, restem.algorithm); `lm` ends as the last round's policy. Finished
+    rounds are re-applied from their saved adapters on resume. With restem.evaluate_policy, the last
+    policy then samples and evaluates its own self-edits for the training contexts (round R+1's E-step,
+    with no M-step): the last point of the learning curve."""
     cfg = run.config
     precision = resolve_precision(cfg.model.precision, lm.device)
     chat = use_chat(lm, cfg.model.chat_template)
@@ -228,34 +274,44 @@ def restem(run: Run, lm: LoadedModel, domain: Domain, contexts: list, progress: 
             if done["adapter"]:
                 merge_saved_adapter(lm, run.path / done["adapter"])
             continue
-        progress.start("contexts", f"round {r}: pre-update scores", len(contexts))
-        progress.start("evals", f"round {r}: self-edit evaluations",
-                       len(contexts) * cfg.restem.k * cfg.inner_loop.eval_times)
-        kept = restem_round(run, lm, domain, contexts, r, progress)
+        kept = e_step(run, lm, domain, contexts, r, progress)
         adapter, stats, dropped = None, None, []
         examples = []
         for k in kept:
             example = sft_example(lm.tokenizer, format_prompt(lm, k["prompt"], chat), k["self_edit"],
                                   cfg.restem.sft.max_seq_len)
+            example.weight = k.get("weight", 1.0)
             if has_target(example):
                 examples.append(example)
             else:  # nothing of the self-edit fits restem.sft.max_seq_len: no target, a NaN loss
                 dropped.append(k["context_id"])
         if examples:
             folder = run.path / f"policy/round-{r}"
-            progress.start("sft", f"round {r}: policy fine-tuning",
+            progress.start("sft", f"round {r}: policy fine-tuning ({cfg.restem.algorithm})",
                            cfg.restem.sft.epochs * -(-len(examples) // cfg.restem.sft.batch_size))
             stats = sft_and_merge(lm, examples, cfg.restem.sft, seed=derive_seed(cfg.seed, "sft", r),
-                                  precision=precision, save_dir=folder,
+                                  precision=precision, save_dir=folder, weighted=cfg.restem.algorithm == "rloo",
                                   on_step=lambda s, total: progress.advance("sft"))
             if stats.problem is None:  # saved (complete, or not at all) and merged
                 adapter = f"policy/round-{r}"
             else:
                 progress.log(f"round {r}: policy update {stats.problem}")
         rewards = [k["reward"] for k in kept]
-        run.append("round", f"round{r}/done", round=r, kept=kept, adapter=adapter,
+        run.append("round", f"round{r}/done", round=r, algorithm=cfg.restem.algorithm, kept=kept, adapter=adapter,
                    sft=stats.as_dict() if stats else None, sft_dropped=dropped,
                    mean_kept_reward=sum(rewards) / len(rewards) if rewards else None)
+    if cfg.restem.evaluate_policy:
+        e_step(run, lm, domain, contexts, cfg.restem.rounds + 1, progress, final=True)
+
+
+def e_step(run: Run, lm: LoadedModel, domain: Domain, contexts: list, r: int, progress: Progress,
+           final: bool = False) -> list[dict]:
+    cfg = run.config
+    what = "the last policy's own evaluation" if final else f"round {r}"
+    jobs = cfg.restem.k + (cfg.reward.baseline == "passage")
+    progress.start("contexts", f"{what}: pre-update scores", len(contexts))
+    progress.start("evals", f"{what}: self-edit evaluations", len(contexts) * jobs * cfg.inner_loop.eval_times)
+    return restem_round(run, lm, domain, contexts, r, progress)
 
 
 def policy_rounds(lm: LoadedModel, policy_run: str | Path):

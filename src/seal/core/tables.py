@@ -74,9 +74,9 @@ class Table:
             writer.writerow(cells + [row.get("kind"), row.get("round")])
         return buf.getvalue()
 
-    def write(self, folder: Path) -> str:
-        """Write table.md (the table, then `extra`) and table.csv into `folder`; returns the markdown."""
+    def write(self, folder: Path, name: str = "table") -> str:
+        """Write NAME.md (the table, then `extra`) and NAME.csv into `folder`; returns the markdown."""
         md = self.markdown()
-        (folder / "table.md").write_text(md + ("\n\n" + self.extra if self.extra else "") + "\n", encoding="utf-8")
-        (folder / "table.csv").write_text(self.csv(), encoding="utf-8")
+        (folder / f"{name}.md").write_text(md + ("\n\n" + self.extra if self.extra else "") + "\n", encoding="utf-8")
+        (folder / f"{name}.csv").write_text(self.csv(), encoding="utf-8")
         return md

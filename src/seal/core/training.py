@@ -172,13 +172,26 @@ def epoch_batches(n: int, cfg: LoraTrainConfig, seed: int) -> list[list[int]]:
     return out[:cfg.max_steps] if cfg.max_steps else out
 
 
+def weighted_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """The mean over the batch of each example's weight times its mean token loss (negative log-likelihood
+    of its target tokens). A per-example mean, so that a long example is not worth more than a short
+    one; with weights that are advantages, this is a policy-gradient step on the targets."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    mask = labels != -100
+    per_example = (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return (per_example * weights).mean()
+
+
 def train(model: torch.nn.Module, examples: Sequence[Example], cfg: LoraTrainConfig, *, seed: int,
           pad_id: int, device: torch.device, precision: str = "fp32", on_step=None,
-          extra_loss: Callable[[int], torch.Tensor] | None = None) -> TrainStats:
+          extra_loss: Callable[[int], torch.Tensor] | None = None, weighted: bool = False) -> TrainStats:
     """AdamW with an optional linear warmup, then linear decay, over `cfg.epochs` passes (shuffled each
     epoch with a seeded generator), the gradient clipped to `cfg.max_grad_norm`.
     `extra_loss(step)` is added to each step's language-modelling loss (the last loss reported is the
-    language-modelling loss alone). `examples` may be any sequence, e.g. a TokenStore on disk."""
+    language-modelling loss alone). `weighted`: each example's loss is multiplied by its `weight`
+    (`weighted_loss`). `examples` may be any sequence, e.g. a TokenStore on disk."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     plan = epoch_batches(len(examples), cfg, seed)
@@ -188,10 +201,13 @@ def train(model: torch.nn.Module, examples: Sequence[Example], cfg: LoraTrainCon
     model.train()
     losses, extras, tokens, start = [], [], 0, time.perf_counter()
     for indices in plan:
-        batch = collate([examples[i] for i in indices], pad_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
+        chosen = [examples[i] for i in indices]
+        batch = {k: v.to(device) for k, v in collate(chosen, pad_id).items()}
         with autocast(precision, device):
-            loss = model(**batch).loss
+            if weighted:
+                loss = weighted_loss(model, batch, torch.tensor([e.weight for e in chosen], device=device))
+            else:
+                loss = model(**batch).loss
             extra = extra_loss(len(losses)) if extra_loss is not None else None
         (loss if extra is None else loss + extra).backward()
         clip_gradients(params, cfg)
@@ -212,15 +228,16 @@ def train(model: torch.nn.Module, examples: Sequence[Example], cfg: LoraTrainCon
 
 
 def sft_and_merge(lm: LoadedModel, examples: list[Example], cfg: LoraTrainConfig, *, seed: int,
-                  precision: str, save_dir=None, on_step=None) -> TrainStats:
-    """Fine-tune the policy with a LoRA adapter, save it (optionally), and merge it in place. An update
+                  precision: str, save_dir=None, on_step=None, weighted: bool = False) -> TrainStats:
+    """Fine-tune the policy with a LoRA adapter, save it (optionally), and merge it in place; `weighted`:
+    each example's loss carries its `weight` (`weighted_loss`). An update
     whose loss or weights are not finite is neither saved nor merged: the model stays as it was, and
     the returned stats say why (`problem`)."""
     check_targets(lm.model, cfg)
     torch.manual_seed(seed)
     wrapped = get_peft_model(lm.model, peft_config(cfg))
-    stats = train(wrapped, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id,
-                  device=lm.device, precision=precision, on_step=on_step)
+    stats = train(wrapped, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=lm.device,
+                  precision=precision, on_step=on_step, weighted=weighted)
     bad = [n for n, p in wrapped.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
     if stats.nonfinite or bad:
         stats.problem = (f"not merged: {stats.nonfinite} of {stats.steps} steps had a non-finite loss"

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from seal.core.config import InnerLoopBase, LoraTrainConfig, RestemConfig, RunConfig, SamplingBase, Section
+from seal.core.config import InnerLoopBase, LoraTrainConfig, RestemConfig, RewardBase, RunConfig, SamplingBase, Section
 
 # The inner-loop settings of the paper's reference code, kept by name (`preset: reference`).
 INNER_LOOP_PRESETS: dict[str, dict[str, Any]] = {
@@ -47,9 +47,9 @@ class AnswerConfig(Section):
     max_questions: int | None = Field(None, ge=1, description="questions per passage at most (None: all)")
 
 
-class RewardConfig(Section):
+class RewardConfig(RewardBase):
     metric: Literal["em", "f1", "contains", "loglik", "judge"] = Field("f1", description="the score of the updated model that is the self-edit's reward, averaged over the passage's questions; em, f1, contains: SQuAD-normalised, max over gold answers; loglik: the geometric-mean per-token probability of a gold answer (exp of its mean token log-probability after the question), max over gold answers; judge: the judge's yes/no")
-    require_improvement: bool = Field(False, description="keep a passage's best self-edit only when it beats the pre-update score")
+    baseline: Literal["none", "pre_update", "passage"] = Field("passage", description="what a self-edit is compared with: passage = the model trained on the passage alone, with the same seed in each repeat (one more inner-loop training per passage and repeat, cached); pre_update = the model before any update; none")
 
 
 class JudgeConfig(Section):

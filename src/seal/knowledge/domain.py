@@ -59,6 +59,9 @@ class KnowledgeDomain(Domain):
     def self_edit_prompt(self, passage: Passage) -> str:
         return self_edit_prompt(self.template, passage)
 
+    def source_text(self, passage: Passage) -> str:
+        return passage.context
+
     def pre_update(self, lm: LoadedModel, passage: Passage) -> dict:
         return self.score(lm, passage)
 

@@ -1,0 +1,139 @@
+"""Learning curves of the outer loop, read from a restem run's records.
+
+Round r's E-step samples k self-edits per training context from policy r-1 (policy 0 is the base
+model) and evaluates them; with restem.evaluate_policy the last policy is evaluated the same way after
+its M-step. So every policy has one row, on the same training contexts, and a row can be compared
+with the one before it context by context ("vs previous", a paired bootstrap over contexts).
+
+Per policy: the mean, median and best-of-k self-edit reward (a self-edit's reward is the mean of its
+repeats); the score before any update and after training on the context alone (reward.baseline
+passage) and the share of self-edits that beat it; and what the self-edits look like: their length,
+the share that are degenerate, how varied a context's samples are, and how much of the context they
+cover (see `text_stats`), since RL on self-edits can collapse them into one short pattern.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections import defaultdict
+
+from seal.core.runs import Run
+from seal.core.stats import bootstrap_ci, paired_difference
+from seal.core.tables import Column, Table
+
+WORD = re.compile(r"\w+")
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+def ngrams(tokens: list[str], n: int) -> list[tuple]:
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def degenerate(text: str, valid: bool = True) -> bool:
+    """A self-edit that teaches nothing: unusable for its domain (`valid` false), fewer than 5 words, or
+    looping (more than half of its word 3-grams are repeats of another)."""
+    tokens = words(text)
+    if not valid or len(tokens) < 5:
+        return True
+    grams = ngrams(tokens, 3)
+    return len(grams) >= 10 and len(set(grams)) < 0.5 * len(grams)
+
+
+def distinct_2(texts: list[str]) -> float | None:
+    """Distinct word bigrams over all bigrams of a context's self-edits together: 1 when no two bigrams
+    repeat, near 1/k when the k samples are copies of one text."""
+    grams = [g for t in texts for g in ngrams(words(t), 2)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def coverage(texts: list[str], source: str) -> float | None:
+    """Share of the context's content words (distinct words of 4 or more characters, which leaves out
+    most function words) that appear in at least one of its self-edits."""
+    content = {w for w in words(source) if len(w) >= 4}
+    if not content:
+        return None
+    said = {w for t in texts for w in words(t)}
+    return len(content & said) / len(content)
+
+
+def mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def by_round(run: Run) -> dict[int, dict]:
+    """{E-step round: {"samples": {cid: record}, "evals": {cid: {sample: {repeat: reward}}},
+    "valid": {cid: {sample: bool}}, "pre": {cid: reward}, "passage": {cid: [rewards]}}}."""
+    rounds: dict[int, dict] = defaultdict(lambda: {"samples": {}, "evals": defaultdict(lambda: defaultdict(dict)),
+                                                   "valid": defaultdict(dict), "pre": {}, "passage": defaultdict(list)})
+    for rec in run.records():
+        m = re.match(r"^round(\d+)/(samples|eval|pre|passage)/", rec["key"])
+        if not m:
+            continue
+        r, part, cid = int(m.group(1)), m.group(2), rec.get("context_id")
+        if part == "samples" and not rec.get("error"):
+            rounds[r]["samples"][cid] = rec
+        elif part == "pre":
+            rounds[r]["pre"][cid] = rec.get("reward")
+        elif rec.get("reward") is not None:
+            if part == "eval":
+                rounds[r]["evals"][cid][rec["sample"]][rec.get("repeat", 0)] = rec["reward"]
+                rounds[r]["valid"][cid][rec["sample"]] = rec.get("valid", True)
+            else:
+                rounds[r]["passage"][cid].append(rec["reward"])
+    return dict(sorted(rounds.items()))
+
+
+def per_context(data: dict) -> dict[str, list[float]]:
+    """{context: [each sample's mean reward over its repeats]} for the contexts with an evaluated sample."""
+    return {cid: [statistics.fmean(v.values()) for _, v in sorted(samples.items()) if v]
+            for cid, samples in data["evals"].items() if any(samples.values())}
+
+
+COLUMNS = [
+    Column("policy", kind="text"), Column("contexts", kind="int"), Column("self-edits", kind="int"),
+    Column("mean", "mean reward"), Column("95% CI", kind="ci"), Column("median"), Column("best", "best of k"),
+    Column("vs previous", "vs previous policy (paired, 95% CI)", kind="diff"),
+    Column("kept", "M-step examples", kind="int"), Column("pre", "no update"), Column("passage", "passage only"),
+    Column("beat", "beat passage only", digits=2),
+    Column("tokens", "mean length (tokens)", digits=0), Column("degenerate", digits=2),
+    Column("distinct-2", digits=2), Column("coverage", "passage coverage", digits=2),
+]
+
+
+def learning_curve(run: Run, sources: dict[str, str] | None = None, bootstrap: int = 2000) -> Table:
+    """One row per policy (the E-step of round r is policy r-1's), from the run's records. `sources`
+    ({context id: its text}) adds the coverage column."""
+    rows, previous = [], None
+    last_round = run.config.restem.rounds
+    for r, data in by_round(run).items():
+        means = per_context(data)
+        if not means:
+            continue
+        ctx_mean = {cid: statistics.fmean(v) for cid, v in means.items()}
+        flat = [x for v in means.values() for x in v]
+        passage = {cid: statistics.fmean(v) for cid, v in data["passage"].items() if v}
+        beat = [x > passage[cid] for cid, v in means.items() if cid in passage for x in v]
+        texts = {cid: s["self_edits"] for cid, s in data["samples"].items()}
+        tokens = [n for s in data["samples"].values() for n in s.get("n_tokens", [])]
+        degenerate_flags = [degenerate(t, data["valid"].get(cid, {}).get(i, True))
+                            for cid, ts in texts.items() for i, t in enumerate(ts)]
+        policy = r - 1
+        name = "base model" if policy == 0 else f"round {policy}" + (" (after its M-step)" if policy == last_round else "")
+        rows.append({
+            "policy": name, "kind": "self-edits", "round": policy, "contexts": len(means), "self-edits": len(flat),
+            "mean": statistics.fmean(flat), "95% CI": bootstrap_ci(list(ctx_mean.values()), bootstrap, run.config.seed),
+            "median": statistics.median(flat), "best": statistics.fmean(max(v) for v in means.values()),
+            "vs previous": paired_difference(ctx_mean, previous, bootstrap, run.config.seed) if previous else None,
+            "kept": len(done["kept"]) if (done := run.get(f"round{r}/done")) else None,
+            "pre": mean(data["pre"].values()), "passage": mean(passage.values()) if passage else None,
+            "beat": mean(beat) if beat else None, "tokens": mean(tokens),
+            "degenerate": mean(degenerate_flags), "distinct-2": mean(distinct_2(t) for t in texts.values()),
+            "coverage": mean(coverage(t, sources[cid]) for cid, t in texts.items() if cid in sources) if sources else None,
+        })
+        previous = ctx_mean
+    return Table(COLUMNS, rows, "mean", "self-edit reward on the training contexts")

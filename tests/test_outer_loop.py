@@ -1,0 +1,235 @@
+"""The outer loop's instruments: the passage baseline, RLOO, learning curves, reward noise, and a
+multi-round run that resumes between rounds."""
+
+import contextlib
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from seal.cli import app
+from seal.core.curves import coverage, degenerate, distinct_2, learning_curve
+from seal.core.examples import Example
+from seal.core.models import load_model
+from seal.core.noise import flip_share, noise_rows
+from seal.core.progress import Progress
+from seal.core.restem import restem, rloo_weights, select
+from seal.core.runs import Run
+from seal.core.training import collate, weighted_loss
+from seal.knowledge.data import load_builtin
+from test_cli import overrides
+from test_restem import CountingDomain
+
+runner = CliRunner()
+
+
+def test_rloo_weights_sum_to_zero_and_equal_rewards_teach_nothing(tiny_config):
+    w = rloo_weights([0.1, 0.4, 0.2, 0.3])
+    assert sum(w) == pytest.approx(0.0, abs=1e-12)
+    assert w[1] == pytest.approx(0.4 - (0.1 + 0.2 + 0.3) / 3)
+    assert rloo_weights([0.2, 0.2, 0.2]) == [0.0, 0.0, 0.0] and rloo_weights([0.5]) == [0.0]
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.restem.algorithm = "rloo"
+    chosen = select([(0.1, 0), (0.4, 1), (0.2, 2), (0.3, 3)], None, cfg)
+    assert [i for _, i, _ in chosen] == [0, 1, 2, 3] and sum(w for *_, w in chosen) == pytest.approx(0.0, abs=1e-12)
+    assert select([(0.2, 0), (0.2, 1), (0.2, 2)], None, cfg) == []  # a context of equal rewards contributes nothing
+
+
+def test_rest_em_keeps_the_best_only_when_it_beats_the_baseline(tiny_config):
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.reward.require_improvement = True
+    assert select([(0.1, 0), (0.3, 1)], 0.2, cfg) == [(0.3, 1, None)]
+    assert select([(0.1, 0), (0.3, 1)], 0.3, cfg) == []  # equal is not better
+    cfg.reward.require_improvement = False
+    assert select([(0.1, 0), (0.3, 1)], 0.9, cfg) == [(0.3, 1, None)]
+
+
+def test_improvement_needs_a_baseline(tmp_path):
+    from seal.core.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"require_improvement needs a reward\.baseline"):
+        load_config(None, ["reward.require_improvement=true", "reward.baseline=none"])
+    with pytest.raises(ConfigError, match=r"restem\.algorithm"):
+        load_config(None, ["restem.algorithm=ppo"])
+
+
+def test_weighted_loss_is_linear_in_the_weights(tiny):
+    tok, model = tiny.tokenizer, tiny.model
+    ids = [tok("the lighthouse keeper", add_special_tokens=False)["input_ids"],
+           tok("a tower of stone on the hill", add_special_tokens=False)["input_ids"]]
+    examples = [Example(i, [-100] + i[1:]) for i in ids]
+    batch = collate(examples, tok.pad_token_id)
+    loss = lambda w: weighted_loss(model, batch, torch.tensor(w)).item()
+    a, b = loss([2.0, 0.0]), loss([0.0, 2.0])  # (2 x its mean token loss) / 2 examples
+    alone = model(**collate(examples[:1], tok.pad_token_id)).loss.item()
+    assert a == pytest.approx(alone, rel=1e-5)  # the example's own mean token loss, padding or not
+    assert loss([1.0, 1.0]) == pytest.approx((a + b) / 2, rel=1e-5)
+    assert loss([-0.5, 0.25]) == pytest.approx((-0.5 * a + 0.25 * b) / 2, rel=1e-5)
+    assert loss([0.0, 0.0]) == 0.0
+
+
+def test_passage_baseline_once_per_context_and_repeat_and_survives_resume(tiny_config):
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.inner_loop.eval_times, cfg.restem.evaluate_policy, cfg.reward.metric = 2, False, "loglik"
+    cfg.inner_loop.adapters_per_batch = 2
+    contexts = load_builtin()[:2]
+    run = Run.create(cfg, "restem")
+
+    class Passages(CountingDomain):  # counts trainings on the passage alone
+        passage_calls = 0
+
+        def evaluate_batch(self, lm, items):
+            out = super().evaluate_batch(lm, items)
+            Passages.passage_calls += sum(text is None for _, text, _, _ in items)
+            return out
+
+    with Progress(enabled=False) as progress, contextlib.suppress(KeyboardInterrupt):
+        restem(run, load_model(cfg.model.name, "cpu"), Passages(cfg, fail_after=6), contexts, progress)
+    with Progress(enabled=False) as progress:
+        restem(Run.resume(run.path), load_model(cfg.model.name, "cpu"), Passages(cfg), contexts, progress)
+    done = Run.resume(run.path)
+    passage = [r for r in done.records("self_edit_eval") if "/passage/" in r["key"]]
+    assert Passages.passage_calls == len(passage) == len(contexts) * 2  # once per (context, repeat), never redone
+    assert sorted(r["key"] for r in passage) == sorted(f"round1/passage/{c.id}/{t}" for c in contexts for t in (0, 1))
+    for r in passage:  # the passage alone trains with the seed its context's self-edits have in that repeat
+        same_repeat = {e["seed"] for e in done.records("self_edit_eval")
+                       if e.get("context_id") == r["context_id"] and e["repeat"] == r["repeat"]}
+        assert same_repeat == {r["seed"]}
+    [kept] = [k for k in done.get("round1/done")["kept"] if k["context_id"] == contexts[0].id] or [None]
+    if kept is not None:
+        mine = [r["reward"] for r in passage if r["context_id"] == contexts[0].id]
+        assert kept["baseline"] == pytest.approx(statistics.fmean(mine))
+
+
+def test_two_round_rloo_run_resumes_after_a_kill_between_rounds(tiny_config):
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.restem.rounds, cfg.restem.algorithm, cfg.reward.metric = 2, "rloo", "loglik"
+    contexts = load_builtin()[:2]
+    per_step = len(contexts) * (cfg.restem.k + 1)  # k self-edits and the passage alone per context
+    run = Run.create(cfg, "restem")
+    with Progress(enabled=False) as progress, contextlib.suppress(KeyboardInterrupt):
+        restem(run, load_model(cfg.model.name, "cpu"), CountingDomain(cfg, fail_after=per_step), contexts, progress)
+    first = Run.resume(run.path).get("round1/done")
+    assert first is not None and Run.resume(run.path).get("round2/done") is None  # killed between rounds
+    assert first["algorithm"] == "rloo"
+    for cid in {k["context_id"] for k in first["kept"]}:
+        assert sum(k["weight"] for k in first["kept"] if k["context_id"] == cid) == pytest.approx(0.0, abs=1e-9)
+    saved = (run.path / "policy/round-1/adapter_model.safetensors").stat().st_mtime_ns if first["adapter"] else None
+
+    lm = load_model(cfg.model.name, "cpu")
+    domain = CountingDomain(cfg)
+    with Progress(enabled=False) as progress:
+        restem(Run.resume(run.path), lm, domain, contexts, progress)
+    assert domain.calls == 2 * per_step  # round 2's E-step and the last policy's: nothing of round 1 again
+    resumed = Run.resume(run.path)
+    assert resumed.get("round1/done") == first
+    if saved is not None:
+        assert (run.path / "policy/round-1/adapter_model.safetensors").stat().st_mtime_ns == saved
+
+    fresh = Run.create(cfg, "restem")
+    lm2 = load_model(cfg.model.name, "cpu")
+    with Progress(enabled=False) as progress:
+        restem(fresh, lm2, CountingDomain(cfg), contexts, progress)
+    assert [r["weight"] for r in fresh.get("round2/done")["kept"]] == \
+        pytest.approx([r["weight"] for r in resumed.get("round2/done")["kept"]])
+    s1, s2 = lm.model.state_dict(), lm2.model.state_dict()
+    assert all(torch.allclose(s1[k], s2[k], atol=1e-6) for k in s1)
+    curve = learning_curve(resumed)
+    assert [r["round"] for r in curve.rows] == [0, 1, 2]
+
+
+def test_text_statistics_of_self_edits():
+    assert degenerate("too short") and degenerate("a fine sentence with words", valid=False)
+    assert degenerate(" ".join(["the tower is tall"] * 8))
+    assert not degenerate("The tower was built in 1850 by the town's fishermen after a storm.")
+    assert distinct_2(["a b c", "a b c"]) == pytest.approx(2 / 4)
+    assert distinct_2(["a b c", "d e f"]) == 1.0 and distinct_2(["a"]) is None
+    assert coverage(["The keeper lit the lamp"], "keeper lamp stone tower of a") == pytest.approx(2 / 4)
+
+
+def fake_run(tiny_config, common=True):
+    """A restem run written by hand: two contexts, k = 2, two repeats, two E-steps."""
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.inner_loop.eval_times, cfg.inner_loop.common_seeds = 2, common
+    run = Run.create(cfg, "restem")
+    rewards = {1: {"a": [[0.3, 0.1], [0.2, 0.25]], "b": [[0.5, 0.5], [0.1, 0.3]]},
+               2: {"a": [[0.4, 0.3], [0.3, 0.5]], "b": [[0.6, 0.4], [0.2, 0.2]]}}
+    for r, ctxs in rewards.items():
+        for cid, matrix in ctxs.items():
+            run.append("samples", f"round{r}/samples/{cid}", round=r, context_id=cid, prompt="p",
+                       self_edits=["one two three four five six", "x"], n_tokens=[6, 1])
+            run.append("pre_update", f"round{r}/pre/{cid}", round=r, context_id=cid, reward=0.05)
+            for t in range(2):
+                run.append("self_edit_eval", f"round{r}/passage/{cid}/{t}", round=r, context_id=cid, repeat=t,
+                           reward=0.2, self_edit=None)
+                for i, row in enumerate(matrix):
+                    run.append("self_edit_eval", f"round{r}/eval/{cid}/{i}/{t}", round=r, context_id=cid, sample=i,
+                               repeat=t, reward=row[t], self_edit="x")
+    return run, rewards
+
+
+def test_learning_curve_and_noise_equal_a_hand_computation(tiny_config):
+    run, rewards = fake_run(tiny_config)
+    rows = learning_curve(run, {"a": "one two three four", "b": "seven"}).rows
+    assert [r["round"] for r in rows] == [0, 1] and rows[0]["policy"] == "base model"
+    means = {r: {c: [statistics.fmean(x) for x in m] for c, m in ctx.items()} for r, ctx in rewards.items()}
+    flat = [x for v in means[1].values() for x in v]
+    assert rows[0]["mean"] == pytest.approx(statistics.fmean(flat))
+    assert rows[0]["median"] == pytest.approx(statistics.median(flat))
+    assert rows[0]["best"] == pytest.approx(statistics.fmean(max(v) for v in means[1].values()))
+    assert rows[0]["passage"] == pytest.approx(0.2) and rows[0]["pre"] == pytest.approx(0.05)
+    assert rows[0]["beat"] == pytest.approx(sum(x > 0.2 for x in flat) / len(flat))
+    assert rows[0]["tokens"] == pytest.approx(3.5) and rows[0]["degenerate"] == pytest.approx(0.5)
+    assert rows[0]["coverage"] == pytest.approx((1 + 0) / 2)  # a: "three", "four" said; b: "seven" not
+    diff = [statistics.fmean(means[2][c]) - statistics.fmean(means[1][c]) for c in "ab"]
+    assert rows[1]["vs previous"][0] == pytest.approx(statistics.fmean(diff))
+
+    first, _ = noise_rows(run, draws=4000)
+    a, b = np.array(rewards[1]["a"]), np.array(rewards[1]["b"])
+    repeat_var = statistics.fmean([statistics.variance(x) for m in (a, b) for x in m])
+    between_var = statistics.fmean([statistics.variance(m.mean(axis=1)) for m in (a, b)])
+    assert first["repeat std"] == pytest.approx(math.sqrt(repeat_var))
+    assert first["between std"] == pytest.approx(math.sqrt(between_var))
+    assert first["common seeds"] == "yes" and first["repeats"] == 2 and first["contexts"] == 2
+    # context a: best is row 1 (0.225 > 0.2); redrawing both repeats as repeat 0 flips it (1 of 4 draws);
+    # context b: row 0 wins in every draw
+    assert first["flips"] == pytest.approx((0.25 + 0.0) / 2, abs=0.02)
+    rng = np.random.default_rng(0)
+    assert flip_share(b, 1000, rng) == 0.0
+
+
+def test_curve_and_noise_commands_and_report(tiny_config):
+    run, _ = fake_run(tiny_config, common=False)
+    result = runner.invoke(app, ["knowledge", "curve", str(run.path)])
+    assert result.exit_code == 0, result.output
+    assert "base model" in result.output and (run.path / "curve.md").is_file() and (run.path / "curve.csv").is_file()
+    result = runner.invoke(app, ["knowledge", "noise", str(run.path), "--draws", "200"])
+    assert result.exit_code == 0 and "SEAL paper (7B)" in result.output and "| no |" in result.output
+    result = runner.invoke(app, ["report", str(run.path)])
+    assert result.exit_code == 0, result.output
+    md = (run.path / "report" / "report.md").read_text()
+    assert "Learning curve" in md and "Reward noise" in md and (run.path / "report" / "curve.png").stat().st_size > 5000
+
+
+def test_rloo_reuses_the_first_round_of_a_rest_em_run(tiny_config):
+    args = overrides(tiny_config)
+    assert runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *args,
+                               "--set", "restem.evaluate_policy=false"]).exit_code == 0
+    [source] = list(Path(tiny_config.runs_dir).iterdir())
+    before = set(source.parent.iterdir())
+    bad = runner.invoke(app, ["knowledge", "restem", "--quiet", *args, "--set", "inner_loop.lr=0.5",
+                              "--reuse-round1", str(source)])
+    assert bad.exit_code == 2 and "inner_loop.lr" in bad.output and set(source.parent.iterdir()) == before
+    result = runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *args, "--set", "restem.algorithm=rloo",
+                                 "--set", "restem.evaluate_policy=false", "--reuse-round1", str(source)])
+    assert result.exit_code == 0, result.output
+    [rloo] = set(source.parent.iterdir()) - before
+    theirs, mine = Run.resume(source), Run.resume(rloo)
+    round1 = [r for r in theirs.records() if r["key"].startswith("round1/") and r["key"] != "round1/done"]
+    assert all(mine.get(r["key"])["reused_from"] == str(source) for r in round1)
+    assert [mine.get(r["key"]).get("reward") for r in round1] == [r.get("reward") for r in round1]
+    assert mine.get("round1/done")["algorithm"] == "rloo" and theirs.get("round1/done")["algorithm"] == "rest-em"
