@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import seal
 from seal.cli import app
 from seal.core.curves import coverage, degenerate, distinct_2, learning_curve
 from seal.core.examples import Example
@@ -233,3 +234,15 @@ def test_rloo_reuses_the_first_round_of_a_rest_em_run(tiny_config):
     assert all(mine.get(r["key"])["reused_from"] == str(source) for r in round1)
     assert [mine.get(r["key"]).get("reward") for r in round1] == [r.get("reward") for r in round1]
     assert mine.get("round1/done")["algorithm"] == "rloo" and theirs.get("round1/done")["algorithm"] == "rest-em"
+    # one table with both policies' rounds; the second starts again from the base model
+    evaluate = ["knowledge", "evaluate", "--quiet", *args, "--set", "eval.base_self_edits=false"]
+    both = runner.invoke(app, [*evaluate, "--policy", str(source), "--policy", str(rloo)])
+    assert both.exit_code == 0, both.output
+    alone = runner.invoke(app, [*evaluate, "--policy", str(rloo)])
+    assert alone.exit_code == 0, alone.output
+    both_dir, alone_dir = sorted(p for p in source.parent.iterdir() if p.name.startswith("evaluate"))
+    rows = {r["condition"]: r for r in seal.table(Run.resume(both_dir)).rows}
+    assert {"passage + SEAL round 1 (rest-em) self-edits", "passage + SEAL round 1 (rloo) self-edits"} <= set(rows)
+    single = {r["condition"]: r for r in seal.table(Run.resume(alone_dir)).rows}
+    assert rows["SEAL round 1 (rloo), no update"]["reward"] == pytest.approx(single["SEAL round 1, no update"]["reward"])
+    assert rows["SEAL round 1 (rloo), no update"]["policy"] == "rloo"

@@ -57,14 +57,16 @@ def restem(run: Run, lm: LoadedModel | None = None, progress: Progress | None = 
     return lm
 
 
-def evaluate(run: Run, policy: str | Path | None = None, lm: LoadedModel | None = None,
+def evaluate(run: Run, policy: str | Path | list[str | Path] | None = None, lm: LoadedModel | None = None,
              progress: Progress | None = None) -> Table:
-    """The comparison table on the held-out contexts (with `policy`'s rounds: a restem run directory),
+    """The comparison table on the held-out contexts (with `policy`'s rounds: a restem run directory, or
+    a list of them),
     starting from the base model (or `lm`); also written to the run's table.md and table.csv."""
     p = plugin(run.config.domain)
     _, held = p.contexts(run.config)
+    policies = [] if policy is None else [Path(x) for x in policy] if isinstance(policy, (list, tuple)) else [Path(policy)]
     with _progress(run, progress) as bars:
-        result = p.evaluate(run, p.domain(run.config), held, bars, policy_run=Path(policy) if policy else None, lm=lm)
+        result = p.evaluate(run, p.domain(run.config), held, bars, policy_runs=policies, lm=lm)
     result.write(run.path)
     return result
 

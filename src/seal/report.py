@@ -90,10 +90,18 @@ def conditions_plot(sec: Section, run: Run, rows: list[dict], score: str, label:
 
 def round_series(rows: list[dict], score: str) -> dict[str, dict[int, float]]:
     """{"no update": {round: score}, "with its self-edits": {round: score}} from the rows' kind and round
-    (round 0: the base model)."""
+    (round 0: the base model); with several policies, one pair of series each ("... (rloo)"), each
+    starting from the base model's rows."""
     series: dict[str, dict[int, float]] = {}
+    policies = sorted({row.get("policy") or "" for row in rows if row.get("round")})
     for row in rows:
         name = {"no-update": "no update", "self-edits": "with its self-edits"}.get(row.get("kind"))
+        if name is not None and row.get("round") == 0 and len(policies) > 1:
+            for label in policies:
+                series.setdefault(f"{name} ({label})", {})[0] = row[score]
+            continue
+        if name is not None and row.get("policy"):
+            name = f"{name} ({row['policy']})"
         if name is not None and row.get("round") is not None:
             series.setdefault(name, {})[row["round"]] = row[score]
     return series

@@ -18,7 +18,7 @@ from seal.arc.domain import ArcDomain
 from seal.arc.tasks import Task
 from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
-from seal.core.restem import EvalJob, evaluate_jobs, policy_rounds, record_samples, self_edit_writer
+from seal.core.restem import EvalJob, evaluate_jobs, policy_series, record_samples, self_edit_writer
 from seal.core.runs import Run
 from seal.core.stats import bootstrap_ci
 from seal.core.tables import Column, Table
@@ -60,7 +60,7 @@ def _ttt(run: Run, lm: LoadedModel, domain: ArcDomain, tasks: list[Task], row: s
 
 
 def evaluate(run: Run, domain: ArcDomain, tasks: list[Task], progress: Progress,
-             policy_run: Path | None = None, lm: LoadedModel | None = None) -> Table:
+             policy_runs: list[Path] = (), lm: LoadedModel | None = None) -> Table:
     """Every condition on the evaluation tasks; returns the table."""
     cfg: ArcConfig = run.config
     lm = lm or load_model(cfg.model.name, cfg.model.device)
@@ -70,10 +70,10 @@ def evaluate(run: Run, domain: ArcDomain, tasks: list[Task], progress: Progress,
         _ttt(run, lm, domain, tasks, BASE, "self-edits", 0, pres, progress, n)
     if cfg.eval.oracle:
         _ttt(run, lm, domain, tasks, ORACLE, "oracle", None, pres, progress, 1, fixed=json.dumps(cfg.eval.oracle_config))
-    if policy_run is not None:
-        for r in policy_rounds(lm, policy_run):
-            own = _icl(run, lm, domain, tasks, f"SEAL round {r}, ICL no TTT", r, progress)
-            _ttt(run, lm, domain, tasks, f"TTT + SEAL round {r} self-edits", "self-edits", r, own, progress, n)
+    for label, r in policy_series(lm, list(policy_runs)):
+        which = f" ({label})" if label else ""
+        own = _icl(run, lm, domain, tasks, f"SEAL round {r}{which}, ICL no TTT", r, progress)
+        _ttt(run, lm, domain, tasks, f"TTT + SEAL round {r}{which} self-edits", "self-edits", r, own, progress, n)
     return table(run)
 
 

@@ -38,10 +38,10 @@ class ArcPlugin(DomainPlugin):
 
         return ArcDomain(config)
 
-    def evaluate(self, run, domain, held, progress, policy_run=None, lm=None):
+    def evaluate(self, run, domain, held, progress, policy_runs=(), lm=None):
         from seal.arc.evaluate import evaluate
 
-        return evaluate(run, domain, held, progress, policy_run=policy_run, lm=lm)
+        return evaluate(run, domain, held, progress, policy_runs=policy_runs, lm=lm)
 
     def table(self, run):
         from seal.arc.evaluate import table

@@ -26,6 +26,7 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Overri
 ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run directory instead of starting a new one.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars (progress still goes to RUN_DIR/progress.log).")]
 PolicyOpt = Annotated[Optional[Path], typer.Option(help="A restem run directory: adds its rounds' rows to the table.")]
+PoliciesOpt = Annotated[Optional[list[Path]], typer.Option("--policy", help="A restem run directory: adds its rounds' rows to the table (repeatable: e.g. a ReST-EM and an RLOO run, each row named by its algorithm).")]
 ReuseOpt = Annotated[Optional[Path], typer.Option("--reuse-round1", help="A restem run directory with the same configuration (up to restem.rounds, algorithm, sft and evaluate_policy, and eval): take its round-1 samples and evaluations instead of computing them again, e.g. to compare RLOO with ReST-EM from the same first E-step.")]
 OverlapOpt = Annotated[bool, typer.Option("--allow-overlap", help="Score contexts that --policy was trained on (or that share its articles) anyway.")]
 
@@ -81,10 +82,10 @@ class Started:
     plugin: DomainPlugin
 
 
-def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path] = None,
+def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path | list[Path]] = None,
               allow_overlap: bool = False, reuse: Optional[Path] = None) -> tuple[list, list, Domain]:
-    """Every check a command needs before its run directory may exist; returns (training contexts,
-    held-out contexts, the domain's inner loop)."""
+    """Every check a command needs before its run directory may exist (`policy`: one restem run
+    directory, or several); returns (training contexts, held-out contexts, the domain's inner loop)."""
     from seal.core.models import model_layer_names
     from seal.core.training import check_targets
 
@@ -94,8 +95,8 @@ def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path] = No
         check_targets(names, recipe, f"{field}.target_modules")
     p.check(config, command, held)
     domain = p.domain(config)
-    if policy is not None:
-        check_policy(p, domain, config, policy, held, allow_overlap)
+    for one in [policy] if isinstance(policy, Path) else policy or []:
+        check_policy(p, domain, config, one, held, allow_overlap)
     if reuse is not None:
         check_reuse(p, config, reuse)
     return train, held, domain
@@ -152,7 +153,7 @@ def reuse_round1_copy(run, source: Path) -> int:
 
 
 def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrides: Optional[list[str]],
-             resume: Optional[Path], policy: Optional[Path] = None, allow_overlap: bool = False,
+             resume: Optional[Path], policy: Optional[Path | list[Path]] = None, allow_overlap: bool = False,
              reuse: Optional[Path] = None) -> Started:
     """Check everything (see the module's docstring), then create the run directory or reopen it."""
     from seal.core.runs import Run
@@ -293,17 +294,17 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
             print_curve(s.run, s.domain, s.train)
             if not (eval and s.held):
                 return
-            table = p.evaluate(s.run, s.domain, s.held, progress, policy_run=s.run.path)
+            table = p.evaluate(s.run, s.domain, s.held, progress, policy_runs=[s.run.path])
         print_table(s.run, table)
 
     @app.command("evaluate")
     @guard
-    def evaluate(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None, policy: PolicyOpt = None,
+    def evaluate(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None, policy: PoliciesOpt = None,
                  allow_overlap: OverlapOpt = False, quiet: QuietOpt = False):
         """Print the comparison table on the held-out contexts (baselines, and a SEAL policy's rounds)."""
         s = open_run(p, "evaluate", config, set, resume, policy, allow_overlap)
         with progress_for(s.run, quiet) as progress:
-            table = p.evaluate(s.run, s.domain, s.held, progress, policy_run=policy)
+            table = p.evaluate(s.run, s.domain, s.held, progress, policy_runs=policy or [])
         print_table(s.run, table)
 
     @app.command("table")

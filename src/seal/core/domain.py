@@ -104,8 +104,9 @@ class DomainPlugin(ABC):
 
     @abstractmethod
     def evaluate(self, run: Run, domain: Domain, held: list, progress: Progress,
-                 policy_run: Path | None = None, lm: LoadedModel | None = None) -> Table:
-        """Record every row of the comparison table on the held-out contexts (resuming what exists)."""
+                 policy_runs: list[Path] = (), lm: LoadedModel | None = None) -> Table:
+        """Record every row of the comparison table on the held-out contexts (resuming what exists), with
+        the rows of each round of each restem run in `policy_runs`."""
 
     @abstractmethod
     def table(self, run: Run) -> Table:

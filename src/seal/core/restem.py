@@ -327,6 +327,22 @@ def policy_rounds(lm: LoadedModel, policy_run: str | Path):
         yield r
 
 
+def policy_series(lm: LoadedModel, policy_runs: list[Path]):
+    """Yield (label, r) for each finished round of each restem run in turn, `lm` being that round's policy
+    while it is handled; before each later run, `lm` goes back to the base model's weights. The label
+    tells the runs apart in table rows: empty for a single run, else the run's restem.algorithm (its
+    directory name when two runs share one)."""
+    from seal.core.models import load_model
+
+    algorithms = [Run.resume(p).config.restem.algorithm for p in policy_runs]
+    for n, path in enumerate(policy_runs):
+        if n:
+            lm.model = load_model(lm.name, str(lm.device)).model
+        label = "" if len(policy_runs) == 1 else algorithms[n] if algorithms.count(algorithms[n]) == 1 else Path(path).name
+        for r in policy_rounds(lm, path):
+            yield label, r
+
+
 def timing_summary(run: Run) -> list[str]:
     """Lines on where the time went: per self-edit evaluation, and per ReST-EM round."""
     lines = []

@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
         c = s.run.config.cpt
         console.print(f"{len(s.held)} passages, {c.update} update ({c.epochs} epoch(s), lr {c.lr})")
         with progress_for(s.run, quiet) as progress:
-            table = cpt(s.run, s.domain, s.held, progress, policy_run=policy)
+            table = cpt(s.run, s.domain, s.held, progress, policy_runs=[policy] if policy else [])
         print_table(s.run, table)
 
     @app.command("continual")

@@ -35,10 +35,10 @@ def slug(name: str) -> str:
 
 
 def cpt(run: Run, domain: KnowledgeDomain, passages: list[Passage], progress: Progress,
-        policy_run: Path | None = None, lm: LoadedModel | None = None) -> Table:
+        policy_runs: list[Path] = (), lm: LoadedModel | None = None) -> Table:
     """Every CPT condition on `passages`; returns the table."""
     lm = lm or load_model(run.config.model.name, run.config.model.device)
-    for c in conditions(run.config, lm, domain, policy_run):
+    for c in conditions(run.config, lm, domain, policy_runs):
         if c.name is None:
             _no_update(run, lm, domain, passages, c, progress)
         else:

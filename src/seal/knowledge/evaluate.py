@@ -15,7 +15,7 @@ from pathlib import Path
 from seal.core.endpoint import ChatEndpoint, EndpointError
 from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
-from seal.core.restem import EvalJob, evaluate_jobs, policy_rounds, record_samples, self_edit_writer
+from seal.core.restem import EvalJob, evaluate_jobs, policy_series, record_samples, self_edit_writer
 from seal.core.runs import Run
 from seal.core.stats import bootstrap_ci, paired_difference
 from seal.core.tables import Column, Table
@@ -75,6 +75,7 @@ class Condition:
     model_round: int
     write: Writer | None = None
     open_book: bool = False  # the no-update row asks each question with its passage in the prompt
+    policy: str = ""  # which restem run wrote the policy, when a table has several (see policy_series)
 
 
 def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], c: Condition,
@@ -83,7 +84,7 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
     pre-update score, recorded once per model under its no-update row, then an update on the passage
     only (write=None) or on the self-edit that `c.write` produces."""
     name, write = c.name, c.write
-    tags = lambda pid: dict(condition=name, context_id=pid, row=c.kind, round=c.round)
+    tags = lambda pid: dict(condition=name, context_id=pid, row=c.kind, round=c.round, **policy_tag(c))
     if name is not None and write is not None:
         record_samples(run, [(f"eval/samples/{name}/{p.id}", p, tags(p.id)) for p in passages],
                        write, run.config.self_edit.batch_size, ("eval", name), progress)
@@ -93,7 +94,8 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
     for passage in passages:
         pid = passage.id
         pre = run.cached("pre_update", f"eval/pre/{c.model_row}/{pid}", lambda: dict(
-            condition=c.model_row, context_id=pid, **no_update_tags(c), **domain.score(lm, passage, c.open_book)))
+            condition=c.model_row, context_id=pid, **no_update_tags(c), **policy_tag(c),
+            **domain.score(lm, passage, c.open_book)))
         if name is None:
             progress.advance("eval")
             continue
@@ -108,12 +110,16 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
         evaluate_jobs(run, lm, domain, jobs, progress, bar="eval")
 
 
+def policy_tag(c: Condition) -> dict:
+    return dict(policy=c.policy) if c.policy else {}
+
+
 def no_update_tags(c: Condition) -> dict:
     """The kind and round recorded with a no-update row's scores."""
     return dict(row="open-book", round=None) if c.open_book else dict(row="no-update", round=c.model_round)
 
 
-def conditions(config: KnowledgeConfig, lm: LoadedModel, domain: KnowledgeDomain, policy_run: Path | None):
+def conditions(config: KnowledgeConfig, lm: LoadedModel, domain: KnowledgeDomain, policy_runs: list[Path] = ()):
     """The table's rows in order. A SEAL round's rows come while `lm` is that round's policy. Shared by
     the single-passage table and CPT."""
     own = self_edit_writer(lm, domain, 1, config)  # follows lm as policy adapters are merged into it
@@ -131,18 +137,19 @@ def conditions(config: KnowledgeConfig, lm: LoadedModel, domain: KnowledgeDomain
     teacher = _teacher_writer(config, domain)
     if teacher is not None:
         yield Condition("passage + teacher self-edits", "teacher", None, base, 0, teacher)
-    if policy_run is not None:
-        for r in policy_rounds(lm, policy_run):
-            no_update = f"SEAL round {r}, no update"
-            yield Condition(None, "no-update", r, no_update, r)
-            yield Condition(f"passage + SEAL round {r} self-edits", "self-edits", r, no_update, r, own)
+    for label, r in policy_series(lm, list(policy_runs)):
+        which = f" ({label})" if label else ""
+        no_update = f"SEAL round {r}{which}, no update"
+        yield Condition(None, "no-update", r, no_update, r, policy=label)
+        yield Condition(f"passage + SEAL round {r}{which} self-edits", "self-edits", r, no_update, r, own, policy=label)
 
 
 def evaluate(run: Run, domain: KnowledgeDomain, passages: list[Passage], progress: Progress,
-             policy_run: Path | None = None, lm: LoadedModel | None = None) -> Table:
-    """Evaluate every condition on the held-out passages and return the table."""
+             policy_runs: list[Path] = (), lm: LoadedModel | None = None) -> Table:
+    """Evaluate every condition on the held-out passages (with the rounds of each restem run in
+    `policy_runs`) and return the table."""
     lm = lm or load_model(run.config.model.name, run.config.model.device)
-    for c in conditions(run.config, lm, domain, policy_run):
+    for c in conditions(run.config, lm, domain, policy_runs):
         _condition(run, lm, domain, passages, c, progress)
     return table(run)
 
@@ -156,7 +163,7 @@ def table(run: Run) -> Table:
     config = run.config
     rows: dict[str, dict] = {}
     new_row = lambda record: {"grades": {}, "rewards": {}, "questions": {}, "missing": 0,
-                              "kind": record.get("row"), "round": record.get("round")}
+                              "kind": record.get("row"), "round": record.get("round"), "policy": record.get("policy", "")}
     for record in run.records():
         if record["key"].startswith("eval/samples/") and record.get("error"):
             rows.setdefault(record["condition"], new_row(record))["missing"] += 1
@@ -176,7 +183,7 @@ def table(run: Run) -> Table:
         per_passage = list(by_passage[name].values())
         g = row["grades"]
         out.append({
-            "condition": name, "kind": row["kind"], "round": row["round"],
+            "condition": name, "kind": row["kind"], "round": row["round"], "policy": row["policy"],
             "EM": mean(g.get("em", [])), "F1": mean(g.get("f1", [])), "contains": mean(g.get("contains", [])),
             "loglik": mean(g.get("loglik", [])), "judge": mean(g.get("judge", [])),
             "questions": sum(row["questions"].values()), "missing": row["missing"],

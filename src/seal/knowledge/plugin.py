@@ -37,10 +37,10 @@ class KnowledgePlugin(DomainPlugin):
         judge = Judge(ChatEndpoint(j.base_url, j.model, j.api_key_env, j.retries, j.timeout_s)) if j.base_url else None
         return KnowledgeDomain(config, judge)
 
-    def evaluate(self, run, domain, held, progress, policy_run=None, lm=None):
+    def evaluate(self, run, domain, held, progress, policy_runs=(), lm=None):
         from seal.knowledge.evaluate import evaluate
 
-        return evaluate(run, domain, held, progress, policy_run=policy_run, lm=lm)
+        return evaluate(run, domain, held, progress, policy_runs=policy_runs, lm=lm)
 
     def table(self, run):
         from seal.knowledge.evaluate import table
