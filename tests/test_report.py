@@ -50,7 +50,7 @@ def test_report_of_a_restem_run(recorded):
     assert [r["condition"] for r in plotted] == [r["condition"] for r in rows]
     assert [float(r["reward"]) for r in plotted] == pytest.approx([r["reward"] for r in rows])
     rewards = read_csv(out / "rewards.csv")
-    evals = [r for r in Run.resume(restem_dir).records("self_edit_eval") if "/eval/" in r["key"]]
+    evals = [r for r in Run.resume(restem_dir).records("self_edit_eval") if r["key"].startswith("round") and "/eval/" in r["key"]]
     # round 1's E-step, then the round-1 policy's own (restem.evaluate_policy); not the passage-alone trainings
     assert len(rewards) == len(evals) and {r["round"] for r in rewards} == {"1", "2"}
     series = {(r["series"], r["round"]) for r in read_csv(out / "rounds.csv")}

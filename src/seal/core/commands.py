@@ -119,16 +119,22 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_reuse(p: DomainPlugin, config, source: Path) -> None:
-    """--reuse-round1: a restem run of this domain whose configuration gives the same round 1 E-step."""
+def restem_run(p: DomainPlugin, path: Path, where: str):
+    """The restem run of this domain at `path` (an option's value, named by `where` in errors)."""
     from seal.core.runs import Run
 
-    where = f"--reuse-round1 {source}"
-    if not (source / "config.yaml").is_file():
+    if not (path / "config.yaml").is_file():
         raise ConfigError(f"{where}: not a run directory (no config.yaml)")
-    other = Run.resume(source)
-    if other.command != p.run_prefix + "restem":
-        raise ConfigError(f"{where}: a '{other.command}' run, not a {p.run_prefix}restem run")
+    run = Run.resume(path)
+    if run.command != p.run_prefix + "restem":
+        raise ConfigError(f"{where}: a '{run.command}' run, not a {p.run_prefix}restem run")
+    return run
+
+
+def check_reuse(p: DomainPlugin, config, source: Path) -> None:
+    """--reuse-round1: a restem run of this domain whose configuration gives the same round 1 E-step."""
+    where = f"--reuse-round1 {source}"
+    other = restem_run(p, source, where)
     mine, theirs = (_flat(c.model_dump(mode="json")) for c in (config, other.config))
     free = lambda name: any(name == f or name.startswith(f + ".") for f in ROUND1_FREE)
     differ = sorted(n for n in set(mine) | set(theirs) if not free(n) and mine.get(n) != theirs.get(n))
@@ -181,14 +187,8 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
 def check_policy(p: DomainPlugin, domain: Domain, config, policy: Path, held: list, allow_overlap: bool) -> None:
     """A SEAL policy is only scored on the model it was trained from, and (unless allowed) never on
     contexts it was trained on or that share a group (an article) with them."""
-    from seal.core.runs import Run
-
     where = f"--policy {policy}"
-    if not (policy / "config.yaml").is_file():
-        raise ConfigError(f"{where}: not a run directory (no config.yaml)")
-    run = Run.resume(policy)
-    if run.command != p.run_prefix + "restem":
-        raise ConfigError(f"{where}: a '{run.command}' run, not a {p.run_prefix}restem run")
+    run = restem_run(p, policy, where)
     if run.config.model.name != config.model.name:
         raise ConfigError(f"{where}: its policy was trained from model '{run.config.model.name}', "
                           f"but this run uses '{config.model.name}'")
