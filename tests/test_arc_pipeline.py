@@ -68,6 +68,10 @@ def test_arc_restem_cli_round_table_and_resume(tiny_dir, tmp_path):
                 "SEAL round 1, ICL no TTT", "TTT + SEAL round 1 self-edits"]:
         assert f"| {row} |" in table
     run = Run.resume(run_dir)
+    from seal.arc.evaluate import table as arc_table
+
+    for row in arc_table(run).rows:  # every method on the same adapters; the configured one (flat) is the score
+        assert row["flat"] == pytest.approx(row["success"]) and None not in (row["hierarchical"], row["likelihood"])
     samples = run.get("round1/samples/6150a2bd")
     assert len(samples["self_edits"]) == 2 and all(s.startswith(USABLE) for s in samples["self_edits"])
     evals = [r for r in run.records("self_edit_eval") if r["key"].startswith("round1/")]

@@ -2,7 +2,10 @@
 
 A transform maps a grid to a grid; `inverse` maps a transformed grid back, or returns None where
 that is impossible (a "downscale" of a grid that is not made of equal blocks). Transforms apply to a
-whole task, inputs and outputs alike, so the task's rule changes consistently.
+whole task, inputs and outputs alike, so the task's rule changes consistently. A transform that can
+lose content (a translation pushes cells off the grid) says so: `invertible` is False, so it never
+serves as a prediction view, and `keeps(g)` tells whether it loses nothing of a given grid (a task
+is only translated when it keeps every grid).
 """
 
 from __future__ import annotations
@@ -28,9 +31,14 @@ _DIHEDRAL = {
 
 class Transform:
     name: str
+    invertible = True  # inverse(apply(g)) == g for every grid; False: not a prediction view
 
     def apply(self, g: np.ndarray) -> np.ndarray: ...
     def inverse(self, g: np.ndarray) -> np.ndarray | None: ...
+
+    def keeps(self, g: np.ndarray) -> bool:
+        """Whether `apply` loses nothing of g (inverse(apply(g)) == g)."""
+        return True
 
     def __repr__(self) -> str:
         return self.name
@@ -94,6 +102,69 @@ class Tile(Transform):
 
 
 @dataclass(frozen=True, repr=False)
+class MirrorConcat(Transform):
+    """The grid joined to its own mirror image: `side` says where the mirror goes (right, left, down, up)."""
+
+    side: str
+
+    def __post_init__(self):
+        if self.side not in ("right", "left", "down", "up"):
+            raise ValueError(f"unknown mirror side '{self.side}'")
+
+    @property
+    def name(self):
+        return f"mirror_{self.side}"
+
+    def apply(self, g):
+        axis = 1 if self.side in ("right", "left") else 0
+        mirror = np.flip(g, axis=axis)
+        return np.ascontiguousarray(np.concatenate([g, mirror] if self.side in ("right", "down") else [mirror, g], axis=axis))
+
+    def inverse(self, g):
+        axis = 1 if self.side in ("right", "left") else 0
+        if g.shape[axis] % 2:
+            return None
+        half = g.shape[axis] // 2
+        first, second = (g[:, :half], g[:, half:]) if axis == 1 else (g[:half], g[half:])
+        one = first if self.side in ("right", "down") else second
+        return np.ascontiguousarray(one) if np.array_equal(self.apply(one), g) else None
+
+
+@dataclass(frozen=True, repr=False)
+class Translate(Transform):
+    """Content moved dy rows down and dx columns right (negative: up, left) inside the same grid, the
+    vacated cells filled with the background (0). Cells pushed off the grid are lost, so it is not
+    invertible in general: it augments training data only, for tasks whose every grid `keeps` it."""
+
+    dy: int
+    dx: int
+    invertible = False
+
+    @property
+    def name(self):
+        return f"translate{self.dy:+d},{self.dx:+d}"
+
+    @staticmethod
+    def _shift(g, dy, dx):
+        out = np.zeros_like(g)
+        h, w = g.shape
+        if abs(dy) >= h or abs(dx) >= w:
+            return out
+        src = g[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+        out[max(0, dy):max(0, dy) + src.shape[0], max(0, dx):max(0, dx) + src.shape[1]] = src
+        return out
+
+    def apply(self, g):
+        return self._shift(g, self.dy, self.dx)
+
+    def inverse(self, g):
+        return self._shift(g, -self.dy, -self.dx)
+
+    def keeps(self, g):
+        return np.array_equal(self.inverse(self.apply(g)), g)
+
+
+@dataclass(frozen=True, repr=False)
 class ColourMap(Transform):
     """Colours renamed by a permutation of 0-9 (the caller keeps 0, the background, fixed)."""
 
@@ -121,6 +192,13 @@ class Chain(Transform):
     def name(self):
         return f"{self.first.name}+{self.second.name}"
 
+    @property
+    def invertible(self):
+        return self.first.invertible and self.second.invertible
+
+    def keeps(self, g):
+        return self.first.keeps(g) and self.second.keeps(self.first.apply(g))
+
     def apply(self, g):
         return self.second.apply(self.first.apply(g))
 
@@ -136,11 +214,15 @@ def random_colour_map(rng: np.random.Generator, keep_background: bool = True) ->
     return ColourMap(tuple(range(start)) + tuple(int(c) for c in rest))
 
 
-# The augmentation families a self-edit switches on (SEAL-SPEC §3). Translations and mirror
-# concatenations of the reference are left out: the dihedral group already gives 7 views of a task.
-BASIC = [Dihedral(n) for n in _DIHEDRAL if n != "identity"]
+# The augmentation families a self-edit switches on (SEAL-SPEC §3): basic = the 7 other symmetries
+# of the square, the 4 mirror concatenations and one-cell translations in 4 directions; size = the
+# upscales; chain = every symmetry followed by each upscale; repeat = tilings.
+SYMMETRIES = [Dihedral(n) for n in _DIHEDRAL if n != "identity"]
+MIRRORS = [MirrorConcat(side) for side in ("right", "left", "down", "up")]
+TRANSLATIONS = [Translate(1, 0), Translate(-1, 0), Translate(0, 1), Translate(0, -1)]
+BASIC = SYMMETRIES + MIRRORS + TRANSLATIONS
 SIZE = [Upscale(2, 1), Upscale(1, 2), Upscale(2, 2)]
-CHAIN = [Chain(Dihedral(n), Upscale(2, 2)) for n in ("rot90", "rot180", "transpose", "flip_lr")]
+CHAIN = [Chain(s, up) for s in SYMMETRIES for up in SIZE]
 REPEAT = [Tile(2, 1), Tile(1, 2), Tile(2, 2)]
 FAMILIES = {"basic": BASIC, "size": SIZE, "chain": CHAIN, "repeat": REPEAT}
 

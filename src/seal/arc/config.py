@@ -71,6 +71,9 @@ class ArcPredictConfig(Section):
         default_factory=lambda: ["identity", "transpose", "flip_lr", "flip_ud"], description="invertible transforms the test is also asked under; answers are mapped back and voted on")
     orders: int = Field(1, ge=1, le=8, description="demonstration orders per view (1: as given; 2 adds the reversed order; more: seeded shuffles)")
     attempts: int = Field(2, ge=1, le=10, description="answers kept by the vote; solved when one equals the solution (pass@2)")
+    method: Literal["flat", "hierarchical", "likelihood"] = Field("flat", description="how the attempts are chosen: flat = the most frequent answers over all views; hierarchical = each transform's most frequent answer over its demonstration orders, then the answers most transforms chose; likelihood = the `candidates` most voted answers ordered by their mean token log-likelihood under every view")
+    candidates: int = Field(4, ge=1, le=32, description="likelihood: answers (most voted first) that are scored")
+    compare_methods: bool = Field(True, description="also record whether each other method would have solved the task (likelihood costs candidates x views more forward passes), to compare them on the same trained adapters")
     max_new_tokens: int = Field(512, ge=8, description="answer length cap; each task also gets a limit from its own grid sizes")
     batch_size: int = Field(16, ge=1, description="prompts generated together")
 

@@ -104,7 +104,7 @@ class ArcDomain(Domain):
                          example_permutations=il.example_permutations, max_examples=il.max_examples)
         examples, too_long = ttt.examples(lm.tokenizer, data.items, recipe.strategy, il.end_marker, il.max_seq_len)
         base["ttt"] = dict(examples=len(examples), made=data.made, duplicates=data.duplicates,
-                           too_large=data.too_large, too_long=too_long)
+                           too_large=data.too_large, lossy=data.lossy, too_long=too_long)
         if not examples:
             problem = f"no TTT example fits inner_loop.max_seq_len={il.max_seq_len}"
             return dict(base, valid=False, problem=problem, reward=0.0, solved=False, tests=None), None, None

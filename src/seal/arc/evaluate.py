@@ -25,7 +25,9 @@ from seal.core.tables import Column, Table
 
 COLUMNS = [Column("condition", kind="text"), Column("tasks", kind="int"), Column("pairs", kind="int"),
            Column("success", digits=2), Column("95% CI", kind="ci", digits=2), Column("pass@k", digits=2),
-           Column("valid self-edits", digits=2)]
+           Column("valid self-edits", digits=2),
+           *[Column(m, f"{m} vote", digits=2) for m in ("flat", "hierarchical", "likelihood")]]
+METHODS = ("flat", "hierarchical", "likelihood")
 SCORE_LABEL = "success rate (solved pairs)"
 ICL, BASE, ORACLE = "ICL, no TTT", "TTT + base self-edits (no RL)", "TTT + oracle configuration"
 
@@ -79,13 +81,18 @@ def evaluate(run: Run, domain: ArcDomain, tasks: list[Task], progress: Progress,
 
 def table(run: Run) -> Table:
     """One row per condition: success over (task, self-edit) pairs with a bootstrap interval over tasks,
-    pass@k, the share of usable self-edits; then the per-task breakdown."""
+    pass@k, the share of usable self-edits, the success each prediction method would have had on the
+    same adapters (predict.compare_methods; an unusable self-edit fails under all); then the per-task
+    breakdown."""
     rows: dict[str, dict] = {}
     for record in run.records():
         if not record["key"].startswith(("eval/pre/", "eval/eval/")):
             continue
         row = rows.setdefault(record["condition"], {"tasks": {}, "valid": [], "kind": record.get("row"),
-                                                     "round": record.get("round")})
+                                                     "round": record.get("round"), "by": {m: [] for m in METHODS}})
+        by = record.get("solved_by") or ({} if record.get("valid", True) else {m: False for m in METHODS})
+        for m, ok in by.items():
+            row["by"][m].append(float(ok))
         row["tasks"].setdefault(record["context_id"], []).append(record["reward"])
         if "valid" in record:
             row["valid"].append(bool(record["valid"]))
@@ -99,6 +106,7 @@ def table(run: Run) -> Table:
             "95% CI": bootstrap_ci(per_task, run.config.eval.bootstrap, run.config.seed),
             "pass@k": sum(any(r >= 1 for r in v) for v in row["tasks"].values()) / len(per_task),
             "valid self-edits": sum(row["valid"]) / len(row["valid"]) if row["valid"] else None,
+            **{m: sum(v) / len(v) if len(v) == pairs else None for m, v in row["by"].items()},
             "per_task": row["tasks"],
         })
     return Table(COLUMNS, out, "success", SCORE_LABEL, extra=task_table(out) if out else "")

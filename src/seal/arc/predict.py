@@ -2,7 +2,14 @@
 
 A view is an invertible transform of the whole task plus an order of its demonstrations. Each view's
 answer is parsed (a malformed one is simply a wrong answer), mapped back through the inverse
-transform, and the most frequent grids become the attempts (pass@2 by default).
+transform, and chosen among (pass@2 by default) by one of three methods (`predict.method`):
+- flat: the most frequent grids over all views;
+- hierarchical: within each transform (its views under every demonstration order) the most frequent
+  grid, then the grids that the most transforms chose (ties: the more frequent over all views);
+- likelihood: the most voted candidates ordered by their mean token log-likelihood, averaged over
+  every view (the candidate mapped into the view, after the view's prompt), which is how the
+  strongest ARC Prize 2024 entries ranked their answers.
+With `predict.compare_methods`, whether each method would have solved the task is recorded too.
 """
 
 from __future__ import annotations
@@ -15,8 +22,8 @@ import numpy as np
 from seal.arc.augment import Dihedral
 from seal.arc.grids import key, n_tokens, parse, to_text
 from seal.arc.tasks import Task
-from seal.arc.ttt import task_prompt
-from seal.core.generation import generate
+from seal.arc.ttt import answer_text, task_prompt
+from seal.core.generation import completion_logprobs, generate
 from seal.core.models import LoadedModel
 
 RAW_CHARS = 200  # each view's answer is recorded as written, up to this length, to see how it failed
@@ -67,14 +74,30 @@ def vote(answers: list[np.ndarray | None], attempts: int = 2) -> list[np.ndarray
     return [grids[k] for k in ranked[:attempts]]
 
 
+def vote_hierarchical(answers: list[tuple[str, np.ndarray | None]], attempts: int = 2) -> list[np.ndarray]:
+    """(family, grid) answers: each family's most frequent grid (a tie: its first), then the grids chosen
+    by the most families, ties broken by the grid's count over all answers and then by the first
+    appearance; attempts left over are filled from the flat vote."""
+    families: dict[str, list] = {}
+    for family, g in answers:
+        families.setdefault(family, []).append(g)
+    flat = vote([g for _, g in answers], len(answers))
+    rank = {key(g): i for i, g in enumerate(flat)}  # flat order: count over all answers, then first seen
+    chosen = Counter(key(w[0]) for gs in families.values() if (w := vote(gs, 1)))
+    top = sorted(chosen, key=lambda k: (-chosen[k], rank[k]))[:attempts]
+    out = [flat[rank[k]] for k in top]
+    return out + [g for g in flat if key(g) not in set(top)][:attempts - len(out)]
+
+
 def solved(attempts: list[np.ndarray], target: np.ndarray | None) -> bool:
     return target is not None and any(a.shape == target.shape and np.array_equal(a, target) for a in attempts)
 
 
 def answer_limit(task: Task, cap: int) -> int:
-    """New tokens allowed for an answer: twice the largest grid of the task (outputs can grow), capped."""
-    largest = max(n_tokens(g) for e in task.train + task.test for g in (e.input, e.output) if g is not None)
-    return min(cap, 2 * largest + 4)
+    """New tokens allowed for an answer: twice the largest grid the model may see (the demonstrations'
+    inputs and outputs, the test inputs; never a test output, even when it is known), capped."""
+    seen = [g for e in task.train for g in (e.input, e.output)] + [e.input for e in task.test]
+    return min(cap, 2 * max(n_tokens(g) for g in seen) + 4)
 
 
 def predict(lm: LoadedModel, jobs: list[tuple[Task, int | None]], cfg, *, precision: str = "fp32",
@@ -103,14 +126,57 @@ def predict(lm: LoadedModel, jobs: list[tuple[Task, int | None]], cfg, *, precis
         for (j, t, v), gen in zip(where, gens):
             g = parse(gen.text)
             back = None if g is None else v.transform.inverse(g)
-            answers.setdefault((j, t), []).append((v.name, back, gen.text))
+            answers.setdefault((j, t), []).append((v, back, gen.text))
+        methods = ["flat", "hierarchical", "likelihood"] if cfg.compare_methods else [cfg.method]
+        scored = (_likelihoods(lm, task, jobs, indices, answers, vs, cfg, precision)
+                  if "likelihood" in methods else {})
         for j in indices:
             tests = []
             for t, example in enumerate(task.test):
                 mine = answers[(j, t)]
-                attempts = vote([g for _, g, _ in mine], cfg.attempts)
+                picks = {m: _attempts(m, mine, scored.get((j, t)), cfg.attempts) for m in methods}
+                attempts = picks[cfg.method]
                 tests.append(dict(solved=solved(attempts, example.output), attempts=[to_text(a) for a in attempts],
+                                  solved_by={m: solved(a, example.output) for m, a in picks.items()},
                                   well_formed=sum(g is not None for _, g, _ in mine), views=len(mine),
-                                  raw={name: text[:RAW_CHARS] for name, _, text in mine}))
-            out[j] = dict(solved=all(x["solved"] for x in tests), tests=tests)
+                                  raw={v.name: text[:RAW_CHARS] for v, _, text in mine}))
+            out[j] = dict(solved=all(x["solved"] for x in tests), tests=tests,
+                          solved_by={m: all(x["solved_by"][m] for x in tests) for m in methods})
+    return out
+
+
+def _attempts(method: str, mine: list[tuple], scores: list[tuple[float, np.ndarray]] | None,
+              attempts: int) -> list[np.ndarray]:
+    if method == "hierarchical":
+        return vote_hierarchical([(v.transform.name, g) for v, g, _ in mine], attempts)
+    if method == "likelihood" and scores:
+        return [g for _, g in sorted(scores, key=lambda s: -s[0])[:attempts]]
+    return vote([g for _, g, _ in mine], attempts)
+
+
+def _likelihoods(lm: LoadedModel, task: Task, jobs: list, indices: list[int], answers: dict, vs: list[View],
+                 cfg, precision: str) -> dict[tuple[int, int], list[tuple[float, np.ndarray]]]:
+    """For each (job, test): its `cfg.candidates` most voted grids, each with its mean token log-likelihood
+    averaged over the views (the grid mapped into the view, after that view's prompt), scored through
+    the job's own adapter."""
+    prompts, completions, rows, where = [], [], [], []
+    for j in indices:
+        for t in range(len(task.test)):
+            for c, grid in enumerate(vote([g for _, g, _ in answers[(j, t)]], cfg.candidates)):
+                for v in vs:
+                    prompts.append(view_prompt(task, t, v))
+                    completions.append(answer_text(v.transform.apply(grid)))
+                    rows.append(jobs[j][1])
+                    where.append((j, t, c, grid))
+    if not prompts:
+        return {}
+    adapter_rows = None if all(r is None for r in rows) else rows
+    logps = completion_logprobs(lm, prompts, completions, batch_size=cfg.batch_size, precision=precision,
+                                adapter_rows=adapter_rows, as_is=True)
+    sums: dict[tuple[int, int, int], list] = {}
+    for (j, t, c, grid), lp in zip(where, logps):
+        sums.setdefault((j, t, c), [grid, []])[1].append(lp)
+    out: dict[tuple[int, int], list] = {}
+    for (j, t, _), (grid, lps) in sums.items():
+        out.setdefault((j, t), []).append((sum(lps) / len(lps), grid))
     return out

@@ -25,7 +25,7 @@ STRATEGIES = {"all": "all", "all_tokens": "all", "train_using_all_tokens": "all"
               "train_using_output_tokens": "outputs"}
 
 INSTRUCTION = """You will be trained on this puzzle before you solve it. Choose how to train. Answer with one JSON object with these keys:
-"use_basic_augmentations": true or false (also train on rotated, flipped and transposed copies),
+"use_basic_augmentations": true or false (also train on rotated, flipped, transposed, mirrored and shifted copies),
 "use_size_augmentations": true or false (also train on copies scaled up 2x),
 "use_chain_augmentations": true or false (also train on copies rotated and then scaled up),
 "use_repeat_augmentations": true or false (also train on copies tiled 2x),

@@ -74,16 +74,20 @@ class TTTSet:
     made: int        # before deduplication and the cap
     duplicates: int
     too_large: int   # a transform made a grid larger than 30x30
+    lossy: int = 0   # a translation would have pushed a grid's content off its edge
 
 
 def build(task: Task, recipe: Recipe, *, seed: int, leave_two_out: bool, colour_permutations: int,
           example_permutations: int, max_examples: int) -> TTTSet:
     rng = np.random.default_rng(seed)
     transforms = [t for name, ts in FAMILIES.items() if getattr(recipe, name) for t in ts]
-    made, too_large = [], 0
+    made, too_large, lossy = [], 0, 0
     for base in leave_out(task, leave_two_out):
         variants = [base]
         for t in transforms:
+            if not all(t.keeps(g) for e in base.demos + (base.held,) for g in (e.input, e.output)):
+                lossy += 1  # a translation would push some grid's content off its edge
+                continue
             mapped = LeaveOut(tuple(e.map(t) for e in base.demos), base.held.map(t), f"{base.source}|{t.name}")
             if all(fits(g) for e in mapped.demos + (mapped.held,) for g in (e.input, e.output)):
                 variants.append(mapped)
@@ -104,7 +108,7 @@ def build(task: Task, recipe: Recipe, *, seed: int, leave_two_out: bool, colour_
             seen.add(key)
             unique.append(item)
     keep = sorted(rng.permutation(len(unique))[:max_examples].tolist())
-    return TTTSet([unique[i] for i in keep], len(made), len(made) - len(unique), too_large)
+    return TTTSet([unique[i] for i in keep], len(made), len(made) - len(unique), too_large, lossy)
 
 
 def _reorderings(n: int, count: int, rng: np.random.Generator) -> list[tuple[int, ...]]:

@@ -107,16 +107,18 @@ def _route(lm: LoadedModel, adapter_rows: list[int] | None, start: int, n: int) 
 @torch.no_grad()
 def completion_logprobs(lm: LoadedModel, prompts: list[str], completions: list[str], *,
                         batch_size: int = 16, precision: str = "fp32",
-                        adapter_rows: list[int] | None = None) -> list[float]:
+                        adapter_rows: list[int] | None = None, as_is: bool = False) -> list[float]:
     """Mean per-token log-probability of each completion after its prompt (teacher-forced); with
-    `adapter_rows`, row i through adapter adapter_rows[i] of the installed bank."""
+    `adapter_rows`, row i through adapter adapter_rows[i] of the installed bank. The completion is
+    stripped and follows a space (an answer after "Answer:"), or with `as_is` follows the prompt
+    exactly as given (a grid after "output:\n")."""
     tok = lm.tokenizer
     scores: list[float] = []
     for start in range(0, len(prompts), batch_size):
         rows = []
         for prompt, completion in zip(prompts[start:start + batch_size], completions[start:start + batch_size]):
             p = tok(prompt, add_special_tokens=False)["input_ids"]
-            c = tok(" " + completion.strip(), add_special_tokens=False)["input_ids"]
+            c = tok(completion if as_is else " " + completion.strip(), add_special_tokens=False)["input_ids"]
             rows.append((p + c, len(p)))
         width = max(len(ids) for ids, _ in rows)
         input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
