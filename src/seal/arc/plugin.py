@@ -56,6 +56,12 @@ class ArcPlugin(DomainPlugin):
     def check(self, config, command, held):
         if command == "evaluate" and not held:
             raise ConfigError("no evaluation tasks: set data.eval_ids, or loosen data.max_tokens / data.max_grid")
+        if command == "curate":
+            from seal.arc.curate import candidates
+
+            if not candidates(config, token_counter(config)):
+                raise ConfigError(f"no {config.curate.split} tasks to curate: set curate.ids, or loosen "
+                                  "data.max_tokens / data.max_grid")
 
     def register(self, app):
         from seal.arc.cli import register

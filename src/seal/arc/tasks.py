@@ -221,14 +221,43 @@ def load_split(data, split: str) -> dict[str, Task]:
     return load_kaggle(path) if data.source == "kaggle" else load_files(path)
 
 
+def task_ids(value: list[str] | str | None, field: str) -> list[str] | None:
+    """Task ids as a configuration gives them: a list, or the path of a task-list file, either the JSON
+    that `seal arc curate` writes ({"tasks": [{"id": ...}, ...]}), a JSON list of ids, or text with one
+    id a line (# starts a comment)."""
+    if value is None or isinstance(value, list):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise TaskError(f"{field}: task-list file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise TaskError(f"{field}: {path} is not valid JSON ({err})") from None
+        items = data.get("tasks") if isinstance(data, dict) else data
+        if not isinstance(items, list):
+            raise TaskError(f"{field}: {path} holds no task list (a list, or an object with 'tasks')")
+        ids = [i.get("id") if isinstance(i, dict) else i for i in items]
+        if not all(isinstance(i, str) for i in ids):
+            raise TaskError(f"{field}: {path}: every task must be an id string or an object with an 'id'")
+    else:
+        ids = [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
+    if not ids:
+        raise TaskError(f"{field}: {path} lists no tasks")
+    return ids
+
+
 def configured_tasks(data, count: Callable[[str], int] | None = None) -> tuple[list[Task], list[Task]]:
     """(ReST-EM training tasks, evaluation tasks) as the configuration chooses them; evaluation tasks
     never include a training task."""
-    train = select(load_split(data, "train"), data.train_ids) if data.train_ids else []
+    train_ids, eval_ids = task_ids(data.train_ids, "data.train_ids"), task_ids(data.eval_ids, "data.eval_ids")
+    train = select(load_split(data, "train"), train_ids) if train_ids else []
     pool = load_split(data, "eval")
-    held = select(pool, data.eval_ids, n=data.eval_count, max_tokens=data.max_tokens, max_grid=data.max_grid,
+    held = select(pool, eval_ids, n=data.eval_count, max_tokens=data.max_tokens, max_grid=data.max_grid,
                   exclude={t.id for t in train}, count=count)
-    if data.eval_ids:
+    if eval_ids:
         overlap = sorted({t.id for t in held} & {t.id for t in train})
         if overlap:
             raise TaskError(f"data.eval_ids: {overlap} are also training tasks")

@@ -127,15 +127,17 @@ class EvalJob:
 
 
 def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob],
-                  progress: Progress | None = None, bar: str = "evals") -> dict[str, list[dict]]:
-    """The inner loop for every job, `eval_times` times each, every result recorded as it finishes.
+                  progress: Progress | None = None, bar: str = "evals", repeats: int | None = None) -> dict[str, list[dict]]:
+    """The inner loop for every job, `repeats` (default inner_loop.eval_times) times each, every result
+    recorded as it finishes.
     Batched (inner_loop.batched): K adapters at a time trained and evaluated together through the
     domain's `evaluate_batch`; else one adapter at a time through `evaluate`. Returns each job's records."""
     cfg = run.config.inner_loop
-    todo = [(job, t, f"{job.key}/{t}") for job in jobs for t in range(cfg.eval_times)]
+    repeats = repeats or cfg.eval_times
+    todo = [(job, t, f"{job.key}/{t}") for job in jobs for t in range(repeats)]
     todo = [(job, t, key, job.seed(run.config, t)) for job, t, key in todo if run.get(key) is None]
     if progress:
-        progress.advance(bar, len(jobs) * cfg.eval_times - len(todo))
+        progress.advance(bar, len(jobs) * repeats - len(todo))
     batched = cfg.batched and domain.batched
     # K from the memory once (memory freed after a batch is not always reported as free again), and
     # from the time an evaluation took: the run's last one on resume, then each batch's own
@@ -161,7 +163,7 @@ def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob]
                        batch=len(chunk), **job.tags, **result)
         if progress:
             progress.advance(bar, len(chunk))
-    return {job.key: [run.get(f"{job.key}/{t}") for t in range(cfg.eval_times)] for job in jobs}
+    return {job.key: [run.get(f"{job.key}/{t}") for t in range(repeats)] for job in jobs}
 
 
 def _last_seconds_per_eval(run: Run) -> float | None:

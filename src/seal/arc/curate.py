@@ -1,0 +1,100 @@
+"""`seal arc curate`: which tasks can test-time training solve at all, and with which configuration.
+
+The paper evaluates on tasks that TTT with a good hand-made configuration solves, and asks how often
+the model's own configurations do. Curation screens candidate tasks (the shortest of a split within
+the size limits, or given ids) with named TTT configurations (`curate.configurations`), each trained
+`curate.repeats` times with its own seed (every configuration of a task shares the seed of a repeat,
+so they are compared on equal terms), through the same batched inner loop as ReST-EM. Every training
+is a record; `--resume` redoes nothing.
+
+The result: a table (task by configuration, success rate over the repeats; the share of the
+configurations that solve the task at least once) and a task-list file that `data.eval_ids` or
+`data.train_ids` accept. For evaluation (`curate.purpose: eval`) it lists the tasks an oracle solves
+in at least `curate.min_rate` of its repeats; for training (`purpose: train`) the tasks that some
+configurations solve and others do not, whose self-edits therefore get rewards that differ.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from seal.arc.config import ArcConfig
+from seal.arc.domain import ArcDomain
+from seal.arc.tasks import Task, load_split, select, task_ids
+from seal.core.models import LoadedModel
+from seal.core.progress import Progress
+from seal.core.restem import EvalJob, evaluate_jobs
+from seal.core.runs import Run
+from seal.core.tables import Column, Table
+
+TASK_LIST = "task-list.json"
+
+
+def candidates(config: ArcConfig, count=None) -> list[Task]:
+    """The tasks to screen: `curate.ids`, or the `curate.candidates` shortest of the split within the
+    size limits (training tasks left out when screening the evaluation split)."""
+    c, d = config.curate, config.data
+    exclude = set(task_ids(d.train_ids, "data.train_ids") or []) if c.split == "eval" else set()
+    return select(load_split(d, c.split), c.ids, n=c.candidates, max_tokens=d.max_tokens, max_grid=d.max_grid,
+                  exclude=exclude, count=count)
+
+
+def curate(run: Run, lm: LoadedModel, domain: ArcDomain, tasks: list[Task], progress: Progress) -> Table:
+    """Train every (task, configuration) `curate.repeats` times (resuming what is recorded); the table."""
+    c = run.config.curate
+    jobs = [EvalJob(f"curate/{name}/{task.id}", task, json.dumps(conf), dict(reward=None), ("curate", name, task.id),
+                    dict(configuration=name, context_id=task.id), common_parts=("curate", task.id))
+            for task in tasks for name, conf in c.configurations.items()]
+    progress.start("evals", f"curation: {len(tasks)} tasks x {len(c.configurations)} configurations", len(jobs) * c.repeats)
+    evaluate_jobs(run, lm, domain, jobs, progress, repeats=c.repeats)
+    return summary(run)
+
+
+def rates(run: Run) -> dict[str, dict[str, float]]:
+    """{task: {configuration: success rate over its recorded repeats}}, tasks in the order first recorded."""
+    solved: dict[str, dict[str, list[float]]] = {}
+    for record in run.records("self_edit_eval"):
+        if record["key"].startswith("curate/"):
+            solved.setdefault(record["context_id"], {}).setdefault(record["configuration"], []).append(record["reward"])
+    return {t: {name: sum(v) / len(v) for name, v in by.items()} for t, by in solved.items()}
+
+
+def summary(run: Run) -> Table:
+    c = run.config.curate
+    names = list(c.configurations)
+    rows = []
+    for task, by in rates(run).items():
+        oracle = max(c.oracles, key=lambda o: (by.get(o, 0.0), -c.oracles.index(o)))
+        rows.append({"task": task, **{n: by.get(n) for n in names},
+                     "share": sum(by.get(n, 0.0) > 0 for n in names) / len(names),
+                     "oracle": oracle if by.get(oracle, 0.0) > 0 else None, "oracle rate": by.get(oracle, 0.0)})
+    columns = [Column("task", kind="text"), *[Column(n, digits=2) for n in names],
+               Column("share", "share of configurations solving", digits=2), Column("oracle", "best oracle", kind="text"),
+               Column("oracle rate", digits=2)]
+    listed = task_list(run, rows)
+    why = (f"an oracle solves >= {c.min_rate} of its repeats" if c.purpose == "eval"
+           else "solved by some configurations, not all")
+    notes = [f"{len(listed['tasks'])} of {len(rows)} tasks listed for {c.purpose} ({why})"]
+    return Table(columns, rows, "share", "share of configurations solving", notes=notes)
+
+
+def task_list(run: Run, rows: list[dict]) -> dict:
+    """The tasks the purpose asks for, best first."""
+    c = run.config.curate
+    if c.purpose == "eval":
+        chosen = sorted((r for r in rows if r["oracle"] and r["oracle rate"] >= c.min_rate),
+                        key=lambda r: (-r["oracle rate"], r["task"]))
+        tasks = [dict(id=r["task"], configuration=r["oracle"], rate=r["oracle rate"], share=r["share"]) for r in chosen]
+    else:
+        chosen = sorted((r for r in rows if 0 < r["share"] < 1), key=lambda r: (abs(r["share"] - 0.5), r["task"]))
+        tasks = [dict(id=r["task"], share=r["share"],
+                      solved_by=[n for n in c.configurations if (r.get(n) or 0) > 0]) for r in chosen]
+    return dict(purpose=c.purpose, split=c.split, source=run.config.data.source, version=run.config.data.version,
+                repeats=c.repeats, tasks=tasks)
+
+
+def write_task_list(run: Run, table: Table) -> Path:
+    path = run.path / TASK_LIST
+    path.write_text(json.dumps(task_list(run, table.rows), indent=2) + "\n", encoding="utf-8")
+    return path
