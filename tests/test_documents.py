@@ -1,0 +1,133 @@
+"""A user's own documents: reading, splitting, and the questions passages write for themselves."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from seal.knowledge.data import Passage, Question
+from seal.knowledge.documents import DocumentError, read_documents, split_passages
+from seal.knowledge.grading import normalize_answer
+from seal.knowledge.questions import (BLANK, check_questions, cloze_questions, model_questions, parse_questions,
+                                      salient_span, split_questions)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "documents"
+words = lambda text: len(text.split())
+
+
+def test_the_example_folder_reads_markdown_and_pdf_with_titles_and_sections():
+    docs, skipped = read_documents([EXAMPLES])
+    assert skipped == [] and {Path(d.path).name for d in docs} == {
+        "velmora-harbour.md", "brassfield-observatory.md", "quillon-clockworks.pdf"}
+    titles = {Path(d.path).name: d.title for d in docs}
+    assert titles["velmora-harbour.md"] == "The Harbour of Velmora"
+    assert titles["quillon-clockworks.pdf"] == "The Quillon Clockworks Company"  # the PDF's own title
+    velmora = next(d for d in docs if d.path.endswith("velmora-harbour.md"))
+    passages = list(split_passages(velmora, words, max_tokens=60))
+    assert passages[0].title == "The Harbour of Velmora" and passages[1].title == "The Harbour of Velmora — The lighthouse"
+    assert all(words(p.context) <= 60 for p in passages)
+    assert "Ilse Marrow" in " ".join(p.context for p in passages)
+    pdf = next(d for d in docs if d.path.endswith(".pdf"))
+    text = " ".join(p.context for p in split_passages(pdf, words, max_tokens=80))
+    assert "Halcyon" in text and "Dunmere Museum of Time" in text  # both pages
+
+
+def test_a_long_paragraph_is_cut_between_sentences_then_words(tmp_path):
+    sentence = "The quick brown fox jumps over the lazy dog near the old mill. "
+    (tmp_path / "long.txt").write_text(sentence * 30 + "\n\n" + "word " * 100)
+    [doc], _ = read_documents([tmp_path / "long.txt"])
+    passages = list(split_passages(doc, words, max_tokens=40))
+    assert all(words(p.context) <= 40 for p in passages) and len(passages) >= 10
+    assert sum(words(p.context) for p in passages) == 30 * 13 + 100  # nothing lost
+
+
+def test_bad_files_are_skipped_by_name_with_the_reason(tmp_path):
+    (tmp_path / "good.txt").write_text("A paragraph about the lighthouse at Gull Rock.")
+    (tmp_path / "empty.md").write_text("  \n")
+    (tmp_path / "binary.txt").write_bytes(b"\x00\x01\x02 not text")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "fake.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")
+    (tmp_path / "rows.jsonl").write_text('{"body": "no text field here"}\n')
+    (tmp_path / "notes.json").write_text('[{"text": "The harbour was dug in 1612.", "title": "Harbour notes"}]')
+    docs, skipped = read_documents([tmp_path])
+    assert sorted(Path(d.path.split("#")[0]).name for d in docs) == ["good.txt", "notes.json"]
+    reasons = {Path(s.path).name: s.reason for s in skipped}
+    assert reasons["empty.md"] == "empty file" and reasons["binary.txt"].startswith("binary")
+    assert reasons["latin1.txt"].startswith("not UTF-8") and "PDF" in reasons["fake.pdf"]
+    assert reasons["image.png"].startswith("unsupported type") and "'text'" in reasons["rows.jsonl"]
+    assert next(d for d in docs if "notes.json" in d.path).title == "Harbour notes"
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "x.png").write_bytes(b"\x89PNG")
+    with pytest.raises(DocumentError, match="nothing readable"):
+        read_documents([only_bad])
+    with pytest.raises(DocumentError, match="no such file"):
+        read_documents([tmp_path / "missing"])
+
+
+def test_a_pdf_without_a_text_layer_or_encrypted_is_skipped(tmp_path):
+    from pypdf import PdfWriter
+
+    blank = PdfWriter()
+    blank.add_blank_page(200, 200)
+    blank.write(tmp_path / "scan.pdf")
+    locked = PdfWriter(clone_from=EXAMPLES / "quillon-clockworks.pdf")
+    locked.encrypt("secret")
+    locked.write(tmp_path / "locked.pdf")
+    (tmp_path / "ok.md").write_text("# Note\n\nSome text.")
+    _, skipped = read_documents([tmp_path])
+    reasons = {Path(s.path).name: s.reason for s in skipped}
+    assert reasons["scan.pdf"].startswith("no text layer") and reasons["locked.pdf"] == "encrypted PDF"
+
+
+def test_a_cloze_answer_is_always_a_span_of_its_passage():
+    docs, _ = read_documents([EXAMPLES])
+    total = 0
+    for doc in docs:
+        for passage in split_passages(doc, words, max_tokens=80):
+            written = cloze_questions(passage)
+            for q in written.questions:
+                assert BLANK in q.question and q.answers[0] in passage.context
+                assert normalize_answer(q.answers[0]) in normalize_answer(passage.context)
+                total += 1
+    assert total >= 15
+    assert salient_span("The lamp burned whale oil until 1871, when it was converted.") == "1871"
+    assert salient_span("It was lit on March 3, 1788, by the keeper.") == "March 3, 1788"
+    assert salient_span("Its harbour was dug by the brothers Oskar Lunn and others.") == "Oskar Lunn"
+    assert salient_span("Today the light is automatic and it turns slowly.") is None
+
+
+def test_model_questions_keep_only_what_the_passage_supports():
+    p = Passage("Velmora", "The harbour was dug by hand in 1612 by the brothers Oskar and Teodor Lunn.")
+    text = ("Q: When was the harbour dug?\nA: 1612\n"
+            "Q: Who dug the harbour?\nA: Napoleon\n"  # not in the passage
+            "Q: When was the harbour dug?\nA: in 1612\n"  # a duplicate question
+            "Q: What happened in 1612?\nA: 1612\n"  # the answer is in the question
+            "Q: The harbour was dug by hand in 1612 by the brothers Oskar and Teodor Lunn?\nA: Oskar\n"  # copied
+            "some chatter\nQ: How was it dug?\nA: by hand\n")
+    pairs = parse_questions(text)
+    assert len(pairs) == 6
+    written = check_questions(p, pairs)
+    assert [q.question for q in written.questions] == ["When was the harbour dug?", "How was it dug?"]
+    assert written.dropped == {"unsupported": 1, "duplicate": 1, "trivial": 1, "copied": 1}
+    [again] = model_questions([p], lambda prompts: [text])
+    assert again.questions == written.questions
+
+
+def test_the_selection_and_held_out_split_is_disjoint_and_seeded():
+    qs = [Question(f"q{i}?", (f"a{i}",)) for i in range(7)]
+    sel, held = split_questions(qs, 0.5, seed=0, key="p1")
+    assert len(sel) + len(held) == 7 and not set(sel) & set(held) and sel and held
+    assert split_questions(qs, 0.5, seed=0, key="p1") == (sel, held)
+    assert split_questions(qs, 0.5, seed=1, key="p1") != (sel, held)
+    assert split_questions(qs[:1], 0.5, 0, "p") == (qs[:1], [])
+    assert [len(x) for x in split_questions(qs[:2], 0.9, 0, "p")] == [1, 1]
+
+
+def test_the_gold_file_asks_about_the_examples():
+    gold = json.loads((EXAMPLES.parent / "documents-gold.json").read_text())
+    docs, _ = read_documents([EXAMPLES])
+    text = {Path(d.path).name: " ".join(p.context for p in split_passages(d, words, 200)) for d in docs}
+    for q in gold["questions"]:
+        assert any(normalize_answer(a) in normalize_answer(text[q["document"]]) for a in q["answers"]), q
