@@ -8,8 +8,15 @@ import pytest
 from seal.knowledge.data import Passage, Question
 from seal.knowledge.documents import DocumentError, read_documents, split_passages
 from seal.knowledge.grading import normalize_answer
-from seal.knowledge.questions import (BLANK, check_questions, cloze_questions, model_questions, parse_questions,
-                                      salient_span, split_questions)
+from seal.knowledge.questions import (
+    BLANK,
+    check_questions,
+    cloze_questions,
+    model_questions,
+    parse_questions,
+    salient_span,
+    split_questions,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "documents"
 words = lambda text: len(text.split())
