@@ -222,9 +222,9 @@ def test_rloo_reuses_the_first_round_of_a_rest_em_run(tiny_config):
                                "--set", "restem.evaluate_policy=false"]).exit_code == 0
     [source] = list(Path(tiny_config.runs_dir).iterdir())
     before = set(source.parent.iterdir())
-    bad = runner.invoke(app, ["knowledge", "restem", "--quiet", *args, "--set", "inner_loop.lr=0.5",
+    bad = runner.invoke(app, ["knowledge", "restem", "--quiet", *args, "--set", "self_edit.top_p=0.5",
                               "--reuse-round1", str(source)])
-    assert bad.exit_code == 2 and "inner_loop.lr" in bad.output and set(source.parent.iterdir()) == before
+    assert bad.exit_code == 2 and "self_edit.top_p" in bad.output and set(source.parent.iterdir()) == before
     result = runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *args, "--set", "restem.algorithm=rloo",
                                  "--set", "restem.evaluate_policy=false", "--reuse-round1", str(source)])
     assert result.exit_code == 0, result.output
@@ -246,3 +246,26 @@ def test_rloo_reuses_the_first_round_of_a_rest_em_run(tiny_config):
     single = {r["condition"]: r for r in seal.table(Run.resume(alone_dir)).rows}
     assert rows["SEAL round 1 (rloo), no update"]["reward"] == pytest.approx(single["SEAL round 1, no update"]["reward"])
     assert rows["SEAL round 1 (rloo), no update"]["policy"] == "rloo"
+
+
+def test_another_inner_loop_reuses_the_samples_only(tiny_config):
+    args = overrides(tiny_config)
+    assert runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *args, "--set", "restem.rounds=0",
+                               "--set", "inner_loop.eval_times=2"]).exit_code == 0
+    [source] = list(Path(tiny_config.runs_dir).iterdir())
+    result = runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *args, "--set", "restem.rounds=0",
+                                 "--set", "inner_loop.eval_times=2", "--set", "inner_loop.common_seeds=false",
+                                 "--reuse-round1", str(source)])
+    assert result.exit_code == 0, result.output
+    [other] = set(Path(tiny_config.runs_dir).iterdir()) - {source}
+    theirs, mine = Run.resume(source), Run.resume(other)
+    samples = [k for k in (r["key"] for r in theirs.records()) if k.startswith("round1/samples/")]
+    assert samples and all(mine.get(k)["self_edits"] == theirs.get(k)["self_edits"] for k in samples)
+    evals = [r for r in mine.records("self_edit_eval")]
+    assert evals and not any("reused_from" in r for r in evals)  # evaluated again, with a seed per self-edit
+    assert {r["seed"] for r in evals} != {r["seed"] for r in theirs.records("self_edit_eval")}
+    rows = noise_rows(theirs) + noise_rows(mine)
+    assert [r["common seeds"] for r in rows] == ["yes", "no"]
+    bad = runner.invoke(app, ["knowledge", "restem", "--quiet", *args, "--set", "self_edit.temperature=0.5",
+                              "--reuse-round1", str(source)])
+    assert bad.exit_code == 2 and "self_edit.temperature" in bad.output

@@ -27,7 +27,7 @@ ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue an
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars (progress still goes to RUN_DIR/progress.log).")]
 PolicyOpt = Annotated[Optional[Path], typer.Option(help="A restem run directory: adds its rounds' rows to the table.")]
 PoliciesOpt = Annotated[Optional[list[Path]], typer.Option("--policy", help="A restem run directory: adds its rounds' rows to the table (repeatable: e.g. a ReST-EM and an RLOO run, each row named by its algorithm).")]
-ReuseOpt = Annotated[Optional[Path], typer.Option("--reuse-round1", help="A restem run directory with the same configuration (up to restem.rounds, algorithm, sft and evaluate_policy, and eval): take its round-1 samples and evaluations instead of computing them again, e.g. to compare RLOO with ReST-EM from the same first E-step.")]
+ReuseOpt = Annotated[Optional[Path], typer.Option("--reuse-round1", help="A restem run directory with the same configuration (up to restem.rounds, algorithm, sft and evaluate_policy, and eval): take its round-1 samples and evaluations instead of computing them again, e.g. to compare RLOO with ReST-EM from the same first E-step. Where only inner_loop, answer or reward settings differ, only the samples are taken.")]
 OverlapOpt = Annotated[bool, typer.Option("--allow-overlap", help="Score contexts that --policy was trained on (or that share its articles) anyway.")]
 
 _fresh: list[Path] = []  # run directories created by this process, removed again if the command fails on bad input
@@ -98,11 +98,13 @@ def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path | lis
     for one in [policy] if isinstance(policy, Path) else policy or []:
         check_policy(p, domain, config, one, held, allow_overlap)
     if reuse is not None:
-        check_reuse(p, config, reuse)
+        reuse_level(p, config, reuse)
     return train, held, domain
 
 
 # Fields that do not change round 1's E-step (its samples and evaluations): what --reuse-round1 may differ in.
+# With other inner-loop, answer or reward settings only the samples are taken (the evaluations are redone).
+SAMPLES_FREE = ("inner_loop", "answer", "reward", "judge")
 ROUND1_FREE = ("runs_dir", "eval", "cpt", "continual", "teacher", "restem.rounds", "restem.algorithm",
                "restem.sft", "restem.evaluate_policy", "restem.keep", "restem.min_reward", "reward.require_improvement",
                "reward.baseline")
@@ -131,27 +133,34 @@ def restem_run(p: DomainPlugin, path: Path, where: str):
     return run
 
 
-def check_reuse(p: DomainPlugin, config, source: Path) -> None:
-    """--reuse-round1: a restem run of this domain whose configuration gives the same round 1 E-step."""
+def reuse_level(p: DomainPlugin, config, source: Path) -> str:
+    """--reuse-round1: "all" when `source` (a restem run of this domain) made round 1's E-step with the
+    settings of `config`, "samples" when only its inner loop, answering or reward differ (the same
+    self-edits, evaluated again); anything else is refused."""
     where = f"--reuse-round1 {source}"
     other = restem_run(p, source, where)
     mine, theirs = (_flat(c.model_dump(mode="json")) for c in (config, other.config))
-    free = lambda name: any(name == f or name.startswith(f + ".") for f in ROUND1_FREE)
-    differ = sorted(n for n in set(mine) | set(theirs) if not free(n) and mine.get(n) != theirs.get(n))
-    if differ:
-        raise ConfigError(f"{where}: its round 1 was made with other settings: "
-                          + ", ".join(f"{n}={theirs.get(n)!r} (here {mine.get(n)!r})" for n in differ[:5]))
+    under = lambda name, fields: any(name == f or name.startswith(f + ".") for f in fields)
+    differ = sorted(n for n in set(mine) | set(theirs) if not under(n, ROUND1_FREE) and mine.get(n) != theirs.get(n))
+    refused = [n for n in differ if not under(n, SAMPLES_FREE)]
+    if refused:
+        raise ConfigError(f"{where}: its round-1 self-edits were sampled with other settings: "
+                          + ", ".join(f"{n}={theirs.get(n)!r} (here {mine.get(n)!r})" for n in refused[:5]))
+    return "samples" if differ else "all"
 
 
 def reuse_round1_copy(run, source: Path) -> int:
     """Copy round 1's E-step records (samples, scores, evaluations; not its M-step) from `source` into
-    `run`, each marked `reused_from`; records `run` already has are kept. Returns how many were copied."""
+    `run`, or only its samples when the evaluations were made with other settings (`reuse_level`), each
+    marked `reused_from`; records `run` already has are kept. Returns how many were copied."""
     from seal.core.runs import Run
 
+    level = reuse_level(plugin(run.config.domain), run.config, source)
+    prefix = "round1/" if level == "all" else "round1/samples/"
     copied = 0
     for record in Run.resume(source).records():
         key = record["key"]
-        if key.startswith("round1/") and key != "round1/done" and run.get(key) is None:
+        if key.startswith(prefix) and key != "round1/done" and run.get(key) is None:
             fields = {k: v for k, v in record.items() if k not in ("kind", "key", "time")}
             run.append(record["kind"], key, **{**fields, "reused_from": str(source)})
             copied += 1
