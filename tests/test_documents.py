@@ -138,3 +138,44 @@ def test_the_gold_file_asks_about_the_examples():
     text = {Path(d.path).name: " ".join(p.context for p in split_passages(d, words, 200)) for d in docs}
     for q in gold["questions"]:
         assert any(normalize_answer(a) in normalize_answer(text[q["document"]]) for a in q["answers"]), q
+
+
+def test_learn_then_ask_on_the_tiny_model(tiny_config, tmp_path):
+    """The whole `seal learn` pipeline on the example documents, resumable, then `seal ask`."""
+    from peft import PeftModel
+    from typer.testing import CliRunner
+
+    from seal.cli import app
+    from seal.core.models import load_model
+    from seal.core.runs import Run
+    from test_cli import overrides
+
+    runner = CliRunner()
+    args = overrides(tiny_config) + ["--set", "learn.k=2", "--set", "learn.epochs=1", "--set", "learn.rank=4",
+                                     "--set", "learn.alpha=8", "--set", "learn.max_passage_tokens=120"]
+    out = tmp_path / "learned"
+    result = runner.invoke(app, ["learn", str(EXAMPLES), "--out", str(out), "--quiet", *args])
+    assert result.exit_code == 0, result.output
+    assert {"adapter_config.json", "adapter_model.safetensors", "manifest.json", "report.md"} <= {p.name for p in out.iterdir()}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["documents"]) == 3 and all(len(d["sha256"]) == 64 for d in manifest["documents"])
+    passages = manifest["passages"]
+    assert passages and all(p["self_edit"] for p in passages)
+    for p in passages:  # held-out questions are never selection questions
+        assert not {q["question"] for q in p["selection"]} & {q["question"] for q in p["held_out"]}
+    report = (out / "report.md").read_text()
+    assert "| all documents |" in report and "velmora-harbour.md" in report
+    lm = load_model(tiny_config.model.name, "cpu")
+    PeftModel.from_pretrained(lm.model, str(out))  # a standard PEFT adapter
+
+    [run_dir] = [p for p in Path(tiny_config.runs_dir).iterdir() if p.name.startswith("learn-")]
+    n = len(Run.resume(run_dir).records())
+    again = runner.invoke(app, ["learn", str(EXAMPLES), "--out", str(out), "--quiet", *args])
+    assert again.exit_code == 2 and "exists" in again.output  # never overwritten
+    resumed = runner.invoke(app, ["learn", str(EXAMPLES), "--out", str(tmp_path / "again"), "--resume", str(run_dir), "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert len(Run.resume(run_dir).records()) == n  # nothing redone
+
+    answer = runner.invoke(app, ["ask", str(out), "Who was the first keeper of the Velmora lighthouse?", "--compare"])
+    assert answer.exit_code == 0, answer.output
+    assert "[from " in answer.output and "velmora-harbour.md" in answer.output and "base model:" in answer.output

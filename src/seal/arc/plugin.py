@@ -9,10 +9,9 @@ from seal.core.domain import DomainPlugin
 
 def token_counter(config):
     """The length of a text in the configured model's tokens."""
-    from seal.core.models import load_tokenizer
+    from seal.core.models import token_counter as counter
 
-    tok = load_tokenizer(config.model.name)
-    return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+    return counter(config.model.name)
 
 
 class ArcPlugin(DomainPlugin):

@@ -130,6 +130,12 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def token_counter(name: str):
+    """The length of a text in tokens of model `name`'s tokenizer (no special tokens)."""
+    tok = load_tokenizer(name)
+    return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+
+
 def load_model(name: str = EMBEDDED, device: str = "auto") -> LoadedModel:
     checkpoint = resolve_checkpoint(name)
     try:

@@ -75,3 +75,71 @@ def register(app: typer.Typer) -> None:
             continual(s.run, s.domain, s.held, progress, policy_run=policy)
         print(summary_markdown(s.run))
         console.print(f"[dim]written to {s.run.path / 'continual.md'}[/dim]")
+
+
+def register_learning(app: typer.Typer) -> None:
+    """`seal learn` and `seal ask`: teach a model your own documents, then ask it."""
+    from seal.knowledge.plugin import PLUGIN
+
+    @app.command("learn")
+    @guard
+    def learn_cmd(docs: Annotated[list[Path], typer.Argument(help="Files or folders: .txt, .md, .pdf, .json, .jsonl.")],
+                  out: Annotated[Path, typer.Option("--out", help="The folder to write: adapter, manifest.json, report.md (must not exist).")],
+                  policy: PolicyOpt = None, config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None,
+                  merge: Annotated[bool, typer.Option(help="Write a whole merged checkpoint instead of an adapter.")] = False,
+                  field: Annotated[str, typer.Option(help="JSON/JSONL: the field holding a record's text.")] = "text",
+                  title_field: Annotated[str, typer.Option(help="JSON/JSONL: the field holding a record's title.")] = "title",
+                  quiet: QuietOpt = False):
+        """Teach the model the documents: passages, self-written questions, the best of k self-edits each
+        (chosen on half of the questions), one update on them all, scored on the other half."""
+        from seal.core.models import load_model, token_counter
+        from seal.core.restem import policy_rounds
+        from seal.knowledge.documents import read_documents
+        from seal.knowledge.learn import LearnError, check_documents, learn, report_table, write_output
+
+        if out.exists():
+            raise LearnError(f"--out {out} exists; choose another folder (an existing one is never overwritten)")
+        documents, skipped = read_documents(docs, field, title_field)
+        overrides = None if resume else ["reward.metric=loglik", *(set or [])]  # learn's default reward: loglik
+        s = open_run(PLUGIN, "learn", config, overrides, resume, policy=policy, allow_overlap=True)
+        check_documents(s.run, documents)
+        for skip in skipped:
+            console.print(f"[yellow]skipped[/yellow] {skip.path}: {skip.reason}")
+        cfg = s.run.config
+        lm = load_model(cfg.model.name, cfg.model.device)
+        if policy is not None:
+            for _ in policy_rounds(lm, policy):  # the last finished round's policy writes the self-edits
+                pass
+        with progress_for(s.run, quiet) as progress:
+            items, kept = learn(s.run, lm, s.domain, documents, skipped, token_counter(cfg.model.name), progress)
+        table = report_table(s.run, items)
+        print(table.write(s.run.path, "learned"))
+        path = write_output(s.run, lm, out, items, kept, str(policy) if policy else None, merge)
+        console.print(f"learned {len(items)} passages of {len(documents)} documents; written to {path} "
+                      f"(ask it: seal ask {path} \"your question\")")
+
+    @app.command("ask")
+    @guard
+    def ask_cmd(folder: Annotated[Path, typer.Argument(help="A `seal learn` output folder.")],
+                question: Annotated[Optional[str], typer.Argument(help="The question (or --interactive).")] = None,
+                compare: Annotated[bool, typer.Option(help="Also show the base model's answer.")] = False,
+                interactive: Annotated[bool, typer.Option(help="Ask one question after another (an empty line ends).")] = False):
+        """Answer closed-book with the learned weights."""
+        from seal.knowledge.learn import Asker
+
+        if question is None and not interactive:
+            raise ConfigError("give a question, or --interactive")
+        asker = Asker(folder)
+
+        def one(q: str) -> None:
+            src = asker.source(q)
+            print(f"{asker.answer(q)}    [from {src['document']}]")
+            if compare:
+                print(f"  base model: {asker.answer(q, base=True)}")
+        if question is not None:
+            one(question)
+        while interactive:
+            q = input("? ").strip()
+            if not q:
+                break
+            one(q)

@@ -109,6 +109,25 @@ class CptConfig(LoraTrainConfig):
     answer_chunk: int = Field(8, ge=1, description="passages whose questions are answered (and recorded) together")
 
 
+class QuestionsConfig(Section):
+    """Questions a passage writes for itself (`seal learn`): what selects self-edits and scores the result."""
+
+    writer: Literal["cloze", "model"] = Field("cloze", description="cloze: sentences of the passage with a date, number or name blanked out (no model); model: the model writes questions with answers copied from the passage (teacher.model or teacher.base_url when set, else the policy itself)")
+    per_passage: int = Field(8, ge=1, le=100, description="questions per passage at most (model: asked for)")
+    selection_share: float = Field(0.5, gt=0, lt=1, description="share of a passage's questions that select its self-edit; the rest are held out and only score the result")
+
+
+class LearnConfig(LoraTrainConfig):
+    """`seal learn`: passages from documents, the best of k self-edits each, one update on them all."""
+
+    max_passage_tokens: int = Field(200, ge=16, le=4096, description="a passage is at most this many tokens of consecutive paragraphs of one section")
+    k: int = Field(3, ge=1, le=64, description="self-edits sampled per passage; the one whose update best answers the passage's selection questions is kept")
+    rank: int = Field(32, ge=1, le=1024, description="LoRA rank r of the learned update")
+    alpha: float = Field(64, gt=0, description="LoRA alpha of the learned update")
+    epochs: int = Field(3, ge=1, le=1000, description="passes over the pooled sequences of every passage")
+    batch_size: int = Field(8, ge=1, le=4096, description="sequences per optimiser step")
+
+
 REMEDIES = ("none", "replay", "kl", "orthogonal", "route")
 
 
@@ -144,6 +163,8 @@ class KnowledgeConfig(RunConfig):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     cpt: CptConfig = Field(default_factory=CptConfig)
     continual: ContinualConfig = Field(default_factory=ContinualConfig)
+    questions: QuestionsConfig = Field(default_factory=QuestionsConfig)
+    learn: LearnConfig = Field(default_factory=LearnConfig)
 
     @model_validator(mode="after")
     def _judge_has_an_endpoint(self) -> KnowledgeConfig:

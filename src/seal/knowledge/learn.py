@@ -1,0 +1,352 @@
+"""`seal learn`: teach a model a set of documents, with questions the passages write for themselves.
+
+1. The documents are read and split into passages (documents.py); skipped files are recorded.
+2. Each passage writes its questions (questions.py), split into selection and held-out questions.
+3. The model's closed-book score on the held-out questions is taken before anything is learned, and
+   the open-book ceiling (each question asked with its passage).
+4. The policy (the base model, or a SEAL run's policy with `--policy`) samples `learn.k` self-edits per
+   passage; each is evaluated in the inner loop on the passage's *selection* questions, and the best
+   is kept (a passage without selection questions keeps its first self-edit).
+5. One update (LoRA, `learn` section) is trained on the pooled training sequences of every passage
+   and its kept self-edit, and the held-out questions are asked again with it.
+6. The output folder gets the adapter in PEFT's format (`PeftModel.from_pretrained(model, DIR)`), or
+   with `merge` a whole checkpoint, a manifest (documents with content hashes, passages, questions,
+   settings, policy) and report.md; it is written beside its place and renamed, so it exists only
+   when complete.
+
+Every step is a record of the run directory, so `--resume` redoes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from seal.core.config import dump_config
+from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
+from seal.core.models import LoadedModel, load_model
+from seal.core.progress import Progress
+from seal.core.restem import EvalJob, derive_seed, evaluate_jobs, mean_reward, record_samples, self_edit_writer
+from seal.core.runs import Run
+from seal.core.tables import Column, Table
+from seal.core.token_store import TokenStore
+from seal.core.training import epoch_batches, temporary_update
+from seal.knowledge.data import DataError, Passage, Question
+from seal.knowledge.documents import Document, Skipped, split_passages
+from seal.knowledge.domain import KnowledgeDomain, mean
+from seal.knowledge.questions import Written, cloze_questions, model_questions, split_questions
+from seal.knowledge.self_edit import training_set
+
+MANIFEST = "manifest.json"
+
+
+class LearnError(DataError):
+    """An output folder that cannot be written, or documents that changed under a resumed run."""
+
+
+@dataclass
+class Item:
+    """One passage of one document, with its selection and held-out questions."""
+
+    document: str
+    selection: Passage
+    held: Passage
+
+    @property
+    def id(self) -> str:
+        return self.selection.id
+
+
+def passages_of(documents: list[Document], count: Callable[[str], int], max_tokens: int) -> list[tuple[str, Passage]]:
+    """(document path, passage) for every passage, in document order; a passage met twice is kept once."""
+    out, seen = [], set()
+    for doc in documents:
+        for p in split_passages(doc, count, max_tokens):
+            if p.id not in seen:
+                seen.add(p.id)
+                out.append((doc.path, p))
+    return out
+
+
+def question_writer(config, lm: LoadedModel) -> Callable[[list[Passage]], list[Written]]:
+    """The configured writer, as passages -> their written questions."""
+    q = config.questions
+    if q.writer == "cloze":
+        return lambda passages: [_at_most(cloze_questions(p), q.per_passage) for p in passages]
+    t = config.teacher
+    if t.base_url:
+        from seal.core.endpoint import ChatEndpoint
+
+        endpoint = ChatEndpoint(t.base_url, t.api_model, t.api_key_env, t.retries)
+        complete = lambda prompts: [endpoint.complete(p, temperature=0.0, max_tokens=512) for p in prompts]
+    else:
+        writer = load_model(t.model, config.model.device) if t.model else lm
+
+        def complete(prompts):
+            chat = use_chat(writer, config.model.chat_template)
+            gens = generate(writer, [format_prompt(writer, p, chat) for p in prompts], max_new_tokens=384,
+                            batch_size=config.self_edit.batch_size,
+                            precision=resolve_precision(config.model.precision, writer.device))
+            return [g.text for g in gens]
+    return lambda passages: [_at_most(w, q.per_passage) for w in model_questions(passages, complete, q.per_passage)]
+
+
+def _at_most(written: Written, n: int) -> Written:
+    return Written(written.questions[:n], written.dropped)
+
+
+def prepare(run: Run, lm: LoadedModel, documents: list[Document], skipped: list[Skipped], count: Callable[[str], int],
+            progress: Progress) -> list[Item]:
+    """Passages and their questions, recorded once (a resumed run reads them back)."""
+    config = run.config
+    pairs = passages_of(documents, count, config.learn.max_passage_tokens)
+    run.cached("learn", "learn/documents", lambda: dict(
+        documents=[dict(path=d.path, title=d.title, sha256=d.sha256,
+                        passages=[p.id for path, p in pairs if path == d.path]) for d in documents],
+        skipped=[dict(path=s.path, reason=s.reason) for s in skipped]))
+    todo = [(path, p) for path, p in pairs if run.get(f"learn/questions/{p.id}") is None]
+    progress.start("questions", f"writing questions ({config.questions.writer})", len(pairs))
+    progress.advance("questions", len(pairs) - len(todo))
+    write = question_writer(config, lm)
+    size = max(1, config.self_edit.batch_size)
+    for begin in range(0, len(todo), size):
+        chunk = todo[begin:begin + size]
+        for (path, p), written in zip(chunk, write([p for _, p in chunk])):
+            selection, held = split_questions(written.questions, config.questions.selection_share, config.seed, p.id)
+            run.append("questions", f"learn/questions/{p.id}", context_id=p.id, document=path, title=p.title,
+                       context=p.context, selection=_dump(selection), held_out=_dump(held), dropped=dict(written.dropped))
+        progress.advance("questions", len(chunk))
+    items = []
+    for path, p in pairs:
+        r = run.get(f"learn/questions/{p.id}")
+        items.append(Item(path, Passage(p.title, p.context, _load(r["selection"])), Passage(p.title, p.context, _load(r["held_out"]))))
+    return items
+
+
+def _dump(questions: list[Question]) -> list[dict]:
+    return [dict(question=q.question, answers=list(q.answers)) for q in questions]
+
+
+def _load(rows: list[dict]) -> tuple[Question, ...]:
+    return tuple(Question(r["question"], tuple(r["answers"])) for r in rows)
+
+
+def score_held_out(run: Run, lm: LoadedModel, domain: KnowledgeDomain, items: list[Item], name: str,
+                   progress: Progress, open_book: bool = False) -> None:
+    """Closed-book (or open-book) scores on the held-out questions, recorded under learn/{name}/{id}."""
+    scored = [i for i in items if i.held.questions]
+    todo = [i for i in scored if run.get(f"learn/{name}/{i.id}") is None]
+    progress.start(name, f"held-out questions: {name}", len(scored))
+    progress.advance(name, len(scored) - len(todo))
+    chunk = max(1, run.config.cpt.answer_chunk)
+    for begin in range(0, len(todo), chunk):
+        part = todo[begin:begin + chunk]
+        for item, result in zip(part, domain.score_many(lm, [i.held for i in part], open_book=open_book)):
+            run.append("held_out", f"learn/{name}/{item.id}", context_id=item.id, document=item.document, **result)
+        progress.advance(name, len(part))
+
+
+def select_self_edits(run: Run, lm: LoadedModel, domain: KnowledgeDomain, items: list[Item],
+                      progress: Progress) -> dict[str, str]:
+    """The kept self-edit of every passage: the best of k on its selection questions."""
+    config = run.config
+    k = config.learn.k
+    record_samples(run, [(f"learn/samples/{i.id}", i.selection, dict(context_id=i.id)) for i in items],
+                   self_edit_writer(lm, domain, k, config), max(1, config.self_edit.batch_size // k), ("learn",), progress)
+    jobs = []
+    for item in items:
+        if not item.selection.questions:
+            continue
+        pre = run.cached("pre_update", f"learn/pre/{item.id}", lambda: dict(context_id=item.id, **domain.pre_update(lm, item.selection)))
+        for s, text in enumerate(run.get(f"learn/samples/{item.id}")["self_edits"]):
+            jobs.append(EvalJob(f"learn/eval/{item.id}/{s}", item.selection, text, pre, ("learn", item.id, s),
+                                dict(context_id=item.id, sample=s), common_parts=("learn", item.id)))
+    progress.start("evals", "choosing self-edits (selection questions)", len(jobs) * config.inner_loop.eval_times)
+    results = evaluate_jobs(run, lm, domain, jobs, progress)
+    kept = {}
+    for item in items:
+        texts = run.get(f"learn/samples/{item.id}")["self_edits"]
+        rewards = [mean_reward(results.get(f"learn/eval/{item.id}/{s}")) for s in range(len(texts))]
+        best = max(range(len(texts)), key=lambda s: (rewards[s] if rewards[s] is not None else -1.0, -s))
+        kept[item.id] = texts[best]
+    return kept
+
+
+def learn(run: Run, lm: LoadedModel, domain: KnowledgeDomain, documents: list[Document], skipped: list[Skipped],
+          count: Callable[[str], int], progress: Progress) -> tuple[list[Item], dict[str, str]]:
+    """Every step but writing the output folder; `lm` is restored at the end."""
+    items = prepare(run, lm, documents, skipped, count, progress)
+    score_held_out(run, lm, domain, items, "before", progress)
+    score_held_out(run, lm, domain, items, "open-book", progress, open_book=True)
+    kept = select_self_edits(run, lm, domain, items, progress)
+    config, cfg = run.config, run.config.learn
+    store = TokenStore.write(run.path / "learn" / "sequences", lm.tokenizer, _sequences(config, items, kept), cfg.max_seq_len)
+    seed = derive_seed(config.seed, "learn")
+    progress.start("update", f"the update ({len(store)} sequences, {store.n_tokens} tokens)",
+                   len(epoch_batches(len(store), cfg, seed)))
+    with temporary_update(lm, store, cfg, full=False, seed=seed, precision=resolve_precision(config.model.precision, lm.device),
+                          adapter_dir=run.path / "adapter", on_step=lambda s, total: progress.advance("update")) as stats:
+        if stats is not None:
+            run.append("learn_train", "learn/update", sequences=len(store), tokens=store.n_tokens, train=stats.as_dict())
+        score_held_out(run, lm, domain, items, "after", progress)
+    return items, kept
+
+
+def _sequences(config, items: list[Item], kept: dict[str, str]):
+    cfg = config.inner_loop
+    for item in items:
+        data = training_set(item.selection, kept.get(item.id), split_lines=cfg.split_lines,
+                            include_passage=cfg.include_passage, max_lines=cfg.max_lines)
+        if data.problem:  # an unusable self-edit: the passage alone
+            data = training_set(item.selection, None, include_passage=True)
+        yield from data.sequences
+
+
+# --- the report and the output folder --------------------------------------------------------------------
+COLUMNS = [Column("document", kind="text"), Column("passages", kind="int"), Column("questions", "held-out questions", kind="int"),
+           Column("before"), Column("after"), Column("open book"), Column("gap closed", digits=2),
+           Column("EM before", digits=2), Column("EM after", digits=2)]
+
+
+def report_table(run: Run, items: list[Item]) -> Table:
+    """Per document and in all: the held-out questions' reward before and after, and the open-book ceiling."""
+    by_doc: dict[str, list[Item]] = {}
+    for item in items:
+        by_doc.setdefault(item.document, []).append(item)
+    rows = [_row(run, name, group) for name, group in by_doc.items()] + [_row(run, "all documents", items)]
+    metric = run.config.reward.metric
+    return Table(COLUMNS, rows, "after", f"held-out self-generated questions, {metric}")
+
+
+def _row(run: Run, name: str, items: list[Item]) -> dict:
+    def rewards(kind):
+        return [r["reward"] for i in items if (r := run.get(f"learn/{kind}/{i.id}")) is not None]
+
+    def em(kind):
+        return mean(x for i in items if (r := run.get(f"learn/{kind}/{i.id}")) is not None for x in r["grades"]["em"])
+    before, after, ceiling = (mean(rewards(k)) for k in ("before", "after", "open-book"))
+    gap = None if None in (before, after, ceiling) or ceiling == before else (after - before) / (ceiling - before)
+    return {"document": name, "passages": len(items), "questions": sum(len(i.held.questions) for i in items),
+            "before": before, "after": after, "open book": ceiling, "gap closed": gap,
+            "EM before": em("before"), "EM after": em("after")}
+
+
+def manifest(run: Run, items: list[Item], kept: dict[str, str], policy: str | None) -> dict:
+    docs = run.get("learn/documents")
+    unscored = sum(not i.held.questions for i in items)
+    return dict(model=run.config.model.name, policy=policy, run=str(run.path), documents=docs["documents"],
+                skipped=docs["skipped"], passages_not_scored=unscored,
+                passages=[dict(id=i.id, document=i.document, title=i.selection.title, context=i.selection.context,
+                               selection=_dump(list(i.selection.questions)), held_out=_dump(list(i.held.questions)),
+                               self_edit=kept.get(i.id)) for i in items],
+                settings=json.loads(json.dumps(run.config.model_dump(mode="json"))))
+
+
+def write_output(run: Run, lm: LoadedModel, out: Path, items: list[Item], kept: dict[str, str], policy: str | None,
+                 merge: bool) -> Path:
+    """Write the output folder beside its place, then rename it into place."""
+    if out.exists():
+        raise LearnError(f"{out} exists; choose another --out (an existing folder is never overwritten)")
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    if merge:
+        from peft import PeftModel
+
+        merged = PeftModel.from_pretrained(lm.model, str(run.path / "adapter")).merge_and_unload()
+        merged.save_pretrained(tmp)
+        lm.tokenizer.save_pretrained(tmp)
+    else:
+        for f in (run.path / "adapter").iterdir():
+            shutil.copy2(f, tmp / f.name)
+    table = report_table(run, items)
+    (tmp / MANIFEST).write_text(json.dumps(manifest(run, items, kept, policy), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (tmp / "config.yaml").write_text(dump_config(run.config), encoding="utf-8")
+    (tmp / "report.md").write_text(report_markdown(run, table), encoding="utf-8")
+    tmp.rename(out)
+    return out
+
+
+def report_markdown(run: Run, table: Table) -> str:
+    docs = run.get("learn/documents")
+    lines = ["# What was learned", "", f"Run: `{run.path}`; model: `{run.config.model.name}`.", "",
+             f"Closed-book {table.score_label} on each passage's held-out questions (never used to choose or "
+             "train), before and after the update, and the open-book ceiling (each question asked with its passage).",
+             "", table.markdown(), ""]
+    if docs["skipped"]:
+        lines += ["Skipped files:", ""] + [f"- `{s['path']}`: {s['reason']}" for s in docs["skipped"]] + [""]
+    return "\n".join(lines)
+
+
+def check_documents(run: Run, documents: list[Document]) -> None:
+    """A resumed run must read the documents it started with."""
+    recorded = run.get("learn/documents")
+    if recorded is None:
+        return
+    before = {(d["path"], d["sha256"]) for d in recorded["documents"]}
+    now = {(d.path, d.sha256) for d in documents}
+    if before != now:
+        changed = sorted({p for p, _ in before ^ now})
+        raise LearnError(f"the documents changed since this run started ({', '.join(changed[:3])}); start a new run")
+
+
+# --- asking ---------------------------------------------------------------------------------------------
+class Asker:
+    """Answers closed-book from a `seal learn` output folder: its adapter on the base model (or its
+    merged checkpoint). A question's topic line is the title of the passage that retrieval ranks first,
+    and the answer says which document that passage came from."""
+
+    def __init__(self, folder: Path, device: str = "auto"):
+        from seal.knowledge.config import KnowledgeConfig
+        from seal.knowledge.retrieval import TfIdf
+
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise LearnError(f"{folder}: not a `seal learn` output folder (no {MANIFEST})")
+        self.manifest = json.loads(path.read_text(encoding="utf-8"))
+        self.config = KnowledgeConfig.model_validate(self.manifest["settings"])
+        self.passages = self.manifest["passages"]
+        self.index = TfIdf([f"{p['title']} {p['context']}" for p in self.passages])
+        if (folder / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            self.lm = load_model(self.manifest["model"], device)
+            self.lm.model = PeftModel.from_pretrained(self.lm.model, str(folder))
+            self.merged = None
+        else:
+            self.lm = load_model(str(folder), device)
+            self.merged = self.manifest["model"]
+        self.lm.model.eval()
+
+    def source(self, question: str) -> dict:
+        return self.passages[self.index.best(question)]
+
+    def answer(self, question: str, base: bool = False) -> str:
+        """The learned model's answer (with `base`, the model before it learned anything)."""
+        from contextlib import nullcontext
+
+        from seal.knowledge.prompts import answer_prompt
+
+        cfg = self.config.answer
+        prompt = format_prompt(self.lm, answer_prompt(cfg.prompt_style, self.source(question)["title"], question),
+                               chat=cfg.prompt_style == "chat")
+        if base and self.merged is not None:
+            lm = self._base()
+            context = nullcontext()
+        else:
+            lm = self.lm
+            context = self.lm.model.disable_adapter() if base else nullcontext()
+        with context:
+            [gen] = generate(lm, [prompt], max_new_tokens=cfg.max_new_tokens,
+                             stop_at_newline=cfg.prompt_style == "completion",
+                             precision=resolve_precision(self.config.model.precision, lm.device))
+        return gen.text.strip()
+
+    def _base(self) -> LoadedModel:
+        if not hasattr(self, "_base_lm"):
+            self._base_lm = load_model(self.merged, str(self.lm.device))
+        return self._base_lm
