@@ -64,3 +64,35 @@ def test_arc_icl_on_the_embedded_model_writes_grids(smol):
     test = result["tests"][0]
     assert test["views"] == 4 and test["well_formed"] >= 2 and test["attempts"]
     assert result["reward"] in (0.0, 1.0)
+
+
+def test_learning_the_example_documents_raises_the_gold_score(smol, tmp_path):
+    """`seal learn` on the invented example documents (questions written by the passages themselves),
+    then the gold questions the tool never read: their answers became more likely, closed-book."""
+    import json
+    from pathlib import Path
+
+    from peft import PeftModel
+    from typer.testing import CliRunner
+
+    from seal.cli import app
+    from seal.knowledge.data import Passage, Question
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    out = tmp_path / "learned"
+    result = CliRunner().invoke(app, ["learn", str(examples / "documents"), "--out", str(out), "--quiet",
+                                      "--set", f"runs_dir={tmp_path / 'runs'}", "--set", "learn.k=2",
+                                      "--set", "self_edit.max_new_tokens=96", "--set", "model.precision=fp32"])
+    assert result.exit_code == 0, result.output
+    gold = json.loads((examples / "documents-gold.json").read_text())["questions"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    title = {Path(d["path"]).name: d["title"] for d in manifest["documents"]}
+    passages = [Passage(title[q["document"]], "-", (Question(q["question"], tuple(q["answers"])),)) for q in gold]
+    domain = KnowledgeDomain(load_config(None, ["reward.metric=loglik", "model.precision=fp32"]))
+    before = [r["reward"] for r in domain.score_many(smol, passages)]
+    smol.model = PeftModel.from_pretrained(smol.model, str(out))
+    try:
+        after = [r["reward"] for r in domain.score_many(smol, passages)]
+    finally:
+        smol.model = smol.model.unload()
+    assert sum(after) / len(after) > sum(before) / len(before)
