@@ -179,3 +179,27 @@ def test_learn_then_ask_on_the_tiny_model(tiny_config, tmp_path):
     answer = runner.invoke(app, ["ask", str(out), "Who was the first keeper of the Velmora lighthouse?", "--compare"])
     assert answer.exit_code == 0, answer.output
     assert "[from " in answer.output and "velmora-harbour.md" in answer.output and "base model:" in answer.output
+
+
+def test_self_written_questions_reward_restem(tiny_config):
+    """reward.questions self: training passages are rewarded on the selection half of cloze questions
+    they wrote themselves, recorded once; the held-out table still asks the gold questions."""
+    from typer.testing import CliRunner
+
+    from seal.cli import app
+    from seal.core.runs import Run
+    from test_cli import overrides
+
+    result = CliRunner().invoke(app, ["knowledge", "restem", "--quiet", *overrides(tiny_config),
+                                      "--set", "reward.questions=self", "--set", "restem.evaluate_policy=false"])
+    assert result.exit_code == 0, result.output
+    [run_dir] = list(Path(tiny_config.runs_dir).iterdir())
+    run = Run.resume(run_dir)
+    written = {r["context_id"]: r for r in run.records("questions")}
+    assert len(written) == tiny_config.data.train_passages
+    own = [r for r in run.records("pre_update") if r["key"].startswith("round1/") and not written[r["context_id"]]["gold_kept"]]
+    assert own
+    for r in own:  # the passage's own selection questions were asked (answer.max_questions=2 at most)
+        assert len(r["answers"]) == min(2, len(written[r["context_id"]]["selection"]))
+    held = [r for r in run.records() if r["key"].startswith("eval/pre/")]
+    assert held and all(r["context_id"] not in written for r in held)

@@ -53,7 +53,7 @@ def restem(run: Run, lm: LoadedModel | None = None, progress: Progress | None = 
     train, _ = p.contexts(run.config)
     lm = lm or load_model(run.config.model.name, run.config.model.device)
     with _progress(run, progress) as bars:
-        run_restem(run, lm, p.domain(run.config), train, bars)
+        run_restem(run, lm, p.domain(run.config), p.training_contexts(run, lm, train, bars), bars)
     return lm
 
 

@@ -297,7 +297,8 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
         start = time.perf_counter()
         lm = load_model(cfg.model.name, cfg.model.device)
         with progress_for(s.run, quiet) as progress:
-            run_restem(s.run, lm, s.domain, s.train, progress)
+            train = p.training_contexts(s.run, lm, s.train, progress)
+            run_restem(s.run, lm, s.domain, train, progress)
             console.print(f"{cfg.restem.algorithm}: {cfg.restem.rounds} round(s) on {len(s.train)} {word} done "
                           f"in {time.perf_counter() - start:.0f} s")
             print_curve(s.run, s.domain, s.train)

@@ -124,6 +124,11 @@ class DomainPlugin(ABC):
     def check(self, config, command: str, held: list) -> None:
         """Anything else a command needs of the configuration, checked before its run directory exists."""
 
+    def training_contexts(self, run: Run, lm: LoadedModel, contexts: list, progress: Progress) -> list:
+        """The training contexts as ReST-EM rewards them (e.g. with questions of their own instead of
+        the data's); by default as loaded."""
+        return contexts
+
     def show(self, run: Run) -> str | None:
         """Markdown for a run that has no comparison table (e.g. a continual run), else None."""
         return None

@@ -50,6 +50,7 @@ class AnswerConfig(Section):
 class RewardConfig(RewardBase):
     metric: Literal["em", "f1", "contains", "loglik", "judge"] = Field("f1", description="the score of the updated model that is the self-edit's reward, averaged over the passage's questions; em, f1, contains: SQuAD-normalised, max over gold answers; loglik: the geometric-mean per-token probability of a gold answer (exp of its mean token log-probability after the question), max over gold answers; judge: the judge's yes/no")
     baseline: Literal["none", "pre_update", "passage"] = Field("passage", description="what a self-edit is compared with: passage = the model trained on the passage alone, with the same seed in each repeat (one more inner-loop training per passage and repeat, cached); pre_update = the model before any update; none")
+    questions: Literal["gold", "self"] = Field("gold", description="the questions a training passage's self-edits are rewarded on in ReST-EM: gold = the data's; self = the selection half of questions the passage writes itself (the `questions` section), recorded once per passage; held-out tables always use the gold questions")
 
 
 class JudgeConfig(Section):

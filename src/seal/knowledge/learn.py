@@ -126,6 +126,31 @@ def prepare(run: Run, lm: LoadedModel, documents: list[Document], skipped: list[
     return items
 
 
+def self_questioned(run: Run, lm: LoadedModel, passages: list[Passage], progress: Progress) -> list[Passage]:
+    """The passages with the selection half of questions they wrote themselves in place of their gold
+    ones (reward.questions: self), written once per passage and recorded under questions/{id}; a
+    passage that got no selection question keeps its gold ones (and is counted in the record)."""
+    config = run.config
+    todo = [p for p in passages if run.get(f"questions/{p.id}") is None]
+    progress.start("questions", f"writing questions ({config.questions.writer})", len(passages))
+    progress.advance("questions", len(passages) - len(todo))
+    write = question_writer(config, lm)
+    size = max(1, config.self_edit.batch_size)
+    for begin in range(0, len(todo), size):
+        chunk = todo[begin:begin + size]
+        bare = [Passage(p.title, p.context) for p in chunk]
+        for p, written in zip(chunk, write(bare)):
+            selection, held = split_questions(written.questions, config.questions.selection_share, config.seed, p.id)
+            run.append("questions", f"questions/{p.id}", context_id=p.id, selection=_dump(selection),
+                       held_out=_dump(held), dropped=dict(written.dropped), gold_kept=not selection)
+        progress.advance("questions", len(chunk))
+    out = []
+    for p in passages:
+        selection = _load(run.get(f"questions/{p.id}")["selection"])
+        out.append(Passage(p.title, p.context, selection or p.questions))
+    return out
+
+
 def _dump(questions: list[Question]) -> list[dict]:
     return [dict(question=q.question, answers=list(q.answers)) for q in questions]
 

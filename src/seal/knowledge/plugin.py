@@ -37,6 +37,13 @@ class KnowledgePlugin(DomainPlugin):
         judge = Judge(ChatEndpoint(j.base_url, j.model, j.api_key_env, j.retries, j.timeout_s)) if j.base_url else None
         return KnowledgeDomain(config, judge)
 
+    def training_contexts(self, run, lm, contexts, progress):
+        if run.config.reward.questions == "gold":
+            return contexts
+        from seal.knowledge.learn import self_questioned
+
+        return self_questioned(run, lm, contexts, progress)
+
     def evaluate(self, run, domain, held, progress, policy_runs=(), lm=None):
         from seal.knowledge.evaluate import evaluate
 
