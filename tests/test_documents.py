@@ -203,3 +203,49 @@ def test_self_written_questions_reward_restem(tiny_config):
         assert len(r["answers"]) == min(2, len(written[r["context_id"]]["selection"]))
     held = [r for r in run.records() if r["key"].startswith("eval/pre/")]
     assert held and all(r["context_id"] not in written for r in held)
+
+
+@pytest.mark.parametrize("mode", ["pooled", "per-document"])
+def test_learning_more_later_skips_known_documents_and_keeps_the_earlier_ones(tiny_config, tmp_path, mode):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from seal.cli import app
+    from test_cli import overrides
+
+    runner = CliRunner()
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    shutil.copy(EXAMPLES / "velmora-harbour.md", first)
+    shutil.copy(EXAMPLES / "velmora-harbour.md", second)  # known: skipped by its content hash
+    shutil.copy(EXAMPLES / "brassfield-observatory.md", second)
+    args = overrides(tiny_config) + ["--set", "learn.k=1", "--set", "learn.epochs=1", "--set", "learn.rank=4",
+                                     "--set", "learn.alpha=8", "--set", f"learn.mode={mode}"]
+    out = tmp_path / "learned"
+    assert runner.invoke(app, ["learn", str(first), "--out", str(out), "--quiet", *args]).exit_code == 0
+    before = json.loads((out / "manifest.json").read_text())
+    if mode == "per-document":
+        kept_adapter = (out / before["documents"][0]["adapter"] / "adapter_model.safetensors").read_bytes()
+    more = runner.invoke(app, ["learn", str(second), "--out", str(out), "--add", "--quiet",
+                               "--set", f"runs_dir={tiny_config.runs_dir}"])
+    assert more.exit_code == 0, more.output
+    assert "already learned" in more.output
+    after = json.loads((out / "manifest.json").read_text())
+    assert [Path(d["path"]).name for d in after["documents"]] == ["velmora-harbour.md", "brassfield-observatory.md"]
+    assert len(after["runs"]) == 2 and after["mode"] == mode
+    old = [p for p in after["passages"] if p["document"].endswith("velmora-harbour.md")]
+    assert old and all(p["scores"]["when_learned"] is not None for p in old if p["held_out"])
+    report = (out / "report.md").read_text()
+    assert "after, when learned" in report and "brassfield-observatory.md" in report
+    if mode == "per-document":  # nothing learned before is touched
+        assert (out / before["documents"][0]["adapter"] / "adapter_model.safetensors").read_bytes() == kept_adapter
+        assert (out / after["documents"][1]["adapter"] / "adapter_config.json").is_file()
+    else:
+        assert (out / "adapter_config.json").is_file()
+    asked = runner.invoke(app, ["ask", str(out), "Who founded Brassfield Observatory?"])
+    assert asked.exit_code == 0 and "brassfield-observatory.md" in asked.output
+    again = runner.invoke(app, ["learn", str(second), "--out", str(out), "--add", "--quiet",
+                                "--set", f"runs_dir={tiny_config.runs_dir}"])
+    assert again.exit_code == 0 and "nothing new to learn" in again.output

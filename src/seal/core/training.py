@@ -277,11 +277,12 @@ def save_adapter(peft: PeftModel, folder: Path, name: str = "default") -> None:
 
 @contextmanager
 def temporary_update(lm: LoadedModel, examples: Sequence[Example], cfg: LoraTrainConfig, *, full: bool, seed: int,
-                     precision: str, adapter_dir=None, on_step=None):
+                     precision: str, adapter_dir=None, on_step=None, start_from=None):
     """Yield the training stats (None when a saved adapter was loaded) while `lm.model` carries one update
     on `examples`: a LoRA adapter, or every weight (`full`); the model is restored afterwards. A LoRA
     update is saved to `adapter_dir` once trained and loaded from there on a later call (--resume); a
-    full update is not saved (a whole model per condition) and is trained again, with the same seed."""
+    full update is not saved (a whole model per condition) and is trained again, with the same seed.
+    `start_from`: a saved LoRA adapter that goes on training instead of a fresh one."""
     if full:
         snapshot = {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
         torch.manual_seed(seed)
@@ -304,6 +305,21 @@ def temporary_update(lm: LoadedModel, examples: Sequence[Example], cfg: LoraTrai
             yield None
         finally:
             wrapped.unload()
+            lm.model.eval()
+        return
+    if start_from is not None:  # go on training an adapter saved before (learning more later)
+        torch.manual_seed(seed)
+        wrapped = PeftModel.from_pretrained(lm.model, str(start_from), is_trainable=True)
+        try:
+            stats = train(wrapped, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=lm.device,
+                          precision=precision, on_step=on_step)
+            if saved is not None:
+                save_adapter(wrapped, saved)
+            yield stats
+        finally:
+            lm.model = wrapped.unload()
+            for p in lm.model.parameters():
+                p.requires_grad_(False)
             lm.model.eval()
         return
     with fresh_adapter(lm, cfg, seed) as wrapped:

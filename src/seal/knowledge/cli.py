@@ -87,6 +87,7 @@ def register_learning(app: typer.Typer) -> None:
                   out: Annotated[Path, typer.Option("--out", help="The folder to write: adapter, manifest.json, report.md (must not exist).")],
                   policy: PolicyOpt = None, config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None,
                   merge: Annotated[bool, typer.Option(help="Write a whole merged checkpoint instead of an adapter.")] = False,
+                  add: Annotated[bool, typer.Option("--add", help="--out is a folder learned before: learn the new documents into it (those with a known content hash are skipped), with its settings.")] = False,
                   field: Annotated[str, typer.Option(help="JSON/JSONL: the field holding a record's text.")] = "text",
                   title_field: Annotated[str, typer.Option(help="JSON/JSONL: the field holding a record's title.")] = "title",
                   quiet: QuietOpt = False):
@@ -95,13 +96,32 @@ def register_learning(app: typer.Typer) -> None:
         from seal.core.models import load_model, token_counter
         from seal.core.restem import policy_rounds
         from seal.knowledge.documents import read_documents
-        from seal.knowledge.learn import LearnError, check_documents, learn, report_table, write_output
+        from seal.knowledge.learn import Earlier, LearnError, check_documents, learn, report_table, write_output
 
-        if out.exists():
-            raise LearnError(f"--out {out} exists; choose another folder (an existing one is never overwritten)")
+        earlier = Earlier.read(out) if add else None
+        if out.exists() and earlier is None:
+            raise LearnError(f"--out {out} exists; choose another folder, or learn more into it with --add")
         documents, skipped = read_documents(docs, field, title_field)
-        overrides = None if resume else ["reward.metric=loglik", *(set or [])]  # learn's default reward: loglik
+        if earlier is not None:
+            known = [d for d in documents if d.sha256 in earlier.known()]
+            for d in known:
+                console.print(f"[dim]already learned: {d.path}[/dim]")
+            documents = [d for d in documents if d.sha256 not in earlier.known()]
+            if not documents:
+                console.print(f"nothing new to learn: every document is already in {out}")
+                return
+            if config is None and resume is None:
+                config = out / "config.yaml"  # learning more keeps the folder's settings
+        overrides = None if resume else ([] if earlier else ["reward.metric=loglik"]) + list(set or [])  # learn's default reward: loglik
         s = open_run(PLUGIN, "learn", config, overrides, resume, policy=policy, allow_overlap=True)
+        if earlier is not None:
+            before = earlier.manifest["settings"]
+            for field_name, now, then in (("model.name", s.run.config.model.name, before["model"]["name"]),
+                                          ("learn.mode", s.run.config.learn.mode, before["learn"]["mode"])):
+                if now != then:
+                    raise LearnError(f"--add {out}: it was learned with {field_name}={then!r}, this run has {now!r}")
+        if merge and (s.run.config.learn.mode == "per-document" or earlier is not None):
+            raise LearnError("--merge writes one checkpoint: it needs learn.mode pooled and a new folder (no --add)")
         check_documents(s.run, documents)
         for skip in skipped:
             console.print(f"[yellow]skipped[/yellow] {skip.path}: {skip.reason}")
@@ -111,10 +131,10 @@ def register_learning(app: typer.Typer) -> None:
             for _ in policy_rounds(lm, policy):  # the last finished round's policy writes the self-edits
                 pass
         with progress_for(s.run, quiet) as progress:
-            items, kept = learn(s.run, lm, s.domain, documents, skipped, token_counter(cfg.model.name), progress)
-        table = report_table(s.run, items)
+            items, kept = learn(s.run, lm, s.domain, documents, skipped, token_counter(cfg.model.name), progress, earlier)
+        table = report_table(s.run, items, earlier)
         print(table.write(s.run.path, "learned"))
-        path = write_output(s.run, lm, out, items, kept, str(policy) if policy else None, merge)
+        path = write_output(s.run, lm, out, items, kept, str(policy) if policy else None, merge, earlier)
         console.print(f"learned {len(items)} passages of {len(documents)} documents; written to {path} "
                       f"(ask it: seal ask {path} \"your question\")")
 

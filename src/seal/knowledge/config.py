@@ -122,6 +122,8 @@ class LearnConfig(LoraTrainConfig):
     """`seal learn`: passages from documents, the best of k self-edits each, one update on them all."""
 
     max_passage_tokens: int = Field(200, ge=16, le=4096, description="a passage is at most this many tokens of consecutive paragraphs of one section")
+    mode: Literal["pooled", "per-document"] = Field("pooled", description="pooled: one adapter for every document (learning more later goes on training it, with replay); per-document: one adapter per document, and `seal ask` routes a question to the adapter of the passage retrieval ranks first (nothing learned before is touched by learning more)")
+    replay: float = Field(1.0, ge=0, le=100, description="pooled, learning more later (--add): earlier training sequences replayed per new one, against forgetting")
     k: int = Field(3, ge=1, le=64, description="self-edits sampled per passage; the one whose update best answers the passage's selection questions is kept")
     rank: int = Field(32, ge=1, le=1024, description="LoRA rank r of the learned update")
     alpha: float = Field(64, gt=0, description="LoRA alpha of the learned update")

@@ -200,24 +200,97 @@ def select_self_edits(run: Run, lm: LoadedModel, domain: KnowledgeDomain, items:
     return kept
 
 
+@dataclass
+class Earlier:
+    """What an output folder already learned (`--add`): its manifest, its items and kept self-edits."""
+
+    folder: Path
+    manifest: dict
+    items: list[Item]
+    kept: dict[str, str]
+
+    @classmethod
+    def read(cls, folder: Path) -> Earlier:
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise LearnError(f"--add {folder}: not a `seal learn` output folder (no {MANIFEST})")
+        m = json.loads(path.read_text(encoding="utf-8"))
+        if (folder / "config.json").is_file():
+            raise LearnError(f"--add {folder}: a merged checkpoint; learning more needs an adapter folder (no --merge)")
+        items = [Item(p["document"], Passage(p["title"], p["context"], _load(p["selection"])),
+                      Passage(p["title"], p["context"], _load(p["held_out"]))) for p in m["passages"]]
+        return cls(folder, m, items, {p["id"]: p["self_edit"] for p in m["passages"]})
+
+    def known(self) -> set[str]:
+        return {d["sha256"] for d in self.manifest["documents"]}
+
+
 def learn(run: Run, lm: LoadedModel, domain: KnowledgeDomain, documents: list[Document], skipped: list[Skipped],
-          count: Callable[[str], int], progress: Progress) -> tuple[list[Item], dict[str, str]]:
-    """Every step but writing the output folder; `lm` is restored at the end."""
+          count: Callable[[str], int], progress: Progress, earlier: Earlier | None = None) -> tuple[list[Item], dict[str, str]]:
+    """Every step but writing the output folder; `lm` is restored at the end. With `earlier`, only the
+    new documents are learned: pooled, the earlier adapter goes on training on the new sequences and a
+    replayed sample of the earlier ones, and the earlier passages' held-out questions are asked again;
+    per document, each new document gets its own adapter and nothing earlier is touched."""
     items = prepare(run, lm, documents, skipped, count, progress)
     score_held_out(run, lm, domain, items, "before", progress)
     score_held_out(run, lm, domain, items, "open-book", progress, open_book=True)
     kept = select_self_edits(run, lm, domain, items, progress)
     config, cfg = run.config, run.config.learn
-    store = TokenStore.write(run.path / "learn" / "sequences", lm.tokenizer, _sequences(config, items, kept), cfg.max_seq_len)
-    seed = derive_seed(config.seed, "learn")
-    progress.start("update", f"the update ({len(store)} sequences, {store.n_tokens} tokens)",
-                   len(epoch_batches(len(store), cfg, seed)))
-    with temporary_update(lm, store, cfg, full=False, seed=seed, precision=resolve_precision(config.model.precision, lm.device),
-                          adapter_dir=run.path / "adapter", on_step=lambda s, total: progress.advance("update")) as stats:
-        if stats is not None:
-            run.append("learn_train", "learn/update", sequences=len(store), tokens=store.n_tokens, train=stats.as_dict())
-        score_held_out(run, lm, domain, items, "after", progress)
+    precision = resolve_precision(config.model.precision, lm.device)
+    if cfg.mode == "per-document":
+        order = [d["path"] for d in (earlier.manifest["documents"] if earlier else []) + run.get("learn/documents")["documents"]]
+        for path, group in _by_document(items).items():
+            name = document_slug(order.index(path), path)
+            _update(run, lm, domain, config, group, kept, [], f"adapters/{name}", None, progress, precision, name)
+        return items, kept
+    replay = replay_sample(config, earlier, len(list(_sequences(config, items, kept))), run) if earlier else []
+    start = earlier.folder if earlier else None
+    _update(run, lm, domain, config, items, kept, replay, "adapter", start, progress, precision, "all",
+            also=earlier.items if earlier else [])
     return items, kept
+
+
+def _update(run: Run, lm: LoadedModel, domain: KnowledgeDomain, config, items: list[Item], kept: dict[str, str],
+            replay: list[str], folder: str, start_from, progress: Progress, precision: str, name: str,
+            also: list[Item] = ()) -> None:
+    """One update on the items' sequences (and `replay`), then their held-out questions asked with it (and
+    those of `also`, the earlier passages, under "after-add")."""
+    cfg = config.learn
+    sequences = list(_sequences(config, items, kept)) + replay
+    store = TokenStore.write(run.path / "learn" / f"sequences-{name}", lm.tokenizer, iter(sequences), cfg.max_seq_len)
+    seed = derive_seed(config.seed, "learn", name)
+    progress.start("update", f"update {name} ({len(store)} sequences, {store.n_tokens} tokens)",
+                   len(epoch_batches(len(store), cfg, seed)))
+    with temporary_update(lm, store, cfg, full=False, seed=seed, precision=precision, adapter_dir=run.path / folder,
+                          on_step=lambda s, total: progress.advance("update"), start_from=start_from) as stats:
+        if stats is not None:
+            run.append("learn_train", f"learn/update/{name}", sequences=len(store), replayed=len(replay),
+                       tokens=store.n_tokens, train=stats.as_dict())
+        score_held_out(run, lm, domain, items, "after", progress)
+        if also:
+            score_held_out(run, lm, domain, list(also), "after-add", progress)
+
+
+def replay_sample(config, earlier: Earlier, n_new: int, run: Run) -> list[str]:
+    """learn.replay x n_new of the earlier passages' training sequences, a seeded sample."""
+    import random
+
+    pool = list(_sequences(config, earlier.items, earlier.kept))
+    random.Random(derive_seed(config.seed, "replay", run.path.name)).shuffle(pool)
+    return pool[:round(config.learn.replay * n_new)]
+
+
+def _by_document(items: list[Item]) -> dict[str, list[Item]]:
+    out: dict[str, list[Item]] = {}
+    for item in items:
+        out.setdefault(item.document, []).append(item)
+    return out
+
+
+def document_slug(n: int, path: str) -> str:
+    import re
+
+    return f"{n + 1:03d}-" + (re.sub(r"[^a-z0-9]+", "-", Path(path.split("#")[0]).stem.lower()).strip("-") or "document")
 
 
 def _sequences(config, items: list[Item], kept: dict[str, str]):
@@ -233,53 +306,76 @@ def _sequences(config, items: list[Item], kept: dict[str, str]):
 # --- the report and the output folder --------------------------------------------------------------------
 COLUMNS = [Column("document", kind="text"), Column("passages", kind="int"), Column("questions", "held-out questions", kind="int"),
            Column("before"), Column("after"), Column("open book"), Column("gap closed", digits=2),
-           Column("EM before", digits=2), Column("EM after", digits=2)]
+           Column("EM before", digits=2), Column("EM after", digits=2), Column("when learned", "after, when learned")]
 
 
-def report_table(run: Run, items: list[Item]) -> Table:
-    """Per document and in all: the held-out questions' reward before and after, and the open-book ceiling."""
-    by_doc: dict[str, list[Item]] = {}
-    for item in items:
-        by_doc.setdefault(item.document, []).append(item)
-    rows = [_row(run, name, group) for name, group in by_doc.items()] + [_row(run, "all documents", items)]
-    metric = run.config.reward.metric
-    return Table(COLUMNS, rows, "after", f"held-out self-generated questions, {metric}")
+def scores(run: Run, item: Item, earlier: Earlier | None) -> dict:
+    """A passage's held-out scores: this run's records, or for an earlier passage its manifest's, with
+    "after" asked again now (after-add) and the old "after" kept as "when learned"."""
+    def reward_em(kind):
+        r = run.get(f"learn/{kind}/{item.id}")
+        return (None, None) if r is None else (r["reward"], mean(r["grades"]["em"]))
+    old = next((p["scores"] for p in earlier.manifest["passages"] if p["id"] == item.id), None) if earlier else None
+    if old is None:
+        (before, em_before), (after, em_after), (ceiling, _) = (reward_em(k) for k in ("before", "after", "open-book"))
+        return dict(before=before, after=after, open_book=ceiling, em_before=em_before, em_after=em_after, when_learned=None)
+    after, em_after = reward_em("after-add") if run.get(f"learn/after-add/{item.id}") else (old["after"], old["em_after"])
+    return dict(old, after=after, em_after=em_after, when_learned=old["after"])
 
 
-def _row(run: Run, name: str, items: list[Item]) -> dict:
-    def rewards(kind):
-        return [r["reward"] for i in items if (r := run.get(f"learn/{kind}/{i.id}")) is not None]
+def report_table(run: Run, items: list[Item], earlier: Earlier | None = None) -> Table:
+    """Per document and in all: the held-out questions' reward before and after, and the open-book
+    ceiling; for documents learned earlier, also their score when they were learned."""
+    everything = (earlier.items if earlier else []) + items
+    rows = [_row(run, name, group, earlier) for name, group in _by_document(everything).items()]
+    rows.append(_row(run, "all documents", everything, earlier))
+    return Table(COLUMNS, rows, "after", f"held-out self-generated questions, {run.config.reward.metric}")
 
-    def em(kind):
-        return mean(x for i in items if (r := run.get(f"learn/{kind}/{i.id}")) is not None for x in r["grades"]["em"])
-    before, after, ceiling = (mean(rewards(k)) for k in ("before", "after", "open-book"))
+
+def _row(run: Run, name: str, items: list[Item], earlier: Earlier | None) -> dict:
+    got = [scores(run, i, earlier) for i in items]
+    avg = lambda key: mean(g[key] for g in got)
+    before, after, ceiling = avg("before"), avg("after"), avg("open_book")
     gap = None if None in (before, after, ceiling) or ceiling == before else (after - before) / (ceiling - before)
     return {"document": name, "passages": len(items), "questions": sum(len(i.held.questions) for i in items),
             "before": before, "after": after, "open book": ceiling, "gap closed": gap,
-            "EM before": em("before"), "EM after": em("after")}
+            "EM before": avg("em_before"), "EM after": avg("em_after"), "when learned": avg("when_learned")}
 
 
-def manifest(run: Run, items: list[Item], kept: dict[str, str], policy: str | None) -> dict:
+def manifest(run: Run, items: list[Item], kept: dict[str, str], policy: str | None, earlier: Earlier | None = None) -> dict:
     docs = run.get("learn/documents")
-    unscored = sum(not i.held.questions for i in items)
-    return dict(model=run.config.model.name, policy=policy, run=str(run.path), documents=docs["documents"],
-                skipped=docs["skipped"], passages_not_scored=unscored,
+    mode = run.config.learn.mode
+    documents = (earlier.manifest["documents"] if earlier else []) + docs["documents"]
+    if mode == "per-document":
+        for n, d in enumerate(documents):
+            d.setdefault("adapter", f"documents/{document_slug(n, d['path'])}")
+    everything = (earlier.items if earlier else []) + items
+    kept = {**(earlier.kept if earlier else {}), **kept}
+    return dict(model=run.config.model.name, mode=mode, policy=policy, runs=(earlier.manifest["runs"] if earlier else []) + [str(run.path)],
+                documents=documents, skipped=docs["skipped"],
+                passages_not_scored=sum(not i.held.questions for i in everything),
                 passages=[dict(id=i.id, document=i.document, title=i.selection.title, context=i.selection.context,
                                selection=_dump(list(i.selection.questions)), held_out=_dump(list(i.held.questions)),
-                               self_edit=kept.get(i.id)) for i in items],
+                               self_edit=kept.get(i.id), scores=scores(run, i, earlier)) for i in everything],
                 settings=json.loads(json.dumps(run.config.model_dump(mode="json"))))
 
 
 def write_output(run: Run, lm: LoadedModel, out: Path, items: list[Item], kept: dict[str, str], policy: str | None,
-                 merge: bool) -> Path:
-    """Write the output folder beside its place, then rename it into place."""
-    if out.exists():
+                 merge: bool, earlier: Earlier | None = None) -> Path:
+    """Write the output folder beside its place, then rename it into place (with --add, the earlier
+    folder is replaced only once the new one is complete)."""
+    if out.exists() and earlier is None:
         raise LearnError(f"{out} exists; choose another --out (an existing folder is never overwritten)")
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    if merge:
+    if run.config.learn.mode == "per-document":
+        if earlier:
+            shutil.copytree(earlier.folder / "documents", tmp / "documents")
+        for adapter in sorted((run.path / "adapters").iterdir()):
+            shutil.copytree(adapter, tmp / "documents" / adapter.name)
+    elif merge:
         from peft import PeftModel
 
         merged = PeftModel.from_pretrained(lm.model, str(run.path / "adapter")).merge_and_unload()
@@ -288,20 +384,30 @@ def write_output(run: Run, lm: LoadedModel, out: Path, items: list[Item], kept: 
     else:
         for f in (run.path / "adapter").iterdir():
             shutil.copy2(f, tmp / f.name)
-    table = report_table(run, items)
-    (tmp / MANIFEST).write_text(json.dumps(manifest(run, items, kept, policy), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    table = report_table(run, items, earlier)
+    (tmp / MANIFEST).write_text(json.dumps(manifest(run, items, kept, policy, earlier), indent=2, ensure_ascii=False) + "\n",
+                                encoding="utf-8")
     (tmp / "config.yaml").write_text(dump_config(run.config), encoding="utf-8")
     (tmp / "report.md").write_text(report_markdown(run, table), encoding="utf-8")
-    tmp.rename(out)
+    if earlier is not None:
+        old = out.with_name(out.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
     return out
 
 
 def report_markdown(run: Run, table: Table) -> str:
     docs = run.get("learn/documents")
-    lines = ["# What was learned", "", f"Run: `{run.path}`; model: `{run.config.model.name}`.", "",
+    lines = ["# What was learned", "", f"Run: `{run.path}`; model: `{run.config.model.name}`; mode: {run.config.learn.mode}.", "",
              f"Closed-book {table.score_label} on each passage's held-out questions (never used to choose or "
-             "train), before and after the update, and the open-book ceiling (each question asked with its passage).",
-             "", table.markdown(), ""]
+             "train), before and after the update, and the open-book ceiling (each question asked with its passage). "
+             "For documents learned earlier, 'after' is asked again now and 'after, when learned' is their "
+             "score right after they were learned.", "", table.markdown(), ""]
     if docs["skipped"]:
         lines += ["Skipped files:", ""] + [f"- `{s['path']}`: {s['reason']}" for s in docs["skipped"]] + [""]
     return "\n".join(lines)
@@ -321,9 +427,9 @@ def check_documents(run: Run, documents: list[Document]) -> None:
 
 # --- asking ---------------------------------------------------------------------------------------------
 class Asker:
-    """Answers closed-book from a `seal learn` output folder: its adapter on the base model (or its
-    merged checkpoint). A question's topic line is the title of the passage that retrieval ranks first,
-    and the answer says which document that passage came from."""
+    """Answers closed-book from a `seal learn` output folder: its adapter on the base model, its merged
+    checkpoint, or (per-document mode) the adapter of the document whose passage retrieval ranks first.
+    A question's topic line is that passage's title, and the answer says which document it came from."""
 
     def __init__(self, folder: Path, device: str = "auto"):
         from seal.knowledge.config import KnowledgeConfig
@@ -336,7 +442,20 @@ class Asker:
         self.config = KnowledgeConfig.model_validate(self.manifest["settings"])
         self.passages = self.manifest["passages"]
         self.index = TfIdf([f"{p['title']} {p['context']}" for p in self.passages])
-        if (folder / "adapter_config.json").is_file():
+        self.adapter_of: dict[str, str] = {}  # per-document mode: document path -> adapter name
+        if self.manifest.get("mode") == "per-document":
+            from peft import PeftModel
+
+            self.lm = load_model(self.manifest["model"], device)
+            for n, doc in enumerate(self.manifest["documents"]):
+                name = f"d{n}"
+                if n == 0:
+                    self.lm.model = PeftModel.from_pretrained(self.lm.model, str(folder / doc["adapter"]), adapter_name=name)
+                else:
+                    self.lm.model.load_adapter(str(folder / doc["adapter"]), adapter_name=name)
+                self.adapter_of[doc["path"]] = name
+            self.merged = None
+        elif (folder / "adapter_config.json").is_file():
             from peft import PeftModel
 
             self.lm = load_model(self.manifest["model"], device)
@@ -357,8 +476,11 @@ class Asker:
         from seal.knowledge.prompts import answer_prompt
 
         cfg = self.config.answer
-        prompt = format_prompt(self.lm, answer_prompt(cfg.prompt_style, self.source(question)["title"], question),
+        source = self.source(question)
+        prompt = format_prompt(self.lm, answer_prompt(cfg.prompt_style, source["title"], question),
                                chat=cfg.prompt_style == "chat")
+        if self.adapter_of:
+            self.lm.model.set_adapter(self.adapter_of[source["document"]])
         if base and self.merged is not None:
             lm = self._base()
             context = nullcontext()
