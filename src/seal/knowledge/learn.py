@@ -408,6 +408,9 @@ def report_markdown(run: Run, table: Table) -> str:
              "train), before and after the update, and the open-book ceiling (each question asked with its passage). "
              "For documents learned earlier, 'after' is asked again now and 'after, when learned' is their "
              "score right after they were learned.", "", table.markdown(), ""]
+    unscored = sum(1 for r in run.records("questions") if r["key"].startswith("learn/") and not r["held_out"])
+    if unscored:
+        lines += [f"{unscored} passage(s) got no held-out question: learned, but not scored.", ""]
     if docs["skipped"]:
         lines += ["Skipped files:", ""] + [f"- `{s['path']}`: {s['reason']}" for s in docs["skipped"]] + [""]
     return "\n".join(lines)
