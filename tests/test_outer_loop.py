@@ -269,3 +269,18 @@ def test_another_inner_loop_reuses_the_samples_only(tiny_config):
     bad = runner.invoke(app, ["knowledge", "restem", "--quiet", *args, "--set", "self_edit.temperature=0.5",
                               "--reuse-round1", str(source)])
     assert bad.exit_code == 2 and "self_edit.temperature" in bad.output
+
+
+def test_resume_may_change_scheduling_only(tiny_config):
+    args = overrides(tiny_config)
+    assert runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *args, "--set", "restem.rounds=0"]).exit_code == 0
+    [run_dir] = list(Path(tiny_config.runs_dir).iterdir())
+    refused = runner.invoke(app, ["knowledge", "restem", "--quiet", "--resume", str(run_dir), "--set", "inner_loop.lr=0.1"])
+    assert refused.exit_code == 2 and "inner_loop.lr" in refused.output
+    ok = runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", "--resume", str(run_dir),
+                             "--set", "inner_loop.max_batch_seconds=300"])
+    assert ok.exit_code == 0, ok.output
+    run = Run.resume(run_dir)
+    assert run.config.inner_loop.max_batch_seconds == 300
+    [change] = run.records("config_change")
+    assert change["changes"] == {"inner_loop.max_batch_seconds": [120.0, 300.0]}

@@ -102,10 +102,12 @@ def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path | lis
     return train, held, domain
 
 
+# Settings that decide how work is scheduled, not what it computes: --resume may change them (--set).
+SCHEDULING = ("inner_loop.max_batch_seconds", "inner_loop.adapters_per_batch", "inner_loop.tokens_per_forward")
 # Fields that do not change round 1's E-step (its samples and evaluations): what --reuse-round1 may differ in.
 # With other inner-loop, answer or reward settings only the samples are taken (the evaluations are redone).
 SAMPLES_FREE = ("inner_loop", "answer", "reward", "judge")
-ROUND1_FREE = ("runs_dir", "eval", "cpt", "continual", "teacher", "restem.rounds", "restem.algorithm",
+ROUND1_FREE = (*SCHEDULING, "runs_dir", "eval", "cpt", "continual", "teacher", "restem.rounds", "restem.algorithm",
                "restem.sft", "restem.evaluate_policy", "restem.keep", "restem.min_reward", "reward.require_improvement",
                "reward.baseline")
 
@@ -175,12 +177,12 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
 
     run_command = p.run_prefix + command
     if resume is not None:
-        if config_file or overrides:
-            raise ConfigError("--resume takes the run's saved configuration; drop --config/--set")
+        if config_file:
+            raise ConfigError("--resume takes the run's saved configuration; drop --config")
         run = Run.resume(resume)
         if run.command != run_command:
             raise ConfigError(f"--resume {resume}: that is a '{run.command}' run, not '{run_command}'")
-        config = run.config
+        config = rescheduled(run, overrides or [])
     else:
         config = load_config(config_file, overrides or [], domain=p.name)
     train, held, domain = check_run(p, command, config, policy, allow_overlap, reuse)
@@ -191,6 +193,26 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
     else:
         console.print(f"resuming [bold]{run.path}[/bold] ({len(run.records())} records done)")
     return Started(run, train, held, domain, p)
+
+
+def rescheduled(run, overrides: list[str]):
+    """The run's saved configuration with `overrides` of scheduling settings only (SCHEDULING); the
+    change is written to its config.yaml and recorded, so the run says how it was run."""
+    from seal.core.config import dump_config
+
+    if not overrides:
+        return run.config
+    fields = [o.split("=", 1)[0].strip() for o in overrides]
+    refused = [f for f in fields if f not in SCHEDULING]
+    if refused:
+        raise ConfigError(f"--resume keeps the run's settings; only {', '.join(SCHEDULING)} may change (not {', '.join(refused)})")
+    before = run.config.model_dump(mode="json")
+    config = load_config(run.path / "config.yaml", overrides)
+    (run.path / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+    run.config = config
+    changes = {f: [_flat(before).get(f), _flat(config.model_dump(mode="json")).get(f)] for f in fields}
+    run.append("config_change", f"config/{len(run.records('config_change'))}", changes=changes)
+    return config
 
 
 def check_policy(p: DomainPlugin, domain: Domain, config, policy: Path, held: list, allow_overlap: bool) -> None:
