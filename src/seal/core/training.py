@@ -172,15 +172,23 @@ def epoch_batches(n: int, cfg: LoraTrainConfig, seed: int) -> list[list[int]]:
     return out[:cfg.max_steps] if cfg.max_steps else out
 
 
-def weighted_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+def weighted_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], weights: torch.Tensor,
+                  chunk: int = 1024) -> torch.Tensor:
     """The mean over the batch of each example's weight times its mean token loss (negative log-likelihood
     of its target tokens). A per-example mean, so that a long example is not worth more than a short
-    one; with weights that are advantages, this is a policy-gradient step on the targets."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    one; with weights that are advantages, this is a policy-gradient step on the targets. Vocabulary
+    logits are computed only at target positions, `chunk` positions at a time."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = inner.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     labels = batch["labels"][:, 1:]
-    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
     mask = labels != -100
-    per_example = (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
+    rows, cols = mask.nonzero(as_tuple=True)  # position t predicts token t + 1
+    head = inner.get_output_embeddings()
+    nll = torch.cat([torch.nn.functional.cross_entropy(head(hidden[rows[i:i + chunk], cols[i:i + chunk]]).float(),
+                                                       labels[rows[i:i + chunk], cols[i:i + chunk]], reduction="none")
+                     for i in range(0, len(rows), chunk)]) if len(rows) else hidden.new_zeros(0)
+    per_example = torch.zeros(len(weights), device=hidden.device, dtype=torch.float32).index_add(0, rows, nll)
+    per_example = per_example / mask.sum(1).clamp(min=1)
     return (per_example * weights).mean()
 
 
