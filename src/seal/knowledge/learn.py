@@ -107,18 +107,9 @@ def prepare(run: Run, lm: LoadedModel, documents: list[Document], skipped: list[
         documents=[dict(path=d.path, title=d.title, sha256=d.sha256,
                         passages=[p.id for path, p in pairs if path == d.path]) for d in documents],
         skipped=[dict(path=s.path, reason=s.reason) for s in skipped]))
-    todo = [(path, p) for path, p in pairs if run.get(f"learn/questions/{p.id}") is None]
-    progress.start("questions", f"writing questions ({config.questions.writer})", len(pairs))
-    progress.advance("questions", len(pairs) - len(todo))
-    write = question_writer(config, lm)
-    size = max(1, config.self_edit.batch_size)
-    for begin in range(0, len(todo), size):
-        chunk = todo[begin:begin + size]
-        for (path, p), written in zip(chunk, write([p for _, p in chunk])):
-            selection, held = split_questions(written.questions, config.questions.selection_share, config.seed, p.id)
-            run.append("questions", f"learn/questions/{p.id}", context_id=p.id, document=path, title=p.title,
-                       context=p.context, selection=_dump(selection), held_out=_dump(held), dropped=dict(written.dropped))
-        progress.advance("questions", len(chunk))
+    document_of = {p.id: path for path, p in pairs}
+    record_questions(run, lm, [p for _, p in pairs], "learn/questions/", progress,
+                     lambda p: dict(document=document_of[p.id], title=p.title, context=p.context))
     items = []
     for path, p in pairs:
         r = run.get(f"learn/questions/{p.id}")
@@ -130,25 +121,31 @@ def self_questioned(run: Run, lm: LoadedModel, passages: list[Passage], progress
     """The passages with the selection half of questions they wrote themselves in place of their gold
     ones (reward.questions: self), written once per passage and recorded under questions/{id}; a
     passage that got no selection question keeps its gold ones (and is counted in the record)."""
+    record_questions(run, lm, passages, "questions/", progress, lambda p: {})
+    out = []
+    for p in passages:
+        selection = _load(run.get(f"questions/{p.id}")["selection"])
+        out.append(Passage(p.title, p.context, selection or p.questions))
+    return out
+
+
+def record_questions(run: Run, lm: LoadedModel, passages: list[Passage], prefix: str, progress: Progress,
+                     extra: Callable[[Passage], dict]) -> None:
+    """Write the questions of every passage without a record under prefix + id (its gold questions, if
+    any, are not shown to the writer), split into selection and held-out, recorded as they are written."""
     config = run.config
-    todo = [p for p in passages if run.get(f"questions/{p.id}") is None]
+    todo = [p for p in passages if run.get(prefix + p.id) is None]
     progress.start("questions", f"writing questions ({config.questions.writer})", len(passages))
     progress.advance("questions", len(passages) - len(todo))
     write = question_writer(config, lm)
     size = max(1, config.self_edit.batch_size)
     for begin in range(0, len(todo), size):
         chunk = todo[begin:begin + size]
-        bare = [Passage(p.title, p.context) for p in chunk]
-        for p, written in zip(chunk, write(bare)):
+        for p, written in zip(chunk, write([Passage(p.title, p.context) for p in chunk])):
             selection, held = split_questions(written.questions, config.questions.selection_share, config.seed, p.id)
-            run.append("questions", f"questions/{p.id}", context_id=p.id, selection=_dump(selection),
-                       held_out=_dump(held), dropped=dict(written.dropped), gold_kept=not selection)
+            run.append("questions", prefix + p.id, context_id=p.id, selection=_dump(selection), held_out=_dump(held),
+                       dropped=dict(written.dropped), gold_kept=bool(p.questions) and not selection, **extra(p))
         progress.advance("questions", len(chunk))
-    out = []
-    for p in passages:
-        selection = _load(run.get(f"questions/{p.id}")["selection"])
-        out.append(Passage(p.title, p.context, selection or p.questions))
-    return out
 
 
 def _dump(questions: list[Question]) -> list[dict]:
