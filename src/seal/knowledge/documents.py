@@ -239,28 +239,22 @@ def split_passages(doc: Document, count: Callable[[str], int], max_tokens: int =
 
 
 def _bounded(text: str, count: Callable[[str], int], max_tokens: int) -> Iterator[str]:
-    """The paragraph, or its sentences grouped to fit, or a sentence's words grouped to fit."""
+    """The paragraph, or its sentences grouped to fit, a longer sentence's words grouped to fit."""
     if count(text) <= max_tokens:
         yield text
         return
-    group: list[str] = []
-    for s in sentences(text):
-        pieces = [s] if count(s) <= max_tokens else list(_words_bounded(s, count, max_tokens))
-        for piece in pieces:
-            if group and count(" ".join(group + [piece])) > max_tokens:
-                yield " ".join(group)
-                group = []
-            group.append(piece)
-    if group:
-        yield " ".join(group)
+    pieces = (piece for s in sentences(text)
+              for piece in ([s] if count(s) <= max_tokens else _grouped(s.split(), count, max_tokens)))
+    yield from _grouped(pieces, count, max_tokens)
 
 
-def _words_bounded(sentence: str, count: Callable[[str], int], max_tokens: int) -> Iterator[str]:
+def _grouped(pieces, count: Callable[[str], int], max_tokens: int) -> Iterator[str]:
+    """Consecutive pieces joined by spaces, as many as fit `max_tokens` (a piece alone may not)."""
     group: list[str] = []
-    for word in sentence.split():
-        if group and count(" ".join(group + [word])) > max_tokens:
+    for piece in pieces:
+        if group and count(" ".join(group + [piece])) > max_tokens:
             yield " ".join(group)
             group = []
-        group.append(word)
+        group.append(piece)
     if group:
         yield " ".join(group)
