@@ -210,7 +210,7 @@ def noise_section(sec: Section, run: Run) -> None:
 
     table = noise_table([run])
     if table.rows:
-        sec.lines += ["### Reward noise (training contexts)", "", table.markdown(), ""]
+        sec.lines += ["### Reward noise (training contexts)", "", table.markdown(), "", *[f"*{n}*" for n in table.notes], ""]
 
 
 # --- the report ---------------------------------------------------------------------------------------

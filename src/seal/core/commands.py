@@ -367,6 +367,8 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
         if not table.rows:
             fail("no E-step with 2 or more self-edits trained 2 or more times each in these runs")
         print(table.markdown())
+        for line in table.notes:
+            console.print(f"[dim]{line}[/dim]")
 
     p.register(app)
     return app

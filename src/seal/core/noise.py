@@ -75,4 +75,6 @@ def noise_rows(run: Run, draws: int = 1000) -> list[dict]:
 
 def noise_table(runs: list[Run], draws: int = 1000) -> Table:
     rows = [row for run in runs for row in noise_rows(run, draws)]
-    return Table(COLUMNS, rows + [PAPER] if rows else [], "flips", "share of best-of-k choices that flip")
+    notes = ["standard deviations are in each run's reward units (the paper's: accuracy on 0-1); the ratio "
+             "between / repeat compares across scales"]
+    return Table(COLUMNS, rows + [PAPER] if rows else [], "flips", "share of best-of-k choices that flip", notes=notes)
