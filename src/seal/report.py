@@ -21,6 +21,7 @@ import csv
 import math
 import re
 import statistics
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -197,7 +198,7 @@ def curve_section(sec: Section, run: Run) -> None:
             ax.plot(xs, [value(r, k) for r in rows], ls=style, marker=".", label=label)
     ax.set_xticks(xs)
     ax.set_xlabel("policy (0 = base model; r = after round r's M-step)")
-    ax.set_ylabel(f"reward: {score_label(run)}", fontsize=9)
+    ax.set_ylabel(textwrap.fill(f"reward: {score_label(run)}", 40), fontsize=8)
     ax.set_title(f"{run.path.name}\nlearning curve: each policy's self-edits on the training contexts", fontsize=10)
     ax.legend(fontsize=8)
     _save(fig, sec.path("curve.png"))
