@@ -81,7 +81,7 @@ def test_learning_the_example_documents_raises_the_gold_score(smol, tmp_path):
     examples = Path(__file__).resolve().parents[1] / "examples"
     out = tmp_path / "learned"
     result = CliRunner().invoke(app, ["learn", str(examples / "documents"), "--out", str(out), "--quiet",
-                                      "--set", f"runs_dir={tmp_path / 'runs'}", "--set", "learn.k=2",
+                                      "--set", f"runs_dir={tmp_path / 'runs'}", "--set", "learn.k=1",
                                       "--set", "self_edit.max_new_tokens=96", "--set", "model.precision=fp32"])
     assert result.exit_code == 0, result.output
     gold = json.loads((examples / "documents-gold.json").read_text())["questions"]

@@ -173,11 +173,14 @@ def score_held_out(run: Run, lm: LoadedModel, domain: KnowledgeDomain, items: li
 
 def select_self_edits(run: Run, lm: LoadedModel, domain: KnowledgeDomain, items: list[Item],
                       progress: Progress) -> dict[str, str]:
-    """The kept self-edit of every passage: the best of k on its selection questions."""
+    """The kept self-edit of every passage: the best of k on its selection questions (k = 1: the one
+    sampled, with no evaluation)."""
     config = run.config
     k = config.learn.k
     record_samples(run, [(f"learn/samples/{i.id}", i.selection, dict(context_id=i.id)) for i in items],
                    self_edit_writer(lm, domain, k, config), max(1, config.self_edit.batch_size // k), ("learn",), progress)
+    if k == 1:  # nothing to choose between: no evaluation
+        return {i.id: run.get(f"learn/samples/{i.id}")["self_edits"][0] for i in items}
     jobs = []
     for item in items:
         if not item.selection.questions:
