@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 import statistics
 import textwrap
 from pathlib import Path
@@ -134,17 +133,12 @@ def rounds_plot(sec: Section, run: Run, rows: list[dict], score: str, label: str
 
 def reward_distributions(sec: Section, run: Run) -> None:
     """Self-edit rewards per ReST-EM round (training contexts), and the pre-update level."""
-    rewards: dict[int, list[tuple]] = {}
-    pre: dict[int, list[float]] = {}
-    for rec in run.records():
-        m = re.match(r"^round(\d+)/(eval|pre)/", rec["key"])
-        if not m or rec.get("reward") is None:
-            continue
-        r = int(m.group(1))
-        if m.group(2) == "eval":
-            rewards.setdefault(r, []).append((rec["context_id"], rec.get("sample"), rec.get("repeat"), rec["reward"]))
-        else:
-            pre.setdefault(r, []).append(rec["reward"])
+    from seal.core.curves import by_round
+
+    rounds_data = {r: d for r, d in by_round(run).items() if d["evals"]}
+    rewards = {r: [(cid, s, t, x) for cid, samples in d["evals"].items() for s, repeats in samples.items()
+                   for t, x in repeats.items()] for r, d in rounds_data.items()}
+    pre = {r: [x for x in d["pre"].values() if x is not None] for r, d in rounds_data.items()}
     if not rewards:
         return
     rounds = sorted(rewards)
@@ -172,11 +166,9 @@ def curve_section(sec: Section, run: Run) -> None:
     """The outer loop's learning curve (core/curves.py): its table, and the mean and best-of-k reward of
     each policy's own self-edits with 95% intervals, beside the no-update and passage-only levels."""
     from seal.core.commands import run_contexts
-    from seal.core.curves import learning_curve
+    from seal.core.curves import learning_curve, sources
 
-    domain, contexts = run_contexts(run)
-    sources = {domain.context_id(c): t for c in contexts if (t := domain.source_text(c)) is not None} if domain else {}
-    curve = learning_curve(run, sources or None)
+    curve = learning_curve(run, sources(*run_contexts(run)))
     if not curve.rows:
         return
     rows = curve.rows

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from seal.arc.config import ArcConfig
 from seal.arc.domain import ArcDomain
+from seal.arc.predict import METHODS
 from seal.arc.tasks import Task
 from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
@@ -25,9 +26,7 @@ from seal.core.tables import Column, Table
 
 COLUMNS = [Column("condition", kind="text"), Column("tasks", kind="int"), Column("pairs", kind="int"),
            Column("success", digits=2), Column("95% CI", kind="ci", digits=2), Column("pass@k", digits=2),
-           Column("valid self-edits", digits=2),
-           *[Column(m, f"{m} vote", digits=2) for m in ("flat", "hierarchical", "likelihood")]]
-METHODS = ("flat", "hierarchical", "likelihood")
+           Column("valid self-edits", digits=2), *[Column(m, f"{m} vote", digits=2) for m in METHODS]]
 SCORE_LABEL = "success rate (solved pairs)"
 ICL, BASE, ORACLE = "ICL, no TTT", "TTT + base self-edits (no RL)", "TTT + oracle configuration"
 

@@ -26,6 +26,7 @@ from seal.arc.ttt import answer_text, task_prompt
 from seal.core.generation import completion_logprobs, generate
 from seal.core.models import LoadedModel
 
+METHODS = ("flat", "hierarchical", "likelihood")  # predict.method: how the attempts are chosen
 RAW_CHARS = 200  # each view's answer is recorded as written, up to this length, to see how it failed
 
 
@@ -127,7 +128,7 @@ def predict(lm: LoadedModel, jobs: list[tuple[Task, int | None]], cfg, *, precis
             g = parse(gen.text)
             back = None if g is None else v.transform.inverse(g)
             answers.setdefault((j, t), []).append((v, back, gen.text))
-        methods = ["flat", "hierarchical", "likelihood"] if cfg.compare_methods else [cfg.method]
+        methods = list(METHODS) if cfg.compare_methods else [cfg.method]
         scored = (_likelihoods(lm, task, jobs, indices, answers, vs, cfg, precision)
                   if "likelihood" in methods else {})
         for j in indices:

@@ -261,12 +261,9 @@ def print_table(run, table) -> None:
 
 def print_curve(run, domain: Domain | None = None, contexts: list | None = None) -> None:
     """Print the run's learning curve (core/curves.py) and write curve.md / curve.csv beside its records."""
-    from seal.core.curves import learning_curve
+    from seal.core.curves import learning_curve, sources
 
-    sources = None
-    if domain is not None and contexts:
-        sources = {domain.context_id(c): t for c in contexts if (t := domain.source_text(c)) is not None}
-    curve = learning_curve(run, sources or None)
+    curve = learning_curve(run, sources(domain, contexts or []))
     if not curve.rows:
         return
     console.print("[bold]learning curve[/bold]: each policy's own self-edits on the training "

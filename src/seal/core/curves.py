@@ -19,7 +19,7 @@ import statistics
 from collections import defaultdict
 
 from seal.core.runs import Run
-from seal.core.stats import bootstrap_ci, paired_difference
+from seal.core.stats import bootstrap_ci, mean, paired_difference
 from seal.core.tables import Column, Table
 
 WORD = re.compile(r"\w+")
@@ -60,9 +60,12 @@ def coverage(texts: list[str], source: str) -> float | None:
     return len(content & said) / len(content)
 
 
-def mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
+def sources(domain, contexts: list) -> dict[str, str] | None:
+    """{context id: its own text} for the coverage column, when the domain's contexts have one."""
+    if domain is None:
+        return None
+    found = {domain.context_id(c): t for c in contexts if (t := domain.source_text(c)) is not None}
+    return found or None
 
 
 def by_round(run: Run) -> dict[int, dict]:

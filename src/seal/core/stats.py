@@ -7,6 +7,12 @@ import math
 import numpy as np
 
 
+def mean(values) -> float | None:
+    """The mean of the values that are not None (None when there are none)."""
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
 def bootstrap_ci(per_unit: list[float], n: int, seed: int) -> tuple[float, float]:
     """95% percentile interval of the mean, resampling whole units (a passage's questions, or a task's
     self-edits, are not independent of each other)."""

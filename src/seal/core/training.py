@@ -68,12 +68,16 @@ def check_targets(model: torch.nn.Module | set[str], cfg: LoraTrainConfig, field
 
 
 @contextmanager
-def fresh_adapter(lm: LoadedModel, cfg: LoraTrainConfig, seed: int):
-    """Yield the model wrapped with a newly initialised LoRA adapter; remove it afterwards."""
-    check_targets(lm.model, cfg)
+def fresh_adapter(lm: LoadedModel, cfg: LoraTrainConfig, seed: int, start_from=None):
+    """Yield the model wrapped with a newly initialised LoRA adapter (or, with `start_from`, a saved
+    adapter loaded to go on training); remove it afterwards."""
     torch.manual_seed(seed)  # dropout and anything else PEFT draws
-    wrapped = get_peft_model(lm.model, peft_config(cfg))
-    init_like_bank(wrapped, seed)
+    if start_from is None:
+        check_targets(lm.model, cfg)
+        wrapped = get_peft_model(lm.model, peft_config(cfg))
+        init_like_bank(wrapped, seed)
+    else:
+        wrapped = PeftModel.from_pretrained(lm.model, str(start_from), is_trainable=True)
     try:
         yield wrapped
     finally:
@@ -315,22 +319,7 @@ def temporary_update(lm: LoadedModel, examples: Sequence[Example], cfg: LoraTrai
             wrapped.unload()
             lm.model.eval()
         return
-    if start_from is not None:  # go on training an adapter saved before (learning more later)
-        torch.manual_seed(seed)
-        wrapped = PeftModel.from_pretrained(lm.model, str(start_from), is_trainable=True)
-        try:
-            stats = train(wrapped, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=lm.device,
-                          precision=precision, on_step=on_step)
-            if saved is not None:
-                save_adapter(wrapped, saved)
-            yield stats
-        finally:
-            lm.model = wrapped.unload()
-            for p in lm.model.parameters():
-                p.requires_grad_(False)
-            lm.model.eval()
-        return
-    with fresh_adapter(lm, cfg, seed) as wrapped:
+    with fresh_adapter(lm, cfg, seed, start_from) as wrapped:
         stats = train(wrapped, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=lm.device,
                       precision=precision, on_step=on_step)
         if saved is not None:

@@ -103,10 +103,11 @@ def register_learning(app: typer.Typer) -> None:
             raise LearnError(f"--out {out} exists; choose another folder, or learn more into it with --add")
         documents, skipped = read_documents(docs, field, title_field)
         if earlier is not None:
-            known = [d for d in documents if d.sha256 in earlier.known()]
-            for d in known:
-                console.print(f"[dim]already learned: {d.path}[/dim]")
-            documents = [d for d in documents if d.sha256 not in earlier.known()]
+            known = earlier.known()
+            for d in documents:
+                if d.sha256 in known:
+                    console.print(f"[dim]already learned: {d.path}[/dim]")
+            documents = [d for d in documents if d.sha256 not in known]
             if not documents:
                 console.print(f"nothing new to learn: every document is already in {out}")
                 return

@@ -17,6 +17,7 @@ from seal.core.endpoint import Judge
 from seal.core.generation import completion_logprobs, format_prompt, generate, resolve_precision
 from seal.core.models import LoadedModel
 from seal.core.multi_lora import adapter_bank, train_bank
+from seal.core.stats import mean
 from seal.core.training import fresh_adapter, lm_examples, train
 from seal.knowledge.config import KnowledgeConfig
 from seal.knowledge.data import Passage
@@ -25,11 +26,6 @@ from seal.knowledge.prompts import answer_prompt, load_template, self_edit_promp
 from seal.knowledge.self_edit import training_set
 
 METRICS = ("em", "f1", "contains", "loglik", "judge")
-
-
-def mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
 
 
 class KnowledgeDomain(Domain):

@@ -17,11 +17,11 @@ from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
 from seal.core.restem import EvalJob, evaluate_jobs, policy_series, record_samples, self_edit_writer
 from seal.core.runs import Run
-from seal.core.stats import bootstrap_ci, paired_difference
+from seal.core.stats import bootstrap_ci, mean, paired_difference
 from seal.core.tables import Column, Table
 from seal.knowledge.config import KnowledgeConfig
 from seal.knowledge.data import Passage
-from seal.knowledge.domain import KnowledgeDomain, mean
+from seal.knowledge.domain import KnowledgeDomain
 
 # The rows every other row is compared with, passage by passage (paired differences of the reward).
 REFERENCES = {"vs base": "base model, no update", "vs passage only": "passage only"}

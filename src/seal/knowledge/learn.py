@@ -31,12 +31,13 @@ from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
 from seal.core.restem import EvalJob, derive_seed, evaluate_jobs, mean_reward, record_samples, self_edit_writer
 from seal.core.runs import Run
+from seal.core.stats import mean
 from seal.core.tables import Column, Table
 from seal.core.token_store import TokenStore
 from seal.core.training import epoch_batches, temporary_update
 from seal.knowledge.data import DataError, Passage, Question
 from seal.knowledge.documents import Document, Skipped, split_passages
-from seal.knowledge.domain import KnowledgeDomain, mean
+from seal.knowledge.domain import KnowledgeDomain
 from seal.knowledge.questions import Written, cloze_questions, model_questions, split_questions
 from seal.knowledge.self_edit import training_set
 
@@ -208,6 +209,7 @@ class Earlier:
     manifest: dict
     items: list[Item]
     kept: dict[str, str]
+    scores: dict[str, dict]  # passage id -> its held-out scores when it was learned
 
     @classmethod
     def read(cls, folder: Path) -> Earlier:
@@ -219,7 +221,8 @@ class Earlier:
             raise LearnError(f"--add {folder}: a merged checkpoint; learning more needs an adapter folder (no --merge)")
         items = [Item(p["document"], Passage(p["title"], p["context"], _load(p["selection"])),
                       Passage(p["title"], p["context"], _load(p["held_out"]))) for p in m["passages"]]
-        return cls(folder, m, items, {p["id"]: p["self_edit"] for p in m["passages"]})
+        return cls(folder, m, items, {p["id"]: p["self_edit"] for p in m["passages"]},
+                   {p["id"]: p["scores"] for p in m["passages"]})
 
     def known(self) -> set[str]:
         return {d["sha256"] for d in self.manifest["documents"]}
@@ -241,22 +244,24 @@ def learn(run: Run, lm: LoadedModel, domain: KnowledgeDomain, documents: list[Do
         order = [d["path"] for d in (earlier.manifest["documents"] if earlier else []) + run.get("learn/documents")["documents"]]
         for path, group in _by_document(items).items():
             name = document_slug(order.index(path), path)
-            _update(run, lm, domain, config, group, kept, [], f"adapters/{name}", None, progress, precision, name)
+            _update(run, lm, domain, config, group, list(_sequences(config, group, kept)), [], f"adapters/{name}",
+                    None, progress, precision, name)
         return items, kept
-    replay = replay_sample(config, earlier, len(list(_sequences(config, items, kept))), run) if earlier else []
+    sequences = list(_sequences(config, items, kept))
+    replay = replay_sample(config, earlier, len(sequences), run) if earlier else []
     start = earlier.folder if earlier else None
-    _update(run, lm, domain, config, items, kept, replay, "adapter", start, progress, precision, "all",
+    _update(run, lm, domain, config, items, sequences, replay, "adapter", start, progress, precision, "all",
             also=earlier.items if earlier else [])
     return items, kept
 
 
-def _update(run: Run, lm: LoadedModel, domain: KnowledgeDomain, config, items: list[Item], kept: dict[str, str],
+def _update(run: Run, lm: LoadedModel, domain: KnowledgeDomain, config, items: list[Item], sequences: list[str],
             replay: list[str], folder: str, start_from, progress: Progress, precision: str, name: str,
             also: list[Item] = ()) -> None:
-    """One update on the items' sequences (and `replay`), then their held-out questions asked with it (and
-    those of `also`, the earlier passages, under "after-add")."""
+    """One update on the items' training `sequences` (and `replay`), then their held-out questions asked
+    with it (and those of `also`, the earlier passages, under "after-add")."""
     cfg = config.learn
-    sequences = list(_sequences(config, items, kept)) + replay
+    sequences = sequences + replay
     store = TokenStore.write(run.path / "learn" / f"sequences-{name}", lm.tokenizer, iter(sequences), cfg.max_seq_len)
     seed = derive_seed(config.seed, "learn", name)
     progress.start("update", f"update {name} ({len(store)} sequences, {store.n_tokens} tokens)",
@@ -315,7 +320,7 @@ def scores(run: Run, item: Item, earlier: Earlier | None) -> dict:
     def reward_em(kind):
         r = run.get(f"learn/{kind}/{item.id}")
         return (None, None) if r is None else (r["reward"], mean(r["grades"]["em"]))
-    old = next((p["scores"] for p in earlier.manifest["passages"] if p["id"] == item.id), None) if earlier else None
+    old = earlier.scores.get(item.id) if earlier else None
     if old is None:
         (before, em_before), (after, em_after), (ceiling, _) = (reward_em(k) for k in ("before", "after", "open-book"))
         return dict(before=before, after=after, open_book=ceiling, em_before=em_before, em_after=em_after, when_learned=None)
