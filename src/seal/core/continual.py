@@ -24,7 +24,8 @@ from peft import PeftModel, get_peft_model
 
 from seal.core.config import LoraTrainConfig
 from seal.core.models import LoadedModel
-from seal.core.training import Example, check_targets, collate, init_like_bank, peft_config, save_adapter
+from seal.core.multi_lora import target_linears
+from seal.core.training import Example, check_targets, collate, init_like_bank, peft_config, save_adapter, stashed
 
 PREFIX = "base_model.model."
 
@@ -43,17 +44,20 @@ class SequentialLora:
         self.current: str | None = None
 
     def __enter__(self) -> SequentialLora:
-        # Merging changes the base weights; a stack only adds adapters, which unloading removes.
-        self._start = ({k: v.detach().clone() for k, v in self.lm.model.state_dict().items()}
-                       if self.mode == "merge" else None)
+        # Merging changes the targeted layers' weights, which are kept on disk until the exit; a stack
+        # only adds adapters, which unloading removes.
+        self._stash = None
+        if self.mode == "merge":
+            self._stash = stashed(self.lm.model, [f"{n}.weight" for n, _ in target_linears(self.lm.model, self.cfg)])
+            self._stash.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.peft is not None:
             self.lm.model = self.peft.unload()  # the base modules back, without any adapter
             self.peft = None
-        if self._start is not None:
-            self.lm.model.load_state_dict(self._start)
+        if self._stash is not None:
+            self._stash.__exit__(None, None, None)
         for p in self.lm.model.parameters():
             p.requires_grad_(False)
         self.lm.model.eval()

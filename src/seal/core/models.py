@@ -31,6 +31,55 @@ class LoadedModel:
     name: str
     device: torch.device
     bank: Any = None  # the installed multi_lora.AdapterBank while one is in use, else None
+    dtype: str = "fp32"  # the stored weights' dtype (`model.dtype`, resolved): what a reload asks for
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_warned: set[str] = set()
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX); without them bf16 matmuls are
+    emulated, about 30x slower than fp32 (one LoRA step of the embedded model: 4.3 s -> 132 s)."""
+    return getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+
+
+def checkpoint_dtype(checkpoint: Path | str) -> str | None:
+    """The dtype a checkpoint's config says its weights are stored in ('bf16', 'fp16', 'fp32'), if any."""
+    try:
+        config = AutoConfig.from_pretrained(checkpoint)
+    except (OSError, ValueError):
+        return None
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    stored = str(stored).removeprefix("torch.") if stored is not None else None
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(stored)
+
+
+def resolve_dtype(setting: str, device: torch.device, checkpoint: Path | str | None = None) -> str:
+    """`model.dtype` for a device: auto is fp32 on a CPU; on CUDA the checkpoint's own half-precision
+    dtype, else bf16 where the GPU has it, else fp32. fp16 on a CPU is refused (no fp16 kernels for
+    training there); bf16 on a CPU without bf16 instructions is allowed, with one warning."""
+    if setting not in ("auto", *DTYPES):
+        raise ModelLoadError(f"model.dtype '{setting}': choose auto, fp32, bf16 or fp16")
+    cuda = device.type == "cuda"
+    if setting == "auto":
+        if not cuda:
+            return "fp32"
+        own = checkpoint_dtype(checkpoint) if checkpoint is not None else None
+        if own in ("bf16", "fp16") and (own == "fp16" or torch.cuda.is_bf16_supported()):
+            return own
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if setting == "fp16" and not cuda:
+        raise ModelLoadError(f"model.dtype fp16 is not supported on device '{device}': use fp32 or bf16")
+    if setting == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ModelLoadError(f"model.dtype bf16: GPU '{torch.cuda.get_device_name(device)}' has no bf16; use fp16 or fp32")
+    if setting == "bf16" and not cuda and not native_bf16_cpu() and "bf16-cpu" not in _warned:
+        _warned.add("bf16-cpu")
+        import warnings
+
+        warnings.warn("model.dtype bf16 on a CPU without bf16 instructions: correct, but much slower than fp32", stacklevel=2)
+    return setting
 
 
 def cache_dir() -> Path:
@@ -136,22 +185,32 @@ def token_counter(name: str):
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
 
 
-def load_model(name: str = EMBEDDED, device: str = "auto") -> LoadedModel:
+def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Model `name` on `device`, its weights stored in `dtype` (`model.dtype`; see `resolve_dtype`).
+    Trainable LoRA parameters are kept in fp32 whatever the weights' dtype (PEFT's default, and the
+    batched inner loop's adapter bank), so their updates and optimiser state are never rounded."""
     checkpoint = resolve_checkpoint(name)
+    dev = pick_device(device)
+    chosen = resolve_dtype(dtype, dev, checkpoint)
     try:
-        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=DTYPES[chosen])
         tokenizer = load_tokenizer(name)
     except OSError as err:
         raise ModelLoadError(f"could not load model '{name}': {err}") from err
-    dev = pick_device(device)
     model.to(dev).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name, device=dev)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, device=dev, dtype=chosen)
 
 
-def model_from_config(config: AutoConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> LoadedModel:
-    """A randomly initialised model (for tests and experiments that need no pretrained weights)."""
+def load_configured(model_config) -> LoadedModel:
+    """The model a run's `model` section names, on its device, in its dtype."""
+    return load_model(model_config.name, model_config.device, model_config.dtype)
+
+
+def model_from_config(config: AutoConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0,
+                      dtype: str = "fp32", device: str = "cpu") -> LoadedModel:
+    """A randomly initialised model (for tests, and for benchmarks of real architectures without their weights)."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype]).to(pick_device(device)).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return LoadedModel(model=model, tokenizer=tokenizer, name="random", device=torch.device("cpu"))
+    return LoadedModel(model=model, tokenizer=tokenizer, name="random", device=pick_device(device), dtype=dtype)

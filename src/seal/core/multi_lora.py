@@ -31,7 +31,17 @@ import torch.nn.functional as F
 from seal.core.config import LoraTrainConfig
 from seal.core.generation import autocast
 from seal.core.models import LoadedModel
-from seal.core.training import Example, TrainStats, check_targets, epoch_batches, init_lora_a, lr_factor, warmup_steps
+from seal.core.training import (
+    Example,
+    TrainStats,
+    check_targets,
+    checkpointing,
+    epoch_batches,
+    init_lora_a,
+    lr_factor,
+    target_nll,
+    warmup_steps,
+)
 
 
 def target_linears(model: torch.nn.Module, cfg: LoraTrainConfig) -> list[tuple[str, torch.nn.Linear]]:
@@ -63,7 +73,8 @@ class MultiLoraLinear(torch.nn.Module):
         # scaled at rank width (r columns), not at output width: the cheapest place for it
         low = torch.bmm(h.to(a.dtype), a.transpose(1, 2)) * bank.scale
         delta = torch.bmm(low, b.transpose(1, 2))
-        return y + (delta.squeeze(1) if flat else delta).to(y.dtype)
+        # added in the adapter's precision, then rounded once to the layer's (as PEFT's LoRA layers do)
+        return (y + (delta.squeeze(1) if flat else delta)).to(y.dtype)
 
 
 class AdapterBank:
@@ -212,15 +223,14 @@ def collate_packed(rows: list[PackedRow], pad_id: int) -> dict[str, torch.Tensor
 def per_adapter_loss(model, batch: dict[str, torch.Tensor], rows: torch.Tensor,
                      norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ_k (sum of adapter k's token losses) / norm[k], and its K terms (detached). Logits are computed
-    only where a label is, never for padding: the vocabulary projection is the largest activation of a
-    small model."""
+    only where a label is, never for padding, and a chunk at a time (`training.target_nll`): the
+    vocabulary projection is the largest activation of a small model."""
     # No attention mask and no cache: transformers then reads segment boundaries from position_ids.
     hidden = model.get_decoder()(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                                  use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != -100
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    token_loss = F.cross_entropy(logits, targets[keep], reduction="none")
+    token_loss = target_nll(model.get_output_embeddings(), hidden[:, :-1][keep], targets[keep])
     owner = rows.unsqueeze(1).expand_as(targets)[keep]
     weighted = token_loss / norm[owner]
     return weighted.sum(), torch.zeros_like(norm).index_add_(0, owner, weighted.detach())
@@ -269,36 +279,37 @@ def train_bank(lm: LoadedModel, bank: AdapterBank, datasets: list[list[Example]]
     n_steps = max((len(p) for p in plans), default=0)
     start = time.perf_counter()
     model.train()
-    for t in range(n_steps):
-        active = [k for k, p in enumerate(plans) if t < len(p)]
-        packed = [pack([datasets[k][i] for i in plans[k][t]], k) for k in active]
-        # Each adapter's loss is the mean over the tokens of its own batch, as when trained alone.
-        norm = torch.ones(bank.k, device=lm.device)
-        for row in packed:
-            norm[row.adapter] = max(1, sum(1 for label in row.labels[1:] if label != -100))
-            tokens[row.adapter] += len(row.input_ids)
-        step_loss = torch.zeros_like(norm)
-        for part in micro_batches(packed, max_tokens):
-            batch = {key: v.to(lm.device) for key, v in collate_packed(part, pad_id).items()}
-            bank.route([row.adapter for row in part])
-            with autocast(precision, lm.device):
-                loss, terms = per_adapter_loss(model, batch, bank.rows, norm)
-            with warnings.catch_warnings():  # gradients land in strided views of bank.grad, on purpose
-                warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
-                loss.backward()
-            step_loss += terms
-        bank.route(None)
-        on = torch.zeros(bank.k, dtype=torch.bool)
-        on[active] = True
-        norms = bank.grad.norm(dim=1)
-        bank.grad.mul_((max_norms / (norms + 1e-6)).clamp(max=1.0).unsqueeze(1))
-        optimizer.step(on)
-        bank.grad.zero_()
-        step_loss = step_loss.tolist()
-        for k in active:
-            losses[k].append(step_loss[k])
-        if on_step:
-            on_step(t + 1, n_steps)
+    with checkpointing(model, cfgs[0].gradient_checkpointing if cfgs else False):
+        for t in range(n_steps):
+            active = [k for k, p in enumerate(plans) if t < len(p)]
+            packed = [pack([datasets[k][i] for i in plans[k][t]], k) for k in active]
+            # Each adapter's loss is the mean over the tokens of its own batch, as when trained alone.
+            norm = torch.ones(bank.k, device=lm.device)
+            for row in packed:
+                norm[row.adapter] = max(1, sum(1 for label in row.labels[1:] if label != -100))
+                tokens[row.adapter] += len(row.input_ids)
+            step_loss = torch.zeros_like(norm)
+            for part in micro_batches(packed, max_tokens):
+                batch = {key: v.to(lm.device) for key, v in collate_packed(part, pad_id).items()}
+                bank.route([row.adapter for row in part])
+                with autocast(precision, lm.device):
+                    loss, terms = per_adapter_loss(model, batch, bank.rows, norm)
+                with warnings.catch_warnings():  # gradients land in strided views of bank.grad, on purpose
+                    warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+                    loss.backward()
+                step_loss += terms
+            bank.route(None)
+            on = torch.zeros(bank.k, dtype=torch.bool)
+            on[active] = True
+            norms = bank.grad.norm(dim=1)
+            bank.grad.mul_((max_norms / (norms + 1e-6)).clamp(max=1.0).unsqueeze(1))
+            optimizer.step(on)
+            bank.grad.zero_()
+            step_loss = step_loss.tolist()
+            for k in active:
+                losses[k].append(step_loss[k])
+            if on_step:
+                on_step(t + 1, n_steps)
     model.eval()
     share = (time.perf_counter() - start) / max(1, len(datasets))  # each adapter's share of the wall time
     return [TrainStats(steps=len(p), tokens=n, first_loss=ls[0] if ls else math.nan,

@@ -339,7 +339,7 @@ def policy_series(lm: LoadedModel, policy_runs: list[Path]):
     algorithms = [Run.resume(p).config.restem.algorithm for p in policy_runs]
     for n, path in enumerate(policy_runs):
         if n:
-            lm.model = load_model(lm.name, str(lm.device)).model
+            lm.model = load_model(lm.name, str(lm.device), lm.dtype).model
         label = "" if len(policy_runs) == 1 else algorithms[n] if algorithms.count(algorithms[n]) == 1 else Path(path).name
         for r in policy_rounds(lm, path):
             yield label, r

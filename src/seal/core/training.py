@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
+from torch.utils.checkpoint import checkpoint
 
 from seal.core.config import ConfigError, LoraTrainConfig
 from seal.core.examples import Example
@@ -176,24 +179,80 @@ def epoch_batches(n: int, cfg: LoraTrainConfig, seed: int) -> list[list[int]]:
     return out[:cfg.max_steps] if cfg.max_steps else out
 
 
-def weighted_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], weights: torch.Tensor,
-                  chunk: int = 1024) -> torch.Tensor:
+LOGIT_CHUNK = 1024  # target positions whose vocabulary logits exist at one time, in training
+
+
+def _chunk_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="none")
+
+
+def target_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+               chunk: int | None = None) -> torch.Tensor:
+    """Negative log-likelihood of each of `targets` (N) from the hidden states that predict them (N x H),
+    through the output layer `head`, `chunk` rows at a time. Under autograd each chunk is checkpointed:
+    its vocabulary logits are freed after the forward pass and computed again in the backward pass, so
+    at most one chunk of logits (chunk x vocabulary) is ever alive. At batch 8 x 512 tokens the whole
+    logits of the embedded model would be 0.8 GB, and their softmax as much again."""
+    if not len(targets):
+        return hidden[:, 0].float() * 0  # empty, but part of the graph
+    chunk = chunk or LOGIT_CHUNK
+    parts = []
+    for i in range(0, len(targets), chunk):
+        h, y = hidden[i:i + chunk], targets[i:i + chunk]
+        if torch.is_grad_enabled() and h.requires_grad:
+            parts.append(checkpoint(_chunk_nll, head, h, y, use_reentrant=False))
+        else:
+            parts.append(_chunk_nll(head, h, y))
+    return torch.cat(parts)
+
+
+def _targets(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
+    """The decoder's hidden states at positions that predict a label, those labels, their rows, and
+    the output layer. Position t predicts token t + 1."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = inner.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 use_cache=False).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    rows, cols = (labels != -100).nonzero(as_tuple=True)
+    return hidden[rows, cols], labels[rows, cols], rows, inner.get_output_embeddings()
+
+
+def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The mean negative log-likelihood over every target token of the batch: what the model's own
+    `.loss` is (Hugging Face's causal-LM loss; NaN for a batch without targets), without the whole
+    batch's vocabulary logits."""
+    hidden, targets, _, head = _targets(model, batch)
+    return target_nll(head, hidden, targets).sum() / len(targets)
+
+
+def weighted_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
     """The mean over the batch of each example's weight times its mean token loss (negative log-likelihood
     of its target tokens). A per-example mean, so that a long example is not worth more than a short
-    one; with weights that are advantages, this is a policy-gradient step on the targets. Vocabulary
-    logits are computed only at target positions, `chunk` positions at a time."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = inner.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    labels = batch["labels"][:, 1:]
-    mask = labels != -100
-    rows, cols = mask.nonzero(as_tuple=True)  # position t predicts token t + 1
-    head = inner.get_output_embeddings()
-    nll = torch.cat([torch.nn.functional.cross_entropy(head(hidden[rows[i:i + chunk], cols[i:i + chunk]]).float(),
-                                                       labels[rows[i:i + chunk], cols[i:i + chunk]], reduction="none")
-                     for i in range(0, len(rows), chunk)]) if len(rows) else hidden.new_zeros(0)
+    one; with weights that are advantages, this is a policy-gradient step on the targets."""
+    hidden, targets, rows, head = _targets(model, batch)
+    nll = target_nll(head, hidden, targets)
     per_example = torch.zeros(len(weights), device=hidden.device, dtype=torch.float32).index_add(0, rows, nll)
-    per_example = per_example / mask.sum(1).clamp(min=1)
+    per_example = per_example / torch.bincount(rows, minlength=len(weights)).clamp(min=1)
     return (per_example * weights).mean()
+
+
+@contextmanager
+def checkpointing(model: torch.nn.Module, on: bool):
+    """Gradient checkpointing of a Hugging Face model's decoder layers while the context lasts (when `on`)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not on:
+        yield
+        return
+    # non-reentrant: the inputs (token ids) need no gradient, and LoRA routing state is read at recompute
+    kwargs = {"use_reentrant": False}
+    if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    try:
+        yield
+    finally:
+        (getattr(inner, "activation_checkpointing_disable", None) or inner.gradient_checkpointing_disable)()
 
 
 def train(model: torch.nn.Module, examples: Sequence[Example], cfg: LoraTrainConfig, *, seed: int,
@@ -212,26 +271,27 @@ def train(model: torch.nn.Module, examples: Sequence[Example], cfg: LoraTrainCon
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warm))
     model.train()
     losses, extras, tokens, start = [], [], 0, time.perf_counter()
-    for indices in plan:
-        chosen = [examples[i] for i in indices]
-        batch = {k: v.to(device) for k, v in collate(chosen, pad_id).items()}
-        with autocast(precision, device):
-            if weighted:
-                loss = weighted_loss(model, batch, torch.tensor([e.weight for e in chosen], device=device))
-            else:
-                loss = model(**batch).loss
-            extra = extra_loss(len(losses)) if extra_loss is not None else None
-        (loss if extra is None else loss + extra).backward()
-        clip_gradients(params, cfg)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if extra is not None:
-            extras.append(extra.item())
-        tokens += int(batch["attention_mask"].sum())
-        if on_step:
-            on_step(len(losses), total)
+    with checkpointing(model, cfg.gradient_checkpointing):
+        for indices in plan:
+            chosen = [examples[i] for i in indices]
+            batch = {k: v.to(device) for k, v in collate(chosen, pad_id).items()}
+            with autocast(precision, device):
+                if weighted:
+                    loss = weighted_loss(model, batch, torch.tensor([e.weight for e in chosen], device=device))
+                else:
+                    loss = lm_loss(model, batch)
+                extra = extra_loss(len(losses)) if extra_loss is not None else None
+            (loss if extra is None else loss + extra).backward()
+            clip_gradients(params, cfg)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if extra is not None:
+                extras.append(extra.item())
+            tokens += int(batch["attention_mask"].sum())
+            if on_step:
+                on_step(len(losses), total)
     model.eval()
     return TrainStats(steps=len(losses), tokens=tokens, first_loss=losses[0] if losses else math.nan,
                       last_loss=losses[-1] if losses else math.nan, seconds=time.perf_counter() - start,
@@ -288,6 +348,29 @@ def save_adapter(peft: PeftModel, folder: Path, name: str = "default") -> None:
 
 
 @contextmanager
+def stashed(model: torch.nn.Module, names: Sequence[str] | None = None):
+    """While the context lasts, the parameters `names` (all of the model's when None) are kept on disk,
+    in a safetensors file under the temporary folder (TMPDIR); on exit each is read back into place, one
+    tensor at a time. Exact in any dtype, and no second copy of the weights in memory or on the
+    accelerator: what full fine-tuning and merged LoRA steps use to undo themselves."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    params = dict(model.named_parameters())
+    names = list(params) if names is None else list(names)
+    with tempfile.TemporaryDirectory(prefix="seal-stash-") as tmp:
+        path = Path(tmp) / "weights.safetensors"
+        save_file({n: params[n].detach().to("cpu").contiguous() for n in names}, str(path))
+        try:
+            yield
+        finally:
+            params = dict(model.named_parameters())  # the same tensors, unless a wrapper was left in place
+            with torch.no_grad(), safe_open(str(path), "pt") as f:
+                for n in names:
+                    params[n].copy_(f.get_tensor(n))
+
+
+@contextmanager
 def temporary_update(lm: LoadedModel, examples: Sequence[Example], cfg: LoraTrainConfig, *, full: bool, seed: int,
                      precision: str, adapter_dir=None, on_step=None, start_from=None):
     """Yield the training stats (None when a saved adapter was loaded) while `lm.model` carries one update
@@ -296,19 +379,18 @@ def temporary_update(lm: LoadedModel, examples: Sequence[Example], cfg: LoraTrai
     full update is not saved (a whole model per condition) and is trained again, with the same seed.
     `start_from`: a saved LoRA adapter that goes on training instead of a fresh one."""
     if full:
-        snapshot = {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
-        torch.manual_seed(seed)
-        for p in lm.model.parameters():
-            p.requires_grad_(True)
-        try:
-            stats = train(lm.model, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=lm.device,
-                          precision=precision, on_step=on_step)
-            yield stats
-        finally:
+        with stashed(lm.model):
+            torch.manual_seed(seed)
             for p in lm.model.parameters():
-                p.requires_grad_(False)
-            lm.model.load_state_dict(snapshot)
-            lm.model.eval()
+                p.requires_grad_(True)
+            try:
+                stats = train(lm.model, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id,
+                              device=lm.device, precision=precision, on_step=on_step)
+                yield stats
+            finally:
+                for p in lm.model.parameters():
+                    p.requires_grad_(False)
+                lm.model.eval()
         return
     saved = Path(adapter_dir) if adapter_dir is not None else None
     if saved is not None and (saved / "adapter_config.json").is_file():

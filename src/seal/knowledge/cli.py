@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
                  n: Annotated[int, typer.Option(help="Self-edits per passage.")] = 1,
                  quiet: QuietOpt = False):
         """Write self-edits for passages with the configured prompt style (self_edit.prompt) and sampling."""
-        from seal.core.models import load_model
+        from seal.core.models import load_configured
         from seal.core.restem import record_samples, self_edit_writer
 
         if split not in ("train", "eval", "all"):
@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         s = open_run(PLUGIN, "generate", config, set, resume)
         cfg = s.run.config
         passages = {"train": s.train, "eval": s.held, "all": s.train + s.held}[split]
-        lm = load_model(cfg.model.name, cfg.model.device)
+        lm = load_configured(cfg.model)
         with progress_for(s.run, quiet) as progress:
             record_samples(s.run, [(f"generate/{p.id}", p, dict(context_id=p.id, title=p.title)) for p in passages],
                            self_edit_writer(lm, s.domain, n, cfg), max(1, cfg.self_edit.batch_size // n),
@@ -93,7 +93,7 @@ def register_learning(app: typer.Typer) -> None:
                   quiet: QuietOpt = False):
         """Teach the model the documents: passages, self-written questions, the best of k self-edits each
         (chosen on half of the questions), one update on them all, scored on the other half."""
-        from seal.core.models import load_model, token_counter
+        from seal.core.models import load_configured, token_counter
         from seal.core.restem import policy_rounds
         from seal.knowledge.documents import read_documents
         from seal.knowledge.learn import Earlier, LearnError, check_documents, learn, report_table, write_output
@@ -127,7 +127,7 @@ def register_learning(app: typer.Typer) -> None:
         for skip in skipped:
             console.print(f"[yellow]skipped[/yellow] {skip.path}: {skip.reason}")
         cfg = s.run.config
-        lm = load_model(cfg.model.name, cfg.model.device)
+        lm = load_configured(cfg.model)
         if policy is not None:
             for _ in policy_rounds(lm, policy):  # the last finished round's policy writes the self-edits
                 pass

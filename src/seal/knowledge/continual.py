@@ -28,7 +28,7 @@ from pathlib import Path
 from seal.core.config import ConfigError
 from seal.core.continual import SequentialLora, kl_loss, orthogonal_penalty, project_out, replay_sample
 from seal.core.generation import resolve_precision
-from seal.core.models import LoadedModel, load_model
+from seal.core.models import LoadedModel, load_configured
 from seal.core.multi_lora import adapter_bank, train_bank
 from seal.core.progress import Progress
 from seal.core.restem import derive_seed, policy_rounds, record_samples, self_edit_writer
@@ -52,7 +52,7 @@ def continual(run: Run, domain: KnowledgeDomain, pool: list[Passage], progress: 
     """Every (remedy, sequence) of the configuration; returns `summary(run)`."""
     config = run.config
     c = config.continual
-    lm = lm or load_model(config.model.name, config.model.device)
+    lm = lm or load_configured(config.model)
     if policy_run is not None:
         for _ in policy_rounds(lm, policy_run):  # start from the last finished round's policy
             pass

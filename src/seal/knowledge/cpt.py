@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from seal.core.generation import resolve_precision
-from seal.core.models import LoadedModel, load_model
+from seal.core.models import LoadedModel, load_configured
 from seal.core.progress import Progress
 from seal.core.restem import derive_seed, record_samples
 from seal.core.runs import Run
@@ -37,7 +37,7 @@ def slug(name: str) -> str:
 def cpt(run: Run, domain: KnowledgeDomain, passages: list[Passage], progress: Progress,
         policy_runs: list[Path] = (), lm: LoadedModel | None = None) -> Table:
     """Every CPT condition on `passages`; returns the table."""
-    lm = lm or load_model(run.config.model.name, run.config.model.device)
+    lm = lm or load_configured(run.config.model)
     for c in conditions(run.config, lm, domain, policy_runs):
         if c.name is None:
             _no_update(run, lm, domain, passages, c, progress)

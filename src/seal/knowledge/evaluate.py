@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seal.core.endpoint import ChatEndpoint, EndpointError
-from seal.core.models import LoadedModel, load_model
+from seal.core.models import LoadedModel, load_configured, load_model
 from seal.core.progress import Progress
 from seal.core.restem import EvalJob, evaluate_jobs, policy_series, record_samples, self_edit_writer
 from seal.core.runs import Run
@@ -58,7 +58,7 @@ def _teacher_writer(config: KnowledgeConfig, domain: KnowledgeDomain) -> Writer 
                 return dict(prompt=prompt, self_edits=[], error=str(err))
         return lambda passages, seed: [from_endpoint(p) for p in passages]
     if t.model:
-        return self_edit_writer(load_model(t.model, config.model.device), domain, 1, config)
+        return self_edit_writer(load_model(t.model, config.model.device, config.model.dtype), domain, 1, config)
     return None
 
 
@@ -148,7 +148,7 @@ def evaluate(run: Run, domain: KnowledgeDomain, passages: list[Passage], progres
              policy_runs: list[Path] = (), lm: LoadedModel | None = None) -> Table:
     """Evaluate every condition on the held-out passages (with the rounds of each restem run in
     `policy_runs`) and return the table."""
-    lm = lm or load_model(run.config.model.name, run.config.model.device)
+    lm = lm or load_configured(run.config.model)
     for c in conditions(run.config, lm, domain, policy_runs):
         _condition(run, lm, domain, passages, c, progress)
     return table(run)

@@ -84,7 +84,7 @@ def question_writer(config, lm: LoadedModel) -> Callable[[list[Passage]], list[W
         endpoint = ChatEndpoint(t.base_url, t.api_model, t.api_key_env, t.retries)
         complete = lambda prompts: [endpoint.complete(p, temperature=0.0, max_tokens=512) for p in prompts]
     else:
-        writer = load_model(t.model, config.model.device) if t.model else lm
+        writer = load_model(t.model, config.model.device, config.model.dtype) if t.model else lm
 
         def complete(prompts):
             chat = use_chat(writer, config.model.chat_template)
@@ -454,7 +454,7 @@ class Asker:
         if self.manifest.get("mode") == "per-document":
             from peft import PeftModel
 
-            self.lm = load_model(self.manifest["model"], device)
+            self.lm = load_model(self.manifest["model"], device, self.config.model.dtype)
             for n, doc in enumerate(self.manifest["documents"]):
                 name = f"d{n}"
                 if n == 0:
@@ -466,11 +466,11 @@ class Asker:
         elif (folder / "adapter_config.json").is_file():
             from peft import PeftModel
 
-            self.lm = load_model(self.manifest["model"], device)
+            self.lm = load_model(self.manifest["model"], device, self.config.model.dtype)
             self.lm.model = PeftModel.from_pretrained(self.lm.model, str(folder))
             self.merged = None
         else:
-            self.lm = load_model(str(folder), device)
+            self.lm = load_model(str(folder), device, self.config.model.dtype)
             self.merged = self.manifest["model"]
         self.lm.model.eval()
 
@@ -503,5 +503,5 @@ class Asker:
 
     def _base(self) -> LoadedModel:
         if not hasattr(self, "_base_lm"):
-            self._base_lm = load_model(self.merged, str(self.lm.device))
+            self._base_lm = load_model(self.merged, str(self.lm.device), self.lm.dtype)
         return self._base_lm

@@ -1,0 +1,197 @@
+"""The scale path on CPU: weight dtypes, chunked losses, gradient checkpointing, and updates undone
+without a copy of the weights."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from seal.core import models, training
+from seal.core.config import LoraTrainConfig
+from seal.core.models import ModelLoadError, load_model, resolve_dtype
+from seal.core.multi_lora import adapter_bank, train_bank
+from seal.core.training import collate, fresh_adapter, lm_examples, lm_loss, stashed, train, weighted_loss
+
+TEXTS = [
+    ["The lighthouse of Varn was lit in 1821.", "Its keeper was Ida Morrow.", "It stands on basalt."],
+    ["Quill moss grows only on north-facing slate.", "It turns red in frost."],
+]
+CPU = torch.device("cpu")
+
+
+def _cfg(**kw) -> LoraTrainConfig:
+    base = dict(rank=4, alpha=8, lr=5e-3, epochs=2, batch_size=2, target_modules=["q_proj", "v_proj", "down_proj"])
+    return LoraTrainConfig(**{**base, **kw})
+
+
+def _lora_state(wrapped) -> dict[str, torch.Tensor]:
+    return {n.removeprefix("base_model.model.").replace(".default", ""): p.detach().float().clone()
+            for n, p in wrapped.named_parameters() if "lora_" in n}
+
+
+def test_chunked_loss_equals_the_models_own_loss_and_gradient(tiny, monkeypatch):
+    examples = lm_examples(tiny.tokenizer, TEXTS[0] + TEXTS[1], 64)
+    batch = collate(examples, tiny.tokenizer.pad_token_id)
+    cfg = _cfg()
+    seen = []
+    head = tiny.model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda m, i, o: seen.append(o.shape[0] if o.dim() == 2 else o.shape[0] * o.shape[1]))
+    monkeypatch.setattr(training, "LOGIT_CHUNK", 7)  # several chunks of target positions
+    grads = []
+    for use_chunks in (False, True):
+        with fresh_adapter(tiny, cfg, seed=3) as wrapped:
+            wrapped.train()
+            loss = lm_loss(wrapped, batch) if use_chunks else wrapped(**batch).loss
+            loss.backward()
+            grads.append((loss.item(), {n: p.grad.clone() for n, p in wrapped.named_parameters() if p.grad is not None}))
+    hook.remove()
+    (full_loss, full_grad), (chunk_loss, chunk_grad) = grads
+    assert chunk_loss == pytest.approx(full_loss, rel=1e-5)
+    assert set(full_grad) == set(chunk_grad)
+    for n in full_grad:
+        assert torch.allclose(chunk_grad[n], full_grad[n], atol=1e-6, rtol=1e-4), n
+    # the model's own loss computed all logits at once; the chunked one never more than 7 rows at a time
+    assert seen[0] > 7 and seen[1:] and max(seen[1:]) <= 7
+
+
+def test_weighted_loss_with_unit_weights_is_the_mean_of_per_example_means(tiny):
+    examples = lm_examples(tiny.tokenizer, TEXTS[0], 64)
+    batch = collate(examples, tiny.tokenizer.pad_token_id)
+    one = [lm_loss(tiny.model, collate([e], tiny.tokenizer.pad_token_id)).item() for e in examples]
+    got = weighted_loss(tiny.model, batch, torch.ones(len(examples))).item()
+    assert got == pytest.approx(sum(one) / len(one), rel=1e-5)
+
+
+def test_a_batch_without_targets_has_a_nan_loss_not_an_error(tiny):
+    from seal.core.training import Example
+
+    batch = collate([Example([5, 6, 7], [-100, -100, -100])], tiny.tokenizer.pad_token_id)
+    with fresh_adapter(tiny, _cfg(), seed=0) as wrapped:
+        loss = lm_loss(wrapped, batch)
+        loss.backward()  # part of the graph: the step is recorded as non-finite, not a crash
+    assert torch.isnan(loss)
+
+
+def test_gradient_checkpointing_gives_the_same_adapters_in_both_inner_loops(tiny):
+    datasets = [lm_examples(tiny.tokenizer, t, 64) for t in TEXTS]
+    seeds = [5, 6]
+    alone, batched = {}, {}
+    for ckpt in (False, True):
+        cfg = _cfg(gradient_checkpointing=ckpt, dropout=0.1)  # dropout: recomputed with the same mask
+        with fresh_adapter(tiny, cfg, seeds[0]) as wrapped:
+            train(wrapped, datasets[0], cfg, seed=seeds[0], pad_id=tiny.tokenizer.pad_token_id, device=CPU)
+            alone[ckpt] = _lora_state(wrapped)
+        with adapter_bank(tiny, cfg, seeds) as bank:
+            train_bank(tiny, bank, datasets, cfg, seeds=seeds, max_tokens=40)
+            batched[ckpt] = [bank.adapter_state(k) for k in range(2)]
+        assert not tiny.model.model.gradient_checkpointing  # switched off again afterwards
+    for name, value in alone[False].items():
+        assert torch.allclose(alone[True][name], value, atol=1e-6), name
+    for k in range(2):
+        for name, value in batched[False][k].items():
+            assert torch.allclose(batched[True][k][name], value, atol=1e-6), (k, name)
+
+
+def _both_paths(lm, cfg, datasets, seeds):
+    """Each adapter trained alone (PEFT) and all of them in one bank; LoRA tensors by bank name, in fp32."""
+    alone = []
+    for data, seed in zip(datasets, seeds):
+        with fresh_adapter(lm, cfg, seed) as wrapped:
+            assert all(p.dtype == torch.float32 for n, p in wrapped.named_parameters() if p.requires_grad)
+            train(wrapped, data, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=CPU)
+            alone.append(_lora_state(wrapped))
+    with adapter_bank(lm, cfg, seeds) as bank:
+        assert bank.data.dtype == torch.float32
+        train_bank(lm, bank, datasets, cfg, seeds=seeds)
+        batched = [{n: v.float() for n, v in bank.adapter_state(k).items()} for k in range(len(seeds))]
+    return alone, batched
+
+
+def _distance(got: dict, expected: dict) -> float:
+    """The largest relative distance ||got - expected|| / ||expected|| over the LoRA tensors."""
+    return max(float((got[n] - v).norm() / v.norm()) for n, v in expected.items())
+
+
+def test_both_inner_loops_agree_in_each_weight_dtype_and_lora_stays_fp32(tiny_dir):
+    """fp32: the batched and one-at-a-time adapters agree to float rounding (relative distance 1e-5).
+    bf16 weights round every layer's output to 8 bits of mantissa, which the two paths do in different
+    places, and Adam turns tiny gradient differences into steps of up to the learning rate, so the
+    tolerance is the scale of bf16 itself: the distance between the one-at-a-time adapter trained on
+    bf16 weights and on fp32 ones (about 0.1 on this random tiny model). The two bf16 paths must agree
+    to within 1.5 times that."""
+    cfg, seeds = _cfg(), [1, 2]
+    got = {}
+    for dtype in ("fp32", "bf16"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # bf16 on a CPU without bf16 instructions warns once
+            lm = load_model(str(tiny_dir), "cpu", dtype)
+        assert lm.dtype == dtype and next(lm.model.parameters()).dtype == models.DTYPES[dtype]
+        got[dtype] = _both_paths(lm, cfg, [lm_examples(lm.tokenizer, t, 64) for t in TEXTS], seeds)
+    (alone32, batched32), (alone16, batched16) = got["fp32"], got["bf16"]
+    bf16_scale = max(_distance(alone16[k], alone32[k]) for k in range(2))
+    assert 0 < bf16_scale < 0.3
+    for k in range(2):
+        assert _distance(batched32[k], alone32[k]) <= 1e-5
+        assert _distance(batched16[k], alone16[k]) <= 1.5 * bf16_scale
+        assert any(v.abs().max() > 0 for n, v in batched16[k].items() if "lora_B" in n)  # it trained
+
+
+def test_dtype_choices_and_refusals(monkeypatch, tiny_dir):
+    assert resolve_dtype("auto", CPU) == "fp32"
+    assert resolve_dtype("fp32", CPU) == "fp32"
+    with pytest.raises(ModelLoadError, match="fp16 is not supported on device 'cpu'"):
+        resolve_dtype("fp16", CPU)
+    with pytest.raises(ModelLoadError, match=r"model\.dtype 'fp8'"):
+        resolve_dtype("fp8", CPU)
+    monkeypatch.setattr(models, "native_bf16_cpu", lambda: False)
+    monkeypatch.setattr(models, "_warned", set())
+    with pytest.warns(UserWarning, match="much slower"):
+        assert resolve_dtype("bf16", CPU) == "bf16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once only
+        assert resolve_dtype("bf16", CPU) == "bf16"
+    assert models.checkpoint_dtype(tiny_dir) == "fp32"
+
+
+def test_fp16_on_cpu_is_one_line_before_any_run_directory(tiny_config, tmp_path):
+    from typer.testing import CliRunner
+
+    from seal.cli import app
+
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["knowledge", "restem", "--set", f"model.name={tiny_config.model.name}",
+                                      "--set", "model.dtype=fp16", "--set", f"runs_dir={runs}", "--set", "model.device=cpu"])
+    assert result.exit_code != 0
+    assert "fp16 is not supported on device 'cpu'" in result.output
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_stashed_weights_come_back_bit_for_bit(tiny, dtype):
+    tiny.model.to(dtype)
+    before = {n: p.detach().clone() for n, p in tiny.model.named_parameters()}
+    names = [n for n in before if "q_proj" in n]
+    with stashed(tiny.model, names), torch.no_grad():
+        for n, p in tiny.model.named_parameters():
+            if n in names:
+                p.add_(0.123)
+    after = dict(tiny.model.named_parameters())
+    assert all(torch.equal(after[n], before[n]) for n in before)
+
+
+def test_merged_continual_steps_are_undone_exactly(tiny):
+    from seal.core.continual import SequentialLora
+
+    cfg = _cfg(epochs=1)
+    data = lm_examples(tiny.tokenizer, TEXTS[0], 64)
+    before = {n: p.detach().clone() for n, p in tiny.model.state_dict().items()}
+    with SequentialLora(tiny, cfg, "merge") as seq:
+        for step in (1, 2):
+            train(seq.begin(seed=step), data, cfg, seed=step, pad_id=0, device=CPU)
+            seq.commit()
+        changed = tiny.model.state_dict()
+        assert any(not torch.equal(changed[n], before[n]) for n in before)
+    after = tiny.model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[n], before[n]) for n in before)
