@@ -38,7 +38,7 @@ import torch
 from seal.core.config import load_config
 from seal.core.generation import resolve_precision
 from seal.core.models import load_model
-from seal.core.multi_lora import memory_adapters
+from seal.core.multi_lora import memory_adapters, throughput_k
 from seal.core.restem import derive_seed, sample_self_edits
 from seal.core.runs import Run
 from seal.core.training import TrainStats, epoch_batches, fresh_adapter, lm_examples
@@ -147,7 +147,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--self-edits", type=int, default=8, help="self-edits evaluated by (b) and (c)")
     parser.add_argument("--reference", type=int, default=1, help="of those, how many (a) evaluates (it is slow)")
-    parser.add_argument("--k", type=int, default=None, help="adapters per batch in (c); default: from memory")
+    parser.add_argument("--k", type=int, default=None, help="adapters per batch in (c); default: the device's throughput K, within memory")
     parser.add_argument("--recipe", choices=["reference", "project"], default="reference",
                         help="reference: the paper's inner loop (q,v r32, batch 1); "
                              "project: this project's default (all linear r16, batch 4)")
@@ -159,6 +159,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=2e-3, help="largest reward difference counted as equal")
     parser.add_argument("--profile", action="store_true", help="also profile one batched evaluation")
+    parser.add_argument("--k-sweep", default=None, help="only (c), once per K in this comma-separated list (ascending): "
+                        "evaluations/min and peak memory against K, e.g. 1,2,4,8,12")
+    parser.add_argument("--set", action="append", default=[], help="a configuration override, e.g. inner_loop.tokens_per_forward=2048")
     parser.add_argument("--out", default="benchmarks/results/inner_loop_speed.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -171,6 +174,7 @@ def main() -> None:
         overrides += ["inner_loop.epochs=5", "inner_loop.batch_size=4"]
     if args.epochs:
         overrides += [f"inner_loop.epochs={args.epochs}"]
+    overrides += args.set
     config = load_config(args.config, overrides)
     cfg = config.inner_loop
     lm = load_model(config.model.name, config.model.device)
@@ -186,7 +190,7 @@ def main() -> None:
     domain = KnowledgeDomain(config)
     pairs = self_edits(lm, config, domain, args.self_edits, args.from_run, args.seed)
     seeds = [derive_seed(args.seed, "bench", i) for i in range(len(pairs))]
-    k = args.k or memory_adapters(lm, cfg, len(pairs))
+    k = args.k or min(throughput_k(lm), memory_adapters(lm, cfg, len(pairs)))
     lines = [len(training_set(p, s, split_lines=cfg.split_lines, include_passage=cfg.include_passage,
                               max_lines=cfg.max_lines).sequences) for p, s in pairs]
     print(f"{len(pairs)} self-edits on {len({p.id for p, _ in pairs})} passages, {sum(lines) / len(lines):.1f} "
@@ -203,7 +207,7 @@ def main() -> None:
             tokens += r.get("train", {}).get("tokens", 0)
         return dict(results=results, train_seconds=train_s, tokens=tokens, computed_tokens=tokens)
 
-    def batched():
+    def batched(k=k):
         pre = {}
         for p, _ in pairs:
             if p.id not in pre:
@@ -231,6 +235,10 @@ def main() -> None:
     pre = warm.pre_update(lm, p)
     warm.evaluate_batch(lm, [(p, s, 0, pre)] * min(2, k))
     warm.evaluate(lm, p, s, 0, pre)
+
+    if args.k_sweep:
+        sweep(args, pairs, batched, n_params, peak)
+        return
 
     paths = []
     for name, fn in [("(c) batched", batched), ("(b) one at a time", one_at_a_time), ("(a) reference-style", reference)]:
@@ -283,6 +291,34 @@ def main() -> None:
                    paths=[{key: v for key, v in p.items() if key != "results"} | dict(rewards=[r["reward"] for r in p["results"]])
                           for p in paths])
     Path(args.out).write_text(json.dumps(summary, indent=1))
+    print(f"written {args.out}")
+
+
+def sweep(args, pairs, batched, n_params: int, peak: float) -> None:
+    """The batched path once per K, K ascending (a process's resident memory rarely shrinks, so each
+    row's peak is measured after every smaller K has run: an upper bound for that K alone)."""
+    ks = sorted({int(x) for x in args.k_sweep.split(",")})
+    rows = []
+    for k in ks:
+        print(f"running (c) batched with K = {k} ...", flush=True)
+        out = run_path(f"K = {k}", lambda k=k: batched(k))
+        out["per_min"] = 60 * len(out["results"]) / out["wall"]
+        out["tok_s"] = out["tokens"] / out["train_seconds"] if out["train_seconds"] else math.nan
+        rows.append(dict(k=k, evals=len(out["results"]), wall=out["wall"], per_min=out["per_min"], tok_s=out["tok_s"],
+                         mfu=4 * n_params * out["tok_s"] / peak, peak_rss=out["peak_rss"],
+                         rewards=[r["reward"] for r in out["results"]]))
+        print(f"  {rows[-1]['per_min']:.2f} evaluations/min, peak RSS {out['peak_rss'] / 2**30:.2f} GiB", flush=True)
+    best = max(rows, key=lambda r: r["per_min"])
+    print()
+    print("| K | evaluations | wall s | evaluations / min | vs best | train tokens/s | % of matmul peak | peak RSS GiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['k']} | {r['evals']} | {r['wall']:.0f} | {r['per_min']:.2f} | {r['per_min'] / best['per_min']:.2f} | "
+              f"{r['tok_s']:.0f} | {100 * r['mfu']:.0f}% | {r['peak_rss'] / 2**30:.2f} |")
+    spread = max(max(abs(a - b) for a, b in zip(r["rewards"], rows[0]["rewards"])) for r in rows)
+    print(f"\nfastest: K = {best['k']}; rewards across K differ by at most {spread:.1e}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(dict(args=vars(args), matmul_peak=peak, n_params=n_params, sweep=rows), indent=1))
     print(f"written {args.out}")
 
 

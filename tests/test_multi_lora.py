@@ -129,14 +129,48 @@ def test_k_comes_from_memory_and_never_exceeds_the_work(tiny, monkeypatch):
 
     size = ml.lora_size(tiny.model, _cfg())
     monkeypatch.setattr(ml, "available_memory", lambda: 64 << 30)
-    assert ml.choose_adapters(tiny, size, 4096, n_jobs=5) == 5
-    assert ml.choose_adapters(tiny, size, 4096, n_jobs=500, cap=32) == 32
-    # room for about 10 adapters beside the activations of one forward pass
+    assert ml.choose_adapters(size, 0, n_jobs=5, cap=32) == 5
+    assert ml.choose_adapters(size, 0, n_jobs=500, cap=32) == 32
+    # room for about 10 adapters beside the activations of one forward pass, in half the free memory
     activations = 4096 * ml.bytes_per_token(tiny.model)
     monkeypatch.setattr(ml, "available_memory", lambda: 2 * (activations + 10 * 16 * size))
-    assert ml.choose_adapters(tiny, size, 4096, n_jobs=500) == 10
+    assert ml.choose_adapters(size, activations, n_jobs=500, cap=1024) == 10
+    assert ml.choose_adapters(size, activations, n_jobs=500, cap=1024, budget=activations + 3 * 16 * size) == 3
     monkeypatch.setattr(ml, "available_memory", lambda: 0)
-    assert ml.choose_adapters(tiny, size, 4096, n_jobs=500) == 1  # never zero
+    assert ml.choose_adapters(size, activations, n_jobs=500, cap=1024) == 1  # never zero
+
+
+def test_k_is_the_devices_fastest_within_memory_and_time_and_does_not_collapse(tiny, monkeypatch):
+    import seal.core.multi_lora as ml
+    from seal.core.config import InnerLoopBase
+
+    monkeypatch.setattr(ml, "available_memory", lambda: 64 << 30)
+    cfg = InnerLoopBase(max_batch_seconds=100)
+    assert ml.throughput_k(tiny) == ml.CPU_K
+    assert ml.adapters_per_batch(tiny, cfg, 500) == min(ml.CPU_K, ml.FIRST_BATCH)  # time per evaluation unknown
+    assert ml.adapters_per_batch(tiny, cfg, 500, seconds_per_eval=1.0) == ml.CPU_K  # fast: the throughput K
+    assert ml.adapters_per_batch(tiny, cfg, 2, seconds_per_eval=1.0) == 2  # never more than the work left
+    assert ml.adapters_per_batch(tiny, cfg, 500, seconds_per_eval=60.0) == 1  # slow: what fits in 100 s
+    # a narrow batch that kept to its time does not narrow the next one, however slow its evaluations were
+    assert ml.adapters_per_batch(tiny, cfg, 500, seconds_per_eval=60.0, previous=(3, 95.0)) == 3
+    assert ml.adapters_per_batch(tiny, cfg, 500, seconds_per_eval=60.0, previous=(3, 180.0)) == 1  # it ran over
+    assert ml.adapters_per_batch(tiny, cfg.model_copy(update=dict(adapters_per_batch=7)), 500) == 7
+    # an explicit memory budget caps K: here room for 2 adapters beside one forward pass
+    need = ml.activation_bytes(tiny.model, cfg) + 2 * 16 * ml.lora_size(tiny.model, cfg)
+    small = cfg.model_copy(update=dict(memory_budget=need / 2**30))
+    assert ml.adapters_per_batch(tiny, small, 500, seconds_per_eval=1.0) == 2
+
+
+def test_a_memory_budget_too_small_for_one_forward_pass_is_refused(tiny):
+    import seal.core.multi_lora as ml
+    from seal.core.config import ConfigError, InnerLoopBase
+
+    cfg = InnerLoopBase(memory_budget=1e-4)
+    with pytest.raises(ConfigError, match=r"inner_loop\.memory_budget 0\.0001 GiB.*gradient_checkpointing"):
+        ml.check_memory_budget(tiny.model, cfg)
+    ml.check_memory_budget(tiny.model, cfg.model_copy(update=dict(memory_budget=None)))  # no budget: nothing to check
+    plain, checkpointed = ml.bytes_per_token(tiny.model), ml.bytes_per_token(tiny.model, checkpointed=True)
+    assert checkpointed < plain
 
 
 def test_lora_dropout_is_off_when_answering(tiny):

@@ -86,14 +86,19 @@ def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path | lis
               allow_overlap: bool = False, reuse: Optional[Path] = None) -> tuple[list, list, Domain]:
     """Every check a command needs before its run directory may exist (`policy`: one restem run
     directory, or several); returns (training contexts, held-out contexts, the domain's inner loop)."""
-    from seal.core.models import model_layer_names, pick_device, resolve_checkpoint, resolve_dtype
-    from seal.core.training import check_targets
+    from seal.core.config import InnerLoopBase
+    from seal.core.models import meta_model, pick_device, resolve_checkpoint, resolve_dtype
+    from seal.core.multi_lora import check_memory_budget
+    from seal.core.training import check_targets, linear_names
 
     train, held = p.contexts(config)
-    names = model_layer_names(config.model.name)
+    shape = meta_model(config.model.name)
+    names = linear_names(shape)
     resolve_dtype(config.model.dtype, pick_device(config.model.device), resolve_checkpoint(config.model.name))
     for field, recipe in p.lora_sections(config, command):
         check_targets(names, recipe, f"{field}.target_modules")
+        if isinstance(recipe, InnerLoopBase):
+            check_memory_budget(shape, recipe, field)
     p.check(config, command, held)
     domain = p.domain(config)
     for one in [policy] if isinstance(policy, Path) else policy or []:

@@ -58,9 +58,10 @@ class InnerLoopBase(LoraTrainConfig):
     eval_times: int = Field(1, ge=1, le=100, description="independent trainings per self-edit; the reward is their mean")
     common_seeds: bool = Field(True, description="common random numbers: every self-edit of one context (a round's k samples; a table's rows) trains, in repeat t, from the same LoRA initialisation and data-order seed, so that their rewards differ by their text; false: a seed per self-edit")
     batched: bool = Field(True, description="train and evaluate many self-edits' adapters in shared batches (multi-LoRA); false: one PEFT adapter at a time, for comparison and debugging")
-    adapters_per_batch: int | None = Field(None, ge=1, le=1024, description="batched: adapters trained together (K); None: as many as fit in memory and in max_batch_seconds")
+    adapters_per_batch: int | None = Field(None, ge=1, le=1024, description="batched: adapters trained together (K); None: the device's fastest K (4 on a CPU, measured; up to 64 on a GPU), within memory_budget and max_batch_seconds")
+    memory_budget: float | None = Field(None, gt=0, description="batched: GiB the inner loop's batches may use beyond the model's weights (adapters with their gradients and optimiser state, and the activations of one forward pass), which caps K; None: half of the memory free at the start")
     max_batch_seconds: float = Field(120, gt=0, description="batched, K not set: a batch is sized to take about this long at the seconds per evaluation measured so far (the first batch has 4 adapters); a kill loses at most the batch in flight")
-    tokens_per_forward: int = Field(4096, ge=64, description="batched: tokens (padding included) per forward pass; bounds the activation memory")
+    tokens_per_forward: int = Field(4096, ge=64, description="batched: tokens (padding included) per forward pass; bounds the activation memory (about 1.5 MB a token for the embedded model, far less with gradient_checkpointing)")
 
 
 class SamplingBase(Section):

@@ -157,18 +157,22 @@ def resolve_checkpoint(name: str) -> Path | str:
     return name  # a hub id: from_pretrained downloads it where there is network
 
 
-def model_layer_names(name: str) -> set[str]:
-    """The linear layer names of a model, from its configuration alone (built on the meta device: no
-    weights are read), so that a LoRA recipe can be checked before any work starts."""
-    from seal.core.training import linear_names
-
+def meta_model(name: str) -> PreTrainedModel:
+    """Model `name` built from its configuration alone on the meta device (no weights are read), so
+    that settings that depend on its shape (LoRA targets, memory) can be checked before any work starts."""
     try:
         config = AutoConfig.from_pretrained(resolve_checkpoint(name))
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+            return AutoModelForCausalLM.from_config(config)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not read the configuration of model '{name}': {err}") from err
-    return linear_names(model)
+
+
+def model_layer_names(name: str) -> set[str]:
+    """The linear layer names of a model, from its configuration alone."""
+    from seal.core.training import linear_names
+
+    return linear_names(meta_model(name))
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:

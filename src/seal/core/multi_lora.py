@@ -317,44 +317,93 @@ def train_bank(lm: LoadedModel, bank: AdapterBank, datasets: list[list[Example]]
             for p, n, ls in zip(plans, tokens, losses)]
 
 
-def bytes_per_token(model) -> int:
-    """A generous estimate of the training memory one (padded) token costs in a forward and backward
-    pass, from the model's shape: activations kept for the backward pass in every layer, plus the
-    vocabulary logits (only for tokens with a label, counted here for all)."""
+def bytes_per_token(model, checkpointed: bool = False) -> int:
+    """A generous estimate of the training memory one (padded) token of a forward pass costs until its
+    backward pass, from the model's shape: the activations every layer keeps (with gradient
+    checkpointing, only each layer's input, plus one layer's activations while it is recomputed).
+    Measured on the embedded model under bf16 autocast: about 1.5 MB a token, against 1.6 MB here."""
     c = model.config
     layers, hidden = c.num_hidden_layers, c.hidden_size
     inter = getattr(c, "intermediate_size", 4 * hidden)
-    return 4 * layers * (12 * hidden + 4 * inter) + 12 * c.vocab_size
+    one_layer = 4 * (12 * hidden + 4 * inter)
+    return 4 * layers * hidden + one_layer if checkpointed else layers * one_layer
 
 
-def choose_adapters(lm: LoadedModel, bank_size: int, max_tokens: int, n_jobs: int, cap: int = 32) -> int:
-    """K from the memory at hand: each adapter costs its parameters four times over (weights, gradient,
-    two moments), the shared forward passes cost `max_tokens` tokens of activations; keep half of what
-    is free in reserve. Never more than the work at hand or `cap` (past which batches are wide enough)."""
-    budget = available_memory() // 2 - max_tokens * bytes_per_token(lm.model)
-    per_adapter = 16 * bank_size
-    return max(1, min(n_jobs, cap, budget // per_adapter))
+def logit_bytes(model) -> int:
+    """The vocabulary logits alive at one time in training (one chunk of `training.target_nll`: the
+    logits, their fp32 copy and the softmax), whatever the number of tokens."""
+    from seal.core import training
+
+    return training.LOGIT_CHUNK * model.config.vocab_size * 12
 
 
+def activation_bytes(model, cfg) -> int:
+    """The activation memory of one forward and backward pass of `tokens_per_forward` tokens."""
+    return cfg.tokens_per_forward * bytes_per_token(model, cfg.gradient_checkpointing) + logit_bytes(model)
+
+
+def choose_adapters(bank_size: int, activations: int, n_jobs: int, cap: int, budget: int | None = None) -> int:
+    """K from memory: each adapter costs its parameters four times over (weights, gradient, two moments,
+    all fp32), the shared forward passes cost `activations`; all of it within `budget` bytes (default:
+    half of what is free). Never more than the work at hand or `cap`."""
+    budget = available_memory() // 2 if budget is None else budget
+    return max(1, min(n_jobs, cap, (budget - activations) // (16 * bank_size)))
+
+
+# Adapters per batch (K) where the batched inner loop evaluates the most self-edits per minute. On this
+# project's 2-core CPU evaluations/min rose to K = 4 and fell past it, while memory kept growing with
+# K (benchmarks/inner_loop_speed.py --k-sweep; the table is in the README). On a GPU a wide batch is
+# what keeps it busy: as many as the memory allows, up to GPU_K (not measured by this project yet).
+CPU_K = 4
+GPU_K = 64
 FIRST_BATCH = 4  # adapters in a batch before the time of one evaluation is known
 
 
+def throughput_k(lm: LoadedModel) -> int:
+    return CPU_K if lm.device.type == "cpu" else GPU_K
+
+
+def memory_budget(cfg) -> int | None:
+    """inner_loop.memory_budget in bytes, when set."""
+    return int(cfg.memory_budget * 2**30) if cfg.memory_budget else None
+
+
+def check_memory_budget(model, cfg, field: str = "inner_loop") -> None:
+    """Refuse a memory budget that one forward pass and one adapter do not fit in (`model` may be on
+    the meta device: only its shape is read)."""
+    from seal.core.config import ConfigError
+
+    budget = memory_budget(cfg)
+    need = activation_bytes(model, cfg) + 16 * lora_size(model, cfg)
+    if budget is not None and need > budget:
+        raise ConfigError(
+            f"{field}.memory_budget {cfg.memory_budget} GiB: one batch of {field}.tokens_per_forward="
+            f"{cfg.tokens_per_forward} tokens needs about {need / 2**30:.2f} GiB; lower tokens_per_forward"
+            + ("" if cfg.gradient_checkpointing else " or turn on gradient_checkpointing"))
+
+
+def memory_adapters(lm: LoadedModel, cfg, n_jobs: int) -> int:
+    """K for an inner-loop configuration from memory alone: `memory_budget`, else half of what is free."""
+    return choose_adapters(lora_size(lm.model, cfg), activation_bytes(lm.model, cfg), n_jobs, cap=1024,
+                           budget=memory_budget(cfg))
+
+
 def adapters_per_batch(lm: LoadedModel, cfg, n_jobs: int, seconds_per_eval: float | None = None,
-                       memory_k: int | None = None) -> int:
-    """K for an inner-loop configuration: `adapters_per_batch` when set; else as many as the memory
-    allows (`memory_k`, or measured now) and, so that a kill loses little, no more than fit in
-    `max_batch_seconds` at `seconds_per_eval` (FIRST_BATCH while that is not known yet)."""
+                       memory_k: int | None = None, previous: tuple[int, float] | None = None) -> int:
+    """K for the next batch of an inner-loop configuration: `adapters_per_batch` when set; else the
+    device's throughput K (`throughput_k`), never more than the memory allows (`memory_k`, or measured
+    now) nor, so that a kill loses little, than fit in `max_batch_seconds` at `seconds_per_eval`
+    (FIRST_BATCH while that is not known). `previous` (K, seconds) of the last batch: K does not fall
+    below it unless that batch ran over `max_batch_seconds`, so that the slower evaluations of a narrow
+    batch do not make every later batch narrow too."""
     if cfg.adapters_per_batch:
         return cfg.adapters_per_batch
     if memory_k is None:
         memory_k = memory_adapters(lm, cfg, n_jobs)
     by_time = FIRST_BATCH if not seconds_per_eval else int(cfg.max_batch_seconds // seconds_per_eval)
-    return max(1, min(memory_k, by_time, n_jobs))
-
-
-def memory_adapters(lm: LoadedModel, cfg, n_jobs: int) -> int:
-    """K for an inner-loop configuration from the memory at hand alone."""
-    return choose_adapters(lm, lora_size(lm.model, cfg), cfg.tokens_per_forward, n_jobs)
+    if previous is not None and previous[1] <= cfg.max_batch_seconds:
+        by_time = max(by_time, previous[0])
+    return max(1, min(throughput_k(lm), memory_k, by_time, n_jobs))
 
 
 def lora_size(model, cfg: LoraTrainConfig) -> int:

@@ -142,10 +142,10 @@ def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob]
     # K from the memory once (memory freed after a batch is not always reported as free again), and
     # from the time an evaluation took: the run's last one on resume, then each batch's own
     memory_k = memory_adapters(lm, cfg, len(todo)) if batched and todo and not cfg.adapters_per_batch else None
-    per_eval = _last_seconds_per_eval(run)
+    per_eval, previous = _last_seconds_per_eval(run), None
     begin = 0
     while begin < len(todo):
-        size = adapters_per_batch(lm, cfg, len(todo) - begin, per_eval, memory_k) if batched else 1
+        size = adapters_per_batch(lm, cfg, len(todo) - begin, per_eval, memory_k, previous) if batched else 1
         chunk = todo[begin:begin + size]
         begin += len(chunk)
         start = time.perf_counter()
@@ -154,6 +154,7 @@ def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob]
         else:
             results = [domain.evaluate(lm, job.context, job.self_edit, seed, job.pre) for job, _, _, seed in chunk]
         elapsed = time.perf_counter() - start
+        previous = (len(chunk), elapsed)
         seconds = round(elapsed / len(chunk), 2)  # each one's share of the batch
         trained = sum(1 for r in results if r.get("valid", True))  # unusable self-edits cost next to nothing
         if trained:
