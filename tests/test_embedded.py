@@ -96,3 +96,25 @@ def test_learning_the_example_documents_raises_the_gold_score(smol, tmp_path):
     finally:
         smol.model = smol.model.unload()
     assert sum(after) / len(after) > sum(before) / len(before)
+
+
+def test_speed_benchmark_runs_all_four_paths_on_a_random_architecture(tmp_path):
+    """benchmarks/inner_loop_speed.py --arch, as it runs on a GPU, here on a CPU with a tiny architecture:
+    self-edits sampled by the embedded model, then every path on the random-weight model."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    out = tmp_path / "speed.json"
+    done = subprocess.run([sys.executable, str(root / "benchmarks/inner_loop_speed.py"), "--arch", "tiny-llama",
+                           "--recipe", "project", "--self-edits", "3", "--epochs", "1", "--reference", "1",
+                           "--careful", "2", "--threads", "1", "--out", str(out)],
+                          capture_output=True, text=True, cwd=root, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "model tiny-llama" in done.stdout and "(c)/(d) =" in done.stdout and "generation:" in done.stdout
+    summary = json.loads(out.read_text())
+    assert [p["name"][:3] for p in summary["paths"]] == ["(c)", "(b)", "(d)", "(a)"]
+    assert [p["evals"] for p in summary["paths"]] == [3, 3, 2, 1]
+    assert summary["reward_checks"]["(b) vs (c)"] < 2e-3  # the batched path still equals one at a time
