@@ -150,10 +150,14 @@ def test_k_is_the_devices_fastest_within_memory_and_time_and_does_not_collapse(t
     assert ml.adapters_per_batch(tiny, cfg, 500) == min(ml.CPU_K, ml.FIRST_BATCH)  # time per evaluation unknown
     assert ml.adapters_per_batch(tiny, cfg, 500, seconds_per_eval=1.0) == ml.CPU_K  # fast: the throughput K
     assert ml.adapters_per_batch(tiny, cfg, 2, seconds_per_eval=1.0) == 2  # never more than the work left
-    assert ml.adapters_per_batch(tiny, cfg, 500, seconds_per_eval=60.0) == 1  # slow: what fits in 100 s
-    # a narrow batch that kept to its time does not narrow the next one, however slow its evaluations were
-    assert ml.adapters_per_batch(tiny, cfg, 500, seconds_per_eval=60.0, previous=(3, 95.0)) == 3
-    assert ml.adapters_per_batch(tiny, cfg, 500, seconds_per_eval=60.0, previous=(3, 180.0)) == 1  # it ran over
+    # slow evaluations narrow a batch to what fits in 100 s, but never below FIRST_BATCH
+    wide = cfg.model_copy(update=dict(adapters_per_batch=None))
+    monkeypatch.setattr(ml, "CPU_K", 16)
+    assert ml.adapters_per_batch(tiny, wide, 500, seconds_per_eval=10.0) == 10
+    assert ml.adapters_per_batch(tiny, wide, 500, seconds_per_eval=60.0) == ml.FIRST_BATCH
+    # a batch that kept to its time does not narrow the next one, however slow its evaluations were
+    assert ml.adapters_per_batch(tiny, wide, 500, seconds_per_eval=20.0, previous=(8, 95.0)) == 8
+    assert ml.adapters_per_batch(tiny, wide, 500, seconds_per_eval=20.0, previous=(8, 180.0)) == 5  # it ran over
     assert ml.adapters_per_batch(tiny, cfg.model_copy(update=dict(adapters_per_batch=7)), 500) == 7
     # an explicit memory budget caps K: here room for 2 adapters beside one forward pass
     need = ml.activation_bytes(tiny.model, cfg) + 2 * 16 * ml.lora_size(tiny.model, cfg)
