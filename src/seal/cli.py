@@ -23,24 +23,6 @@ from seal.knowledge.cli import register_learning
 # peft calls a transformers method that transformers 5 marks as deprecated; not ours to fix.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
-
-def _give_freed_memory_back() -> None:
-    """glibc serves blocks under its mmap threshold from the heap and, once a large block is freed,
-    raises that threshold (up to 32 MB), so training's tensors of ever-changing shapes end up in a heap
-    that fragments and is never given back: resident memory grows batch after batch. A fixed threshold
-    of 64 KB (M_MMAP_THRESHOLD) gives every larger tensor its own mapping, returned when it is freed.
-    Only the command line does this; a program that imports seal keeps its own allocator settings."""
-    if not sys.platform.startswith("linux"):
-        return
-    import contextlib
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # -3: M_MMAP_THRESHOLD
-
-
-_give_freed_memory_back()
-
 app = typer.Typer(help="SEAL: self-adapting language models.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 for _name in DOMAINS:
