@@ -168,13 +168,6 @@ def meta_model(name: str) -> PreTrainedModel:
         raise ModelLoadError(f"could not read the configuration of model '{name}': {err}") from err
 
 
-def model_layer_names(name: str) -> set[str]:
-    """The linear layer names of a model, from its configuration alone."""
-    from seal.core.training import linear_names
-
-    return linear_names(meta_model(name))
-
-
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(name))
     if tokenizer.pad_token is None:
