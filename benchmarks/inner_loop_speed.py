@@ -87,14 +87,14 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-MATMUL_N = 2048  # on a GPU 8192: a 2048-square matmul does not fill an H100
+def matmul_size(device: torch.device) -> int:
+    """The side of the square matmul that measures the peak: a 2048-square one does not fill an H100."""
+    return 8192 if device.type == "cuda" else 2048
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device = torch.device("cpu"), seconds: float = 3.0) -> float:
     """FLOP/s of a large square matmul on this device, now, with the threads torch uses."""
-    global MATMUL_N
-    MATMUL_N = 8192 if device.type == "cuda" else 2048
-    n = MATMUL_N
+    n = matmul_size(device)
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
     count, start = 0, time.perf_counter()
@@ -313,7 +313,8 @@ def main() -> None:
           f"recipe {args.recipe}: rank {cfg.rank} on {','.join(cfg.target_modules)}, {cfg.epochs} epochs, "
           f"batch {cfg.batch_size}, lr {cfg.lr}", flush=True)
     peak = matmul_peak(dtype, lm.device)
-    print(f"matmul peak ({dtype}, {MATMUL_N}x{MATMUL_N}): {peak / 1e9:.0f} GFLOP/s", flush=True)
+    n = matmul_size(lm.device)
+    print(f"matmul peak ({dtype}, {n}x{n}): {peak / 1e9:.0f} GFLOP/s", flush=True)
 
     seeds = [derive_seed(args.seed, "bench", i) for i in range(len(pairs))]
     k = args.k or min(throughput_k(lm), memory_adapters(lm, cfg, len(pairs)))

@@ -15,7 +15,7 @@ adding any remedy's loss:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -46,18 +46,17 @@ class SequentialLora:
     def __enter__(self) -> SequentialLora:
         # Merging changes the targeted layers' weights, which are kept on disk until the exit; a stack
         # only adds adapters, which unloading removes.
-        self._stash = None
+        self._restore = ExitStack()
         if self.mode == "merge":
-            self._stash = stashed(self.lm.model, [f"{n}.weight" for n, _ in target_linears(self.lm.model, self.cfg)])
-            self._stash.__enter__()
+            self._restore.enter_context(
+                stashed(self.lm.model, [f"{n}.weight" for n, _ in target_linears(self.lm.model, self.cfg)]))
         return self
 
     def __exit__(self, *exc) -> None:
         if self.peft is not None:
             self.lm.model = self.peft.unload()  # the base modules back, without any adapter
             self.peft = None
-        if self._stash is not None:
-            self._stash.__exit__(None, None, None)
+        self._restore.close()
         for p in self.lm.model.parameters():
             p.requires_grad_(False)
         self.lm.model.eval()

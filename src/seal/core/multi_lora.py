@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from seal.core.config import LoraTrainConfig
+from seal.core import training
+from seal.core.config import ConfigError, LoraTrainConfig
 from seal.core.generation import autocast
 from seal.core.models import LoadedModel
 from seal.core.training import (
@@ -332,8 +333,6 @@ def bytes_per_token(model, checkpointed: bool = False) -> int:
 def logit_bytes(model) -> int:
     """The vocabulary logits alive at one time in training (one chunk of `training.target_nll`: the
     logits, their fp32 copy and the softmax), whatever the number of tokens."""
-    from seal.core import training
-
     return training.LOGIT_CHUNK * model.config.vocab_size * 12
 
 
@@ -371,8 +370,6 @@ def memory_budget(cfg) -> int | None:
 def check_memory_budget(model, cfg, field: str = "inner_loop") -> None:
     """Refuse a memory budget that one forward pass and one adapter do not fit in (`model` may be on
     the meta device: only its shape is read)."""
-    from seal.core.config import ConfigError
-
     budget = memory_budget(cfg)
     need = activation_bytes(model, cfg) + 16 * lora_size(model, cfg)
     if budget is not None and need > budget:

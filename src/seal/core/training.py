@@ -206,10 +206,15 @@ def target_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tenso
     return torch.cat(parts)
 
 
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model inside a PEFT wrapper (the model itself when it is not wrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _targets(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
     """The decoder's hidden states at positions that predict a label, those labels, their rows, and
     the output layer. Position t predicts token t + 1."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = _unwrapped(model)
     hidden = inner.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                  use_cache=False).last_hidden_state
     labels = batch["labels"][:, 1:]
@@ -239,7 +244,7 @@ def weighted_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], weight
 @contextmanager
 def checkpointing(model: torch.nn.Module, on: bool):
     """Gradient checkpointing of a Hugging Face model's decoder layers while the context lasts (when `on`)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = _unwrapped(model)
     if not on:
         yield
         return
