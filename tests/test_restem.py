@@ -117,32 +117,45 @@ def test_runs_never_overwrite(tiny_config):
     assert meta["seed"] == tiny_config.seed and "torch" in meta["versions"]
 
 
-class SlowDomain(KnowledgeDomain):
-    """Every evaluation takes 0.05 s more, so that the time a batch takes can be told."""
+class ClockedDomain(KnowledgeDomain):
+    """Every evaluation advances a fake clock by `per_eval` seconds, so that batch sizes follow from the
+    time a batch takes exactly, whatever this machine's speed."""
+
+    def __init__(self, config, per_eval):
+        super().__init__(config)
+        self.per_eval, self.now = per_eval, 0.0
 
     def evaluate_batch(self, lm, items):
-        import time
-
-        time.sleep(0.05 * len(items))
+        self.now += self.per_eval * len(items)
         return super().evaluate_batch(lm, items)
 
 
-def test_a_batch_holds_about_max_batch_seconds_of_work(tiny_config):
-    """A kill loses at most the batch in flight: K is sized by the measured time per evaluation."""
+@pytest.mark.parametrize("max_seconds, expected", [
+    (1.5, [4] * 4 + [6] * 6 + [3] * 3),  # 0.25 s each: after the first batch, 1.5 s holds 6
+    (0.5, [4] * 4 + [4] * 8 + [1]),  # 0.5 s holds 2, but time narrows a batch only to FIRST_BATCH
+])
+def test_a_batch_holds_about_max_batch_seconds_of_work(tiny_config, monkeypatch, max_seconds, expected):
+    """A kill loses at most the batch in flight: K is sized by the measured time per evaluation, between
+    FIRST_BATCH (narrower loses throughput) and the device's throughput K."""
+    import types
+
+    from seal.core import multi_lora
+    from seal.core import restem as restem_module
     from seal.core.restem import EvalJob, evaluate_jobs
 
     cfg = tiny_config.model_copy(deep=True)
-    cfg.inner_loop.max_batch_seconds = 0.12
+    cfg.inner_loop.max_batch_seconds = max_seconds
     run = Run.create(cfg, "restem")
     lm = load_model(cfg.model.name, "cpu")
-    domain = SlowDomain(cfg)
+    domain = ClockedDomain(cfg, per_eval=0.25)
+    monkeypatch.setattr(restem_module, "time", types.SimpleNamespace(perf_counter=lambda: domain.now))
+    monkeypatch.setattr(multi_lora, "CPU_K", 16)  # as wide as a GPU would allow
+    monkeypatch.setattr(restem_module, "memory_adapters", lambda *args: 16)
     passage = load_builtin()[0]
     pre = domain.pre_update(lm, passage)
-    jobs = [EvalJob(f"e/{i}", passage, "It was built long ago.", pre, ("e", i)) for i in range(9)]
+    jobs = [EvalJob(f"e/{i}", passage, "It was built long ago.", pre, ("e", i)) for i in range(13)]
     evaluate_jobs(run, lm, domain, jobs)
-    sizes = [r["batch"] for r in run.records("self_edit_eval")]
-    assert sizes[:4] == [4] * 4  # the first batch: nothing measured yet
-    assert max(sizes[4:]) <= 2 and len(sizes) == 9  # then at most 0.12 s / (0.05 s + training) each
+    assert [r["batch"] for r in run.records("self_edit_eval")] == expected
 
 
 @pytest.mark.parametrize("common", [True, False])
