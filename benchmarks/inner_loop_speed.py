@@ -49,7 +49,7 @@ import torch
 from seal.core.config import load_config
 from seal.core.generation import resolve_precision
 from seal.core.models import load_configured
-from seal.core.multi_lora import memory_adapters, throughput_k
+from seal.core.multi_lora import widest_batch
 from seal.core.restem import derive_seed, sample_self_edits
 from seal.core.runs import Run
 from seal.core.training import TrainStats, epoch_batches, fresh_adapter, lm_examples
@@ -317,7 +317,7 @@ def main() -> None:
     print(f"matmul peak ({dtype}, {n}x{n}): {peak / 1e9:.0f} GFLOP/s", flush=True)
 
     seeds = [derive_seed(args.seed, "bench", i) for i in range(len(pairs))]
-    k = args.k or min(throughput_k(lm), memory_adapters(lm, cfg, len(pairs)))
+    k = args.k or widest_batch(lm, cfg, len(pairs))
     lines = [len(training_set(p, s, split_lines=cfg.split_lines, include_passage=cfg.include_passage,
                               max_lines=cfg.max_lines).sequences) for p, s in pairs]
     print(f"{len(pairs)} self-edits on {len({p.id for p, _ in pairs})} passages, {sum(lines) / len(lines):.1f} "

@@ -1,6 +1,7 @@
 """Judge and teacher through an OpenAI-compatible endpoint, served on loopback by the test itself."""
 
 import json
+import pickle
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -42,6 +43,9 @@ def test_judge_grades_yes_and_no():
         judge = Judge(ChatEndpoint(url, "judge", retries=0))
         assert judge.grade("When?", ["1873"], "1873") == (1.0, None)
         assert judge.grade("When?", ["1873"], "1901") == (0.0, None)
+        # a distributed worker gets a copy that makes its own client
+        copy = pickle.loads(pickle.dumps(judge))
+        assert copy.endpoint.client is not judge.endpoint.client and copy.grade("When?", ["1873"], "1873") == (1.0, None)
     finally:
         server.shutdown()
 

@@ -147,22 +147,24 @@ def test_k_is_the_devices_fastest_within_memory_and_time_and_does_not_collapse(t
     monkeypatch.setattr(ml, "available_memory", lambda: 64 << 30)
     cfg = InnerLoopBase(max_batch_seconds=100)
     assert ml.throughput_k(tiny) == ml.CPU_K
-    assert ml.adapters_per_batch(tiny, cfg, 500) == min(ml.CPU_K, ml.FIRST_BATCH)  # time per evaluation unknown
-    assert ml.adapters_per_batch(tiny, cfg, 500, seconds_per_eval=1.0) == ml.CPU_K  # fast: the throughput K
-    assert ml.adapters_per_batch(tiny, cfg, 2, seconds_per_eval=1.0) == 2  # never more than the work left
+    k = lambda c, n, **kw: ml.adapters_per_batch(c, n, ml.widest_batch(tiny, c, n), **kw)
+    assert k(cfg, 500) == min(ml.CPU_K, ml.FIRST_BATCH)  # time per evaluation unknown
+    assert k(cfg, 500, seconds_per_eval=1.0) == ml.CPU_K  # fast: the throughput K
+    assert k(cfg, 2, seconds_per_eval=1.0) == 2  # never more than the work left
     # slow evaluations narrow a batch to what fits in 100 s, but never below FIRST_BATCH
     wide = cfg.model_copy(update=dict(adapters_per_batch=None))
     monkeypatch.setattr(ml, "CPU_K", 16)
-    assert ml.adapters_per_batch(tiny, wide, 500, seconds_per_eval=10.0) == 10
-    assert ml.adapters_per_batch(tiny, wide, 500, seconds_per_eval=60.0) == ml.FIRST_BATCH
+    assert k(wide, 500, seconds_per_eval=10.0) == 10
+    assert k(wide, 500, seconds_per_eval=60.0) == ml.FIRST_BATCH
     # a batch that kept to its time does not narrow the next one, however slow its evaluations were
-    assert ml.adapters_per_batch(tiny, wide, 500, seconds_per_eval=20.0, previous=(8, 95.0)) == 8
-    assert ml.adapters_per_batch(tiny, wide, 500, seconds_per_eval=20.0, previous=(8, 180.0)) == 5  # it ran over
-    assert ml.adapters_per_batch(tiny, cfg.model_copy(update=dict(adapters_per_batch=7)), 500) == 7
+    assert k(wide, 500, seconds_per_eval=20.0, previous=(8, 95.0)) == 8
+    assert k(wide, 500, seconds_per_eval=20.0, previous=(8, 180.0)) == 5  # it ran over
+    assert k(cfg.model_copy(update=dict(adapters_per_batch=7)), 500) == 7
     # an explicit memory budget caps K: here room for 2 adapters beside one forward pass
     need = ml.activation_bytes(tiny.model, cfg) + 2 * 16 * ml.lora_size(tiny.model, cfg)
     small = cfg.model_copy(update=dict(memory_budget=need / 2**30))
-    assert ml.adapters_per_batch(tiny, small, 500, seconds_per_eval=1.0) == 2
+    assert ml.widest_batch(tiny, small, 500) == 2
+    assert k(small, 500, seconds_per_eval=1.0) == 2
 
 
 def test_a_memory_budget_too_small_for_one_forward_pass_is_refused(tiny):

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from seal.core.commands import ConfigOpt, QuietOpt, ResumeOpt, SetOpt, guard, open_run, print_table, progress_for
+from seal.core.commands import ConfigOpt, QuietOpt, ResumeOpt, SetOpt, WorkersOpt, guard, open_run, print_table, progress_for, with_workers
 from seal.core.config import load_config
 from seal.core.progress import console
 
@@ -15,19 +15,20 @@ from seal.core.progress import console
 def register(app: typer.Typer) -> None:
     @app.command("curate")
     @guard
-    def curate_cmd(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None, quiet: QuietOpt = False):
+    def curate_cmd(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None, workers: WorkersOpt = None,
+                   quiet: QuietOpt = False):
         """Screen candidate tasks with fixed TTT configurations (curate.configurations); write the tasks an
         oracle solves (purpose eval), or that some configurations solve (purpose train), to a task-list file."""
         from seal.arc.curate import candidates, curate, write_task_list
         from seal.arc.plugin import PLUGIN, token_counter
-        from seal.core.models import load_configured
+        from seal.core.distributed import load_run_model
 
-        s = open_run(PLUGIN, "curate", config, set, resume)
+        s = open_run(PLUGIN, "curate", config, with_workers(set, workers), resume)
         cfg = s.run.config
         tasks = candidates(cfg, token_counter(cfg))
         console.print(f"{len(tasks)} {cfg.curate.split} tasks x {len(cfg.curate.configurations)} configurations "
                       f"x {cfg.curate.repeats} repeats")
-        lm = load_configured(cfg.model)
+        lm = load_run_model(cfg)
         with progress_for(s.run, quiet) as progress:
             table = curate(s.run, lm, s.domain, tasks, progress)
         print_table(s.run, table)

@@ -17,9 +17,10 @@ from seal.arc.config import ArcConfig
 from seal.arc.domain import ArcDomain
 from seal.arc.predict import METHODS
 from seal.arc.tasks import Task
-from seal.core.models import LoadedModel, load_configured
+from seal.core.distributed import load_run_model
+from seal.core.models import LoadedModel
 from seal.core.progress import Progress
-from seal.core.restem import EvalJob, evaluate_jobs, policy_series, record_samples, self_edit_writer
+from seal.core.restem import EvalJob, evaluate_jobs, policy_series, record_samples, record_scores, self_edit_writer
 from seal.core.runs import Run
 from seal.core.stats import bootstrap_ci
 from seal.core.tables import Column, Table
@@ -34,12 +35,9 @@ ICL, BASE, ORACLE = "ICL, no TTT", "TTT + base self-edits (no RL)", "TTT + oracl
 def _icl(run: Run, lm: LoadedModel, domain: ArcDomain, tasks: list[Task], row: str, round_: int,
          progress: Progress) -> dict:
     progress.start("eval", f"eval: {row}", len(tasks))
-    pres = {}
-    for task in tasks:
-        pres[task.id] = run.cached("pre_update", f"eval/pre/{row}/{task.id}", lambda: dict(
-            condition=row, context_id=task.id, row="no-update", round=round_, **domain.pre_update(lm, task)))
-        progress.advance("eval")
-    return pres
+    scores = record_scores(run, lm, domain, [(f"eval/pre/{row}/{t.id}", dict(condition=row, context_id=t.id, row="no-update",
+                                              round=round_), "pre_update", (t,)) for t in tasks], progress, bar="eval")
+    return {t.id: scores[f"eval/pre/{row}/{t.id}"] for t in tasks}
 
 
 def _ttt(run: Run, lm: LoadedModel, domain: ArcDomain, tasks: list[Task], row: str, kind: str, round_: int | None,
@@ -64,7 +62,7 @@ def evaluate(run: Run, domain: ArcDomain, tasks: list[Task], progress: Progress,
              policy_runs: list[Path] = (), lm: LoadedModel | None = None) -> Table:
     """Every condition on the evaluation tasks; returns the table."""
     cfg: ArcConfig = run.config
-    lm = lm or load_configured(cfg.model)
+    lm = lm or load_run_model(cfg)
     n = cfg.eval.n_self_edits
     pres = _icl(run, lm, domain, tasks, ICL, 0, progress)  # also each TTT row's pre-update score
     if cfg.eval.base_self_edits:

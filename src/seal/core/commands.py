@@ -28,6 +28,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars (progr
 PolicyOpt = Annotated[Optional[Path], typer.Option(help="A restem run directory: adds its rounds' rows to the table.")]
 PoliciesOpt = Annotated[Optional[list[Path]], typer.Option("--policy", help="A restem run directory: adds its rounds' rows to the table (repeatable: e.g. a ReST-EM and an RLOO run, each row named by its algorithm).")]
 ReuseOpt = Annotated[Optional[Path], typer.Option("--reuse-round1", help="A restem run directory with the same configuration (up to restem.rounds, algorithm, sft and evaluate_policy, and eval): take its round-1 samples and evaluations instead of computing them again, e.g. to compare RLOO with ReST-EM from the same first E-step. Where only inner_loop, answer or reward settings differ, only the samples are taken.")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Ray workers for the inner loop, sampling and scores (distributed.workers; 0: this process only). With --resume it may change.")]
 OverlapOpt = Annotated[bool, typer.Option("--allow-overlap", help="Score contexts that --policy was trained on (or that share its articles) anyway.")]
 
 _fresh: list[Path] = []  # run directories created by this process, removed again if the command fails on bad input
@@ -39,9 +40,10 @@ def fail(message: str) -> None:
 
 
 def input_errors() -> tuple[type[Exception], ...]:
+    from seal.core.distributed import WorkerError
     from seal.core.models import ModelLoadError
 
-    errors: tuple[type[Exception], ...] = (ConfigError, ModelLoadError)
+    errors: tuple[type[Exception], ...] = (ConfigError, ModelLoadError, WorkerError)
     for name in DOMAINS:
         errors += plugin(name).input_errors
     return errors
@@ -109,11 +111,13 @@ def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path | lis
 
 
 # Settings that decide how work is scheduled, not what it computes: --resume may change them (--set).
-SCHEDULING = ("inner_loop.max_batch_seconds", "inner_loop.adapters_per_batch", "inner_loop.tokens_per_forward")
+SCHEDULING = ("inner_loop.max_batch_seconds", "inner_loop.adapters_per_batch", "inner_loop.tokens_per_forward",
+              "distributed.workers", "distributed.address", "distributed.cpus_per_worker", "distributed.gpus_per_worker",
+              "distributed.start_timeout")
 # Fields that do not change round 1's E-step (its samples and evaluations): what --reuse-round1 may differ in.
 # With other inner-loop, answer or reward settings only the samples are taken (the evaluations are redone).
 SAMPLES_FREE = ("inner_loop", "answer", "reward", "judge")
-ROUND1_FREE = (*SCHEDULING, "runs_dir", "eval", "cpt", "continual", "teacher", "restem.rounds", "restem.algorithm",
+ROUND1_FREE = (*SCHEDULING, "distributed", "runs_dir", "eval", "cpt", "continual", "teacher", "restem.rounds", "restem.algorithm",
                "restem.sft", "restem.evaluate_policy", "restem.keep", "restem.min_reward", "reward.require_improvement",
                "reward.baseline")
 
@@ -199,6 +203,11 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
     else:
         console.print(f"resuming [bold]{run.path}[/bold] ({len(run.records())} records done)")
     return Started(run, train, held, domain, p)
+
+
+def with_workers(overrides: Optional[list[str]], workers: Optional[int]) -> list[str]:
+    """`--set` overrides with `--workers N` added as distributed.workers=N."""
+    return [*(overrides or []), *([] if workers is None else [f"distributed.workers={workers}"])]
 
 
 def rescheduled(run, overrides: list[str]):
@@ -309,18 +318,19 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
     @guard
     def restem(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None, reuse_round1: ReuseOpt = None,
                eval: Annotated[bool, typer.Option(help="Evaluate the comparison table on held-out contexts after the rounds.")] = True,
-               quiet: QuietOpt = False):
+               workers: WorkersOpt = None, quiet: QuietOpt = False):
         """Run ReST-EM rounds on the training contexts, then print the comparison table on the held-out ones."""
-        from seal.core.models import load_configured
+        from seal.core.distributed import load_run_model
+        from seal.core.restem import reset_to_base
         from seal.core.restem import restem as run_restem
 
-        s = open_run(p, "restem", config, set, resume, reuse=reuse_round1)
+        s = open_run(p, "restem", config, with_workers(set, workers), resume, reuse=reuse_round1)
         cfg = s.run.config
         if reuse_round1 is not None:
             console.print(f"round 1: {reuse_round1_copy(s.run, reuse_round1)} records taken from {reuse_round1}")
         console.print(f"{len(s.train)} training {word}, {len(s.held)} held-out {word}")
         start = time.perf_counter()
-        lm = load_configured(cfg.model)
+        lm = load_run_model(cfg)
         with progress_for(s.run, quiet) as progress:
             train = p.training_contexts(s.run, lm, s.train, progress)
             run_restem(s.run, lm, s.domain, train, progress)
@@ -329,15 +339,16 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
             print_curve(s.run, s.domain, s.train)
             if not (eval and s.held):
                 return
-            table = p.evaluate(s.run, s.domain, s.held, progress, policy_runs=[s.run.path])
+            reset_to_base(lm)  # the table's first rows are the base model's
+            table = p.evaluate(s.run, s.domain, s.held, progress, policy_runs=[s.run.path], lm=lm)
         print_table(s.run, table)
 
     @app.command("evaluate")
     @guard
     def evaluate(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None, policy: PoliciesOpt = None,
-                 allow_overlap: OverlapOpt = False, quiet: QuietOpt = False):
+                 allow_overlap: OverlapOpt = False, workers: WorkersOpt = None, quiet: QuietOpt = False):
         """Print the comparison table on the held-out contexts (baselines, and a SEAL policy's rounds)."""
-        s = open_run(p, "evaluate", config, set, resume, policy, allow_overlap)
+        s = open_run(p, "evaluate", config, with_workers(set, workers), resume, policy, allow_overlap)
         with progress_for(s.run, quiet) as progress:
             table = p.evaluate(s.run, s.domain, s.held, progress, policy_runs=policy or [])
         print_table(s.run, table)

@@ -109,6 +109,17 @@ class RewardBase(Section):
         return self
 
 
+class DistributedConfig(Section):
+    """Farming the inner loop, the self-edit sampling and the pre-update scores out to Ray actors
+    (core/distributed.py). Scheduling only: results are the same with any number of workers."""
+
+    workers: int = Field(0, ge=0, le=4096, description="Ray actors, each holding a replica of the policy (one per GPU, or per group of CPU cores); 0: everything in this process")
+    address: str | None = Field(None, description="an existing Ray cluster ('auto', 'ray://head:10001'); None: start a local one on this machine")
+    cpus_per_worker: int | None = Field(None, ge=1, description="CPU cores per worker (its torch threads); None: the cluster's free cores divided among the workers")
+    gpus_per_worker: float | None = Field(None, ge=0, description="GPUs per worker; None: 1 where the cluster has a GPU for every worker, else 0")
+    start_timeout: float = Field(600, gt=0, description="seconds to wait for every worker to load its model before giving up with an error")
+
+
 class RunConfig(Section):
     """What every domain's root configuration starts with; a domain narrows `domain` to its own name
     and adds its sections (data, self_edit, inner_loop, reward, restem, eval, ...)."""
@@ -117,6 +128,7 @@ class RunConfig(Section):
     seed: int = Field(0, description="seeds data selection, sampling and adapter initialisation")
     runs_dir: str = Field("runs", description="where new run directories are created")
     model: ModelConfig = Field(default_factory=ModelConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
 
 def _set_dotted(tree: dict, dotted: str, raw: str, where: str) -> None:

@@ -12,12 +12,24 @@ class EndpointError(RuntimeError):
 class ChatEndpoint:
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY",
                  retries: int = 3, timeout_s: float = 60):
+        self.settings = dict(base_url=base_url, api_key_env=api_key_env, retries=retries, timeout_s=timeout_s)
+        self.model = model
+        self.client = self._client(**self.settings)
+
+    @staticmethod
+    def _client(base_url: str, api_key_env: str, retries: int, timeout_s: float):
         from openai import OpenAI
 
         # Local servers usually need no key; the client insists on one, so a placeholder is passed.
         key = os.environ.get(api_key_env) or "none"
-        self.client = OpenAI(base_url=base_url, api_key=key, max_retries=retries, timeout=timeout_s)
-        self.model = model
+        return OpenAI(base_url=base_url, api_key=key, max_retries=retries, timeout=timeout_s)
+
+    def __getstate__(self) -> dict:  # a distributed worker gets the settings and makes its own client
+        return dict(settings=self.settings, model=self.model)
+
+    def __setstate__(self, state: dict) -> None:
+        self.settings, self.model = state["settings"], state["model"]
+        self.client = self._client(**self.settings)
 
     def complete(self, prompt: str, *, temperature: float = 0.0, max_tokens: int = 512) -> str:
         import openai

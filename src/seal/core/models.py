@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,10 @@ class LoadedModel:
     device: torch.device
     bank: Any = None  # the installed multi_lora.AdapterBank while one is in use, else None
     dtype: str = "fp32"  # the stored weights' dtype (`model.dtype`, resolved): what a reload asks for
+    # The saved adapters merged into the weights since they were loaded, in order (None: an update that
+    # was not saved was merged too): what a distributed worker merges to hold the same policy
+    policy: list[str] | None = field(default_factory=list)
+    workers: Any = None  # core.distributed.Workers holding replicas of this model's policy, if any
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

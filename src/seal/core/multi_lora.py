@@ -385,25 +385,30 @@ def memory_adapters(lm: LoadedModel, cfg, n_jobs: int) -> int:
                            budget=memory_budget(cfg))
 
 
-def adapters_per_batch(lm: LoadedModel, cfg, n_jobs: int, seconds_per_eval: float | None = None,
-                       memory_k: int | None = None, previous: tuple[int, float] | None = None) -> int:
-    """K for the next batch of an inner-loop configuration: `adapters_per_batch` when set; else the
-    device's throughput K (`throughput_k`), never more than the memory allows (`memory_k`, or measured
-    now) nor, so that a kill loses little, than fit in `max_batch_seconds` at `seconds_per_eval`
-    (FIRST_BATCH while that is not known), though never below FIRST_BATCH for time. `previous` (K,
-    seconds) of the last batch: K does not fall below it unless that batch ran over
-    `max_batch_seconds`, so that the slower evaluations of a narrow batch do not make every later
-    batch narrow too."""
+def widest_batch(lm: LoadedModel, cfg, n_jobs: int) -> int:
+    """The most adapters a batch of an inner-loop configuration may hold on `lm`'s device: its throughput
+    K (`throughput_k`) within what the memory allows (`memory_adapters`); `adapters_per_batch` when set."""
     if cfg.adapters_per_batch:
         return cfg.adapters_per_batch
-    if memory_k is None:
-        memory_k = memory_adapters(lm, cfg, n_jobs)
+    return min(throughput_k(lm), memory_adapters(lm, cfg, n_jobs))
+
+
+def adapters_per_batch(cfg, n_jobs: int, widest: int, seconds_per_eval: float | None = None,
+                       previous: tuple[int, float] | None = None) -> int:
+    """K for the next batch of an inner-loop configuration: `adapters_per_batch` when set; else `widest`
+    (`widest_batch`: the device's throughput K within its memory), but, so that a kill loses little, no
+    more than fit in `max_batch_seconds` at `seconds_per_eval` (FIRST_BATCH while that is not known),
+    though never below FIRST_BATCH for time. `previous` (K, seconds) of the last batch: K does not fall
+    below it unless that batch ran over `max_batch_seconds`, so that the slower evaluations of a narrow
+    batch do not make every later batch narrow too."""
+    if cfg.adapters_per_batch:
+        return cfg.adapters_per_batch
     by_time = FIRST_BATCH if not seconds_per_eval else int(cfg.max_batch_seconds // seconds_per_eval)
     if previous is not None and previous[1] <= cfg.max_batch_seconds:
         by_time = max(by_time, previous[0])
     # Time only ever narrows a batch down to FIRST_BATCH: below that, throughput falls (K = 1 evaluates
     # 26% fewer self-edits a minute than K = 4 here) and a slow machine would stay slow.
-    return max(1, min(throughput_k(lm), memory_k, max(by_time, FIRST_BATCH), n_jobs))
+    return max(1, min(widest, max(by_time, FIRST_BATCH), n_jobs))
 
 
 def lora_size(model, cfg: LoraTrainConfig) -> int:

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seal.core.distributed import executor, map_unordered
 from seal.core.domain import Domain
 from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
 from seal.core.models import LoadedModel
-from seal.core.multi_lora import adapters_per_batch, memory_adapters
+from seal.core.multi_lora import adapters_per_batch, widest_batch
 from seal.core.progress import Progress
 from seal.core.runs import Run
 from seal.core.training import has_target, merge_saved_adapter, sft_and_merge, sft_example
@@ -75,13 +76,29 @@ def sample_self_edits(lm: LoadedModel, prompts: list[str], n: int, config, seed:
     return out
 
 
-def self_edit_writer(lm: LoadedModel, domain: Domain, n: int, config) -> Callable[[list, int], list[dict]]:
+@dataclass
+class SelfEditWriter:
     """`write(contexts, seed)` for `record_samples`: n self-edits per context from `lm`, which it reads at
     call time (so it follows policy adapters merged into `lm` later). A domain that declares
-    `checks_self_edits` gets its unusable self-edits re-sampled (self_edit.max_resamples)."""
-    return lambda contexts, seed: sample_self_edits(
-        lm, [domain.self_edit_prompt(c) for c in contexts], n, config, seed,
-        valid=domain.self_edit_ok if domain.checks_self_edits else None, prefill=domain.prefill)
+    `checks_self_edits` gets its unusable self-edits re-sampled (self_edit.max_resamples). Its calls
+    run on `lm`'s workers when it has them (core/distributed.py)."""
+
+    lm: LoadedModel
+    domain: Domain
+    n: int
+    config: Any
+
+    def __call__(self, contexts: list, seed: int) -> list[dict]:
+        return write_self_edits(self.lm, self.domain, self.n, self.config, contexts, seed)
+
+
+def write_self_edits(lm: LoadedModel, domain: Domain, n: int, config, contexts: list, seed: int) -> list[dict]:
+    return sample_self_edits(lm, [domain.self_edit_prompt(c) for c in contexts], n, config, seed,
+                             valid=domain.self_edit_ok if domain.checks_self_edits else None, prefill=domain.prefill)
+
+
+def self_edit_writer(lm: LoadedModel, domain: Domain, n: int, config) -> SelfEditWriter:
+    return SelfEditWriter(lm, domain, n, config)
 
 
 def record_samples(run: Run, jobs: list[tuple[str, Any, dict]], write: Callable[[list, int], list[dict]],
@@ -97,16 +114,48 @@ def record_samples(run: Run, jobs: list[tuple[str, Any, dict]], write: Callable[
 
     if progress:
         progress.start("sampling", "writing self-edits", len(jobs))
+    calls = []  # (part, missing, seed) of each call that has something to write
     for start in range(0, len(jobs), per_call):
         part = jobs[start:start + per_call]
         missing = [not done(key) for key, _, _ in part]
         if any(missing):
-            seed = derive_seed(run.config.seed, *seed_parts, part[0][0])
-            for (key, _, tags), sample, todo in zip(part, write([context for _, context, _ in part], seed), missing):
-                if todo:
-                    run.append("samples", key, **tags, **sample)
+            calls.append((part, missing, derive_seed(run.config.seed, *seed_parts, part[0][0])))
+        elif progress:
+            progress.advance("sampling", len(part))
+    contexts = lambda part: [context for _, context, _ in part]
+    if isinstance(write, SelfEditWriter):  # farmed out when the model has workers
+        w = write
+        results = map_unordered(executor(w.lm), write_self_edits,
+                                [(w.domain, w.n, w.config, contexts(part), seed) for part, _, seed in calls])
+    else:
+        results = ((i, write(contexts(part), seed)) for i, (part, _, seed) in enumerate(calls))
+    for i, samples in results:
+        part, missing, _ = calls[i]
+        for (key, _, tags), sample, todo in zip(part, samples, missing):
+            if todo:
+                run.append("samples", key, **tags, **sample)
         if progress:
             progress.advance("sampling", len(part))
+
+
+def record_scores(run: Run, lm: LoadedModel, domain: Domain, calls: list[tuple[str, dict, str, tuple]],
+                  progress: Progress | None = None, bar: str = "contexts") -> dict[str, dict]:
+    """Each (key, tags, method, args) that the run has no record of: `domain.method(lm, *args)` (a score
+    before any update), on `lm`'s workers when it has them, recorded ("pre_update") under key with tags
+    as it arrives. Returns every key's record."""
+    todo = [call for call in calls if run.get(call[0]) is None]
+    if progress:
+        progress.advance(bar, len(calls) - len(todo))
+    for i, result in map_unordered(executor(lm), call_domain, [(domain, method, args) for _, _, method, args in todo]):
+        key, tags = todo[i][:2]
+        run.append("pre_update", key, **tags, **result)
+        if progress:
+            progress.advance(bar)
+    return {key: run.get(key) for key, *_ in calls}
+
+
+def call_domain(lm: LoadedModel, domain: Domain, method: str, args: tuple) -> Any:
+    return getattr(domain, method)(lm, *args)
 
 
 @dataclass
@@ -139,21 +188,21 @@ def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob]
     if progress:
         progress.advance(bar, len(jobs) * repeats - len(todo))
     batched = cfg.batched and domain.batched
-    # K from the memory once (memory freed after a batch is not always reported as free again), and
-    # from the time an evaluation took: the run's last one on resume, then each batch's own
-    memory_k = memory_adapters(lm, cfg, len(todo)) if batched and todo and not cfg.adapters_per_batch else None
+    pool = executor(lm)
+    # K within the device's memory once (memory freed after a batch is not always reported as free
+    # again), and from the time an evaluation took: the run's last one on resume, then each batch's own
+    widest = pool.call(widest_batch, cfg, len(todo)) if batched and todo and not cfg.adapters_per_batch else None
     per_eval, previous = _last_seconds_per_eval(run), None
-    begin = 0
-    while begin < len(todo):
-        size = adapters_per_batch(lm, cfg, len(todo) - begin, per_eval, memory_k, previous) if batched else 1
-        chunk = todo[begin:begin + size]
-        begin += len(chunk)
-        start = time.perf_counter()
-        if batched:
-            results = domain.evaluate_batch(lm, [(job.context, job.self_edit, seed, job.pre) for job, _, _, seed in chunk])
-        else:
-            results = [domain.evaluate(lm, job.context, job.self_edit, seed, job.pre) for job, _, _, seed in chunk]
-        elapsed = time.perf_counter() - start
+    begin, pending = 0, {}
+    while begin < len(todo) or pending:
+        while begin < len(todo) and pool.free():  # a batch for every free worker (one, in this process)
+            size = adapters_per_batch(cfg, len(todo) - begin, widest, per_eval, previous) if batched else 1
+            chunk = todo[begin:begin + size]
+            begin += len(chunk)
+            items = [(job.context, job.self_edit, seed, job.pre) for job, _, _, seed in chunk]
+            pending[pool.submit(evaluate_chunk, domain, items, batched)] = chunk
+        ticket, (results, elapsed) = pool.next_done()
+        chunk = pending.pop(ticket)
         previous = (len(chunk), elapsed)
         seconds = round(elapsed / len(chunk), 2)  # each one's share of the batch
         trained = sum(1 for r in results if r.get("valid", True))  # unusable self-edits cost next to nothing
@@ -165,6 +214,14 @@ def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob]
         if progress:
             progress.advance(bar, len(chunk))
     return {job.key: [run.get(f"{job.key}/{t}") for t in range(repeats)] for job in jobs}
+
+
+def evaluate_chunk(lm: LoadedModel, domain: Domain, items: list[tuple], batched: bool) -> tuple[list[dict], float]:
+    """The inner loop for (context, self_edit, seed, pre) items: many adapters in one bank (`batched`) or
+    one at a time; with the seconds it took."""
+    start = time.perf_counter()
+    results = domain.evaluate_batch(lm, items) if batched else [domain.evaluate(lm, *item) for item in items]
+    return results, time.perf_counter() - start
 
 
 def _last_seconds_per_eval(run: Run) -> float | None:
@@ -187,12 +244,13 @@ def restem_round(run: Run, lm: LoadedModel, domain: Domain, contexts: list, roun
     record_samples(run, [(key(c), c, dict(round=round_idx, context_id=domain.context_id(c))) for c in contexts],
                    self_edit_writer(lm, domain, k, cfg), max(1, cfg.self_edit.batch_size // k),
                    ("restem", round_idx), progress)
-    pres, jobs = {}, []
+    ids = [domain.context_id(c) for c in contexts]
+    scores = record_scores(run, lm, domain, [(f"round{round_idx}/pre/{cid}", dict(round=round_idx, context_id=cid),
+                                              "pre_update", (c,)) for cid, c in zip(ids, contexts)], progress)
+    pres = {cid: scores[f"round{round_idx}/pre/{cid}"] for cid in ids}
+    jobs = []
     for context in contexts:
         cid = domain.context_id(context)
-        pres[cid] = run.cached("pre_update", f"round{round_idx}/pre/{cid}",
-                               lambda: dict(round=round_idx, context_id=cid, **domain.pre_update(lm, context)))
-        progress.advance("contexts")
         common = ("restem", round_idx, cid)  # shared by the context's samples and its passage-only training
         if cfg.reward.baseline == "passage":
             jobs.append(EvalJob(f"round{round_idx}/passage/{cid}", context, None, pres[cid], (*common, "passage"),
@@ -330,17 +388,23 @@ def policy_rounds(lm: LoadedModel, policy_run: str | Path):
         yield r
 
 
+def reset_to_base(lm: LoadedModel) -> None:
+    """`lm` back to its base weights (loaded again), without any policy adapter; its workers follow."""
+    from seal.core.models import load_model
+
+    lm.model, lm.policy = load_model(lm.name, str(lm.device), lm.dtype).model, []
+
+
 def policy_series(lm: LoadedModel, policy_runs: list[Path]):
     """Yield (label, r) for each finished round of each restem run in turn, `lm` being that round's policy
     while it is handled; before each later run, `lm` goes back to the base model's weights. The label
     tells the runs apart in table rows: empty for a single run, else the run's restem.algorithm (its
     directory name when two runs share one)."""
-    from seal.core.models import load_model
 
     algorithms = [Run.resume(p).config.restem.algorithm for p in policy_runs]
     for n, path in enumerate(policy_runs):
         if n:
-            lm.model = load_model(lm.name, str(lm.device), lm.dtype).model
+            reset_to_base(lm)
         label = "" if len(policy_runs) == 1 else algorithms[n] if algorithms.count(algorithms[n]) == 1 else Path(path).name
         for r in policy_rounds(lm, path):
             yield label, r

@@ -324,6 +324,8 @@ def sft_and_merge(lm: LoadedModel, examples: list[Example], cfg: LoraTrainConfig
         if save_dir is not None:
             save_adapter(wrapped, Path(save_dir))
         lm.model = wrapped.merge_and_unload()
+        # the policy a worker can rebuild: the saved adapter merged the same way; an unsaved one it cannot
+        lm.policy = [*lm.policy, str(Path(save_dir).resolve())] if save_dir is not None and lm.policy is not None else None
     for p in lm.model.parameters():
         p.requires_grad_(False)
     lm.model.eval()
@@ -334,6 +336,8 @@ def merge_saved_adapter(lm: LoadedModel, adapter_dir) -> None:
     """Apply a saved policy adapter (from `sft_and_merge`) to the model in place."""
     lm.model = PeftModel.from_pretrained(lm.model, str(adapter_dir)).merge_and_unload()
     lm.model.eval()
+    if lm.policy is not None:
+        lm.policy.append(str(Path(adapter_dir).resolve()))
 
 
 def save_adapter(peft: PeftModel, folder: Path, name: str = "default") -> None:

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from seal.core.distributed import load_run_model
 from seal.core.endpoint import ChatEndpoint, EndpointError
-from seal.core.models import LoadedModel, load_configured, load_model
+from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
-from seal.core.restem import EvalJob, evaluate_jobs, policy_series, record_samples, self_edit_writer
+from seal.core.restem import EvalJob, evaluate_jobs, policy_series, record_samples, record_scores, self_edit_writer
 from seal.core.runs import Run
 from seal.core.stats import bootstrap_ci, mean, paired_difference
 from seal.core.tables import Column, Table
@@ -90,15 +91,16 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
                        write, run.config.self_edit.batch_size, ("eval", name), progress)
     repeats = run.config.inner_loop.eval_times if name is not None else 1
     progress.start("eval", f"eval: {name or c.model_row}", len(passages) * repeats)
+    pre_key = lambda pid: f"eval/pre/{c.model_row}/{pid}"
+    pres = record_scores(run, lm, domain, [
+        (pre_key(p.id), dict(condition=c.model_row, context_id=p.id, **no_update_tags(c), **policy_tag(c)),
+         "score", (p, c.open_book)) for p in passages], progress if name is None else None, bar="eval")
+    if name is None:
+        return
     jobs = []
     for passage in passages:
         pid = passage.id
-        pre = run.cached("pre_update", f"eval/pre/{c.model_row}/{pid}", lambda: dict(
-            condition=c.model_row, context_id=pid, **no_update_tags(c), **policy_tag(c),
-            **domain.score(lm, passage, c.open_book)))
-        if name is None:
-            progress.advance("eval")
-            continue
+        pre = pres[pre_key(pid)]
         sample = run.get(f"eval/samples/{name}/{pid}") if write is not None else None
         if sample is not None and sample.get("error"):
             progress.advance("eval", repeats)
@@ -148,7 +150,7 @@ def evaluate(run: Run, domain: KnowledgeDomain, passages: list[Passage], progres
              policy_runs: list[Path] = (), lm: LoadedModel | None = None) -> Table:
     """Evaluate every condition on the held-out passages (with the rounds of each restem run in
     `policy_runs`) and return the table."""
-    lm = lm or load_configured(run.config.model)
+    lm = lm or load_run_model(run.config)
     for c in conditions(run.config, lm, domain, policy_runs):
         _condition(run, lm, domain, passages, c, progress)
     return table(run)

@@ -1,0 +1,105 @@
+"""The inner loop on Ray workers (core/distributed.py): a local Ray instance with 2 workers, each loading
+the tiny model itself, must record what one process records, and a worker that dies mid-batch must
+have its batch sent again."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+from typer.testing import CliRunner
+
+from seal.cli import app
+from seal.core.distributed import Workers, load_run_model
+from seal.core.restem import EvalJob, evaluate_jobs
+from seal.core.runs import Run
+from seal.knowledge.data import load_builtin
+from seal.knowledge.domain import KnowledgeDomain
+from test_cli import overrides
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """One local Ray instance for the module (starting one takes seconds); this module's classes travel
+    to the workers by value, since the workers cannot import a test module."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.shutdown()
+
+
+def what(record):
+    """A record without its timings: what was computed."""
+    if isinstance(record, dict):
+        return {k: what(v) for k, v in record.items() if k not in ("time", "batch") and not k.endswith("seconds")}
+    if isinstance(record, list):
+        return [what(v) for v in record]
+    return record
+
+
+def by_key(run_dir: Path) -> dict[str, dict]:
+    records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
+    return {r["key"]: what(r) for r in records}
+
+
+def test_a_distributed_run_records_what_one_process_records(tiny_config, tmp_path):
+    """ReST-EM (sampling, pre-update scores, evaluations, M-step) and its table: 2 workers and one process
+    give the same records, key by key. The workers follow the driver's policy: the base model, round 1's
+    policy, the base model again for the table's first rows, then round 1's for its SEAL rows."""
+    runs = {}
+    for name, extra in [("local", []), ("workers", ["--workers", "2"])]:
+        args = [a.replace(str(tiny_config.runs_dir), str(tmp_path / name)) for a in overrides(tiny_config)]
+        result = runner.invoke(app, ["knowledge", "restem", "--quiet", *args, "--set", "inner_loop.adapters_per_batch=2", *extra])
+        assert result.exit_code == 0, result.output
+        [runs[name]] = list((tmp_path / name).iterdir())
+    local, distributed = by_key(runs["local"]), by_key(runs["workers"])
+    assert sorted(local) == sorted(distributed)
+    differ = [key for key in local if local[key] != distributed[key]]
+    assert not differ, (differ[:3], local[differ[0]], distributed[differ[0]])
+    assert any(k.startswith("round2/eval/") for k in local) and any(k.startswith("eval/eval/") for k in local)
+
+    # the run says how it was scheduled, and --resume may change that: nothing is redone in one process
+    n = len(distributed)
+    resumed = runner.invoke(app, ["knowledge", "restem", "--quiet", "--resume", str(runs["workers"]), "--workers", "0"])
+    assert resumed.exit_code == 0, resumed.output
+    assert len(by_key(runs["workers"])) == n + 1  # only the recorded change of settings
+    assert "distributed.workers" in json.dumps(Run.resume(runs["workers"]).records("config_change"))
+
+
+class DyingDomain(KnowledgeDomain):
+    """The first batch any worker takes kills that worker's process (a crash, an out-of-memory kill)."""
+
+    def __init__(self, config, marker: Path):
+        super().__init__(config)
+        self.marker = marker
+
+    def evaluate_batch(self, lm, items):
+        if not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            os._exit(1)
+        return super().evaluate_batch(lm, items)
+
+
+def test_a_worker_that_dies_has_its_batch_sent_again(tiny_config, tmp_path):
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.inner_loop.adapters_per_batch = 2
+    passage = load_builtin()[0]
+    jobs = lambda: [EvalJob(f"e/{i}", passage, f"Fact number {i} about it.", dict(reward=0.0), ("e", i)) for i in range(6)]
+    cfg.distributed.workers = 2
+    lm = load_run_model(cfg)
+    assert isinstance(lm.workers, Workers) and lm.workers.size == 2
+    marker = tmp_path / "died"
+    run = Run.create(cfg, "restem")
+    evaluate_jobs(run, lm, DyingDomain(cfg, marker), jobs())
+    pids = {info["pid"] for info in ray.get([a.ready.remote() for a in lm.workers.actors])}
+    assert marker.exists() and int(marker.read_text()) not in pids  # a worker died, and was replaced
+    assert len(run.records("self_edit_eval")) == 6  # its batch was evaluated all the same
+
+    cfg.distributed.workers = 0
+    alone = Run.create(cfg, "restem")
+    evaluate_jobs(alone, load_run_model(cfg), KnowledgeDomain(cfg), jobs())
+    assert {r["key"]: what(r) for r in run.records()} == {r["key"]: what(r) for r in alone.records()}
