@@ -71,6 +71,7 @@ def test_generate_writes_self_edits(tiny_config):
     (["--resume", "/tmp"], "not a run directory"),
     (["--set", "reward.metric=judge"], "reward.metric 'judge' needs judge.base_url"),
     (["--set", "eval.more_prompts=[rewrite, implicatons]"], "self_edit.prompt 'implicatons' is neither a built-in style"),
+    (["--workers", "2", "--set", "distributed.address=127.0.0.1:1"], "distributed.address '127.0.0.1:1': no Ray cluster answers"),
 ])
 def test_bad_input_is_one_clear_line(args, message, tmp_path):
     result = runner.invoke(app, ["knowledge", "restem", "--quiet", "--set", f"runs_dir={tmp_path}", *args]

@@ -70,6 +70,24 @@ def test_a_distributed_run_records_what_one_process_records(tiny_config, tmp_pat
     assert "distributed.workers" in json.dumps(Run.resume(runs["workers"]).records("config_change"))
 
 
+def test_workers_that_cannot_start_are_one_clear_error(tiny_config):
+    """An actor that cannot be placed would wait forever: refused before any starts; one that cannot
+    load the model says so."""
+    from seal.core.distributed import WorkerError
+
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.distributed.workers = 5  # the module's Ray instance has 2 CPUs
+    with pytest.raises(WorkerError, match=r"distributed.workers 5 x 1 CPU each: the Ray cluster has \d+ CPU free"):
+        load_run_model(cfg)
+    cfg.distributed.workers, cfg.distributed.gpus_per_worker = 1, 1
+    with pytest.raises(WorkerError, match="1 x 1 GPU each: the Ray cluster has 0 GPU free"):
+        load_run_model(cfg)
+    cfg.distributed.gpus_per_worker = 0
+    cfg.model.name = str(tiny_config.runs_dir)  # not a model: the worker fails to load it
+    with pytest.raises(WorkerError, match="a distributed worker could not load model"):
+        load_run_model(cfg)
+
+
 class DyingDomain(KnowledgeDomain):
     """The first batch any worker takes kills that worker's process (a crash, an out-of-memory kill)."""
 

@@ -28,8 +28,8 @@ def register(app: typer.Typer) -> None:
         tasks = candidates(cfg, token_counter(cfg))
         console.print(f"{len(tasks)} {cfg.curate.split} tasks x {len(cfg.curate.configurations)} configurations "
                       f"x {cfg.curate.repeats} repeats")
-        lm = load_run_model(cfg)
         with progress_for(s.run, quiet) as progress:
+            lm = load_run_model(cfg, progress.log)
             table = curate(s.run, lm, s.domain, tasks, progress)
         print_table(s.run, table)
         path = write_task_list(s.run, table)

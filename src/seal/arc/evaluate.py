@@ -62,7 +62,7 @@ def evaluate(run: Run, domain: ArcDomain, tasks: list[Task], progress: Progress,
              policy_runs: list[Path] = (), lm: LoadedModel | None = None) -> Table:
     """Every condition on the evaluation tasks; returns the table."""
     cfg: ArcConfig = run.config
-    lm = lm or load_run_model(cfg)
+    lm = lm or load_run_model(cfg, progress.log)
     n = cfg.eval.n_self_edits
     pres = _icl(run, lm, domain, tasks, ICL, 0, progress)  # also each TTT row's pre-update score
     if cfg.eval.base_self_edits:

@@ -330,8 +330,8 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
             console.print(f"round 1: {reuse_round1_copy(s.run, reuse_round1)} records taken from {reuse_round1}")
         console.print(f"{len(s.train)} training {word}, {len(s.held)} held-out {word}")
         start = time.perf_counter()
-        lm = load_run_model(cfg)
         with progress_for(s.run, quiet) as progress:
+            lm = load_run_model(cfg, progress.log)
             train = p.training_contexts(s.run, lm, s.train, progress)
             run_restem(s.run, lm, s.domain, train, progress)
             console.print(f"{cfg.restem.algorithm}: {cfg.restem.rounds} round(s) on {len(s.train)} {word} done "

@@ -26,6 +26,7 @@ from it) and this package installed on every node.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -95,8 +96,6 @@ class Replica:
         self.lm = load_configured(self.model_config)
 
     def ready(self) -> dict:
-        import socket
-
         import torch
 
         return dict(host=socket.gethostname(), pid=os.getpid(), device=str(self.lm.device), threads=torch.get_num_threads())
@@ -117,23 +116,33 @@ class Replica:
 
 
 class Workers:
-    """`distributed.workers` Ray actors (`Replica`), each holding the policy of the driver's model `lm`."""
+    """`distributed.workers` Ray actors (`Replica`), each holding the policy of the driver's model `lm`.
+    Every check (the cluster answers, has room for them, each loads the model) is made when they start,
+    before the driver loads its own model."""
 
-    def __init__(self, lm: LoadedModel, config, model_config):
+    def __init__(self, config, model_config, log: Callable[[str], None] = print):
         import ray
 
-        self.lm, self.config = lm, config
+        self.config, self.log = config, log
+        self.lm: LoadedModel | None = None  # the driver's model, whose policy the workers hold (load_run_model)
+        local = config.address is None
+        if not local:
+            answers(config.address)
         if not ray.is_initialized():
-            local = config.address is None
             try:
                 ray.init(address=config.address, num_cpus=os.cpu_count() if local else None, include_dashboard=False,
                          log_to_driver=False, logging_level="ERROR", configure_logging=True)
             except (ConnectionError, RuntimeError, ValueError) as err:
                 raise WorkerError(f"distributed.address {config.address!r}: could not reach a Ray cluster ({err})") from None
-        cpus = config.cpus_per_worker or max(1, int(ray.available_resources().get("CPU", 1)) // config.workers)
+        have = ray.available_resources()
+        cpus = config.cpus_per_worker or max(1, int(have.get("CPU", 1)) // config.workers)
         gpus = config.gpus_per_worker
         if gpus is None:
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= config.workers else 0
+            gpus = 1 if have.get("GPU", 0) >= config.workers else 0
+        for what, each in (("CPU", cpus), ("GPU", gpus)):  # an actor that cannot be placed would wait forever
+            if each * config.workers > have.get(what, 0) + 1e-9:
+                raise WorkerError(f"distributed.workers {config.workers} x {each:g} {what} each: the Ray cluster has "
+                                  f"{have.get(what, 0):g} {what} free (lower --workers or distributed.{what.lower()}s_per_worker)")
         actor = ray.remote(Replica).options(num_cpus=cpus, num_gpus=gpus, max_restarts=RESTARTS, max_task_retries=RESTARTS)
         self.actors = [actor.remote(model_config.model_dump(), cpus) for _ in range(config.workers)]
         try:
@@ -187,6 +196,8 @@ class Workers:
                 self.retry.append((ticket, fn, args, tries))
                 continue
             except ray.exceptions.RayActorError as err:  # restarted RESTARTS times: given up, never idle again
+                self.log(f"distributed worker {worker} ({self.info[worker]['host']}) is lost; its {fn.__name__} "
+                         f"call goes to another worker: {str(err).splitlines()[0][:300]}")
                 if tries + 1 >= TRIES:
                     raise WorkerError(f"a call of {fn.__name__} failed on {TRIES} workers; the last died with: {err}") from None
                 self.retry.append((ticket, fn, args, tries + 1))
@@ -202,9 +213,24 @@ class Workers:
         return self.next_done()[1]
 
 
-def load_run_model(config) -> LoadedModel:
-    """The model a run's configuration names, with `distributed.workers` Ray workers attached when set."""
+def answers(address: str, timeout: float = 5.0) -> None:
+    """Refuse, in seconds, a cluster address ("host:port", "ray://host:port") where nothing listens
+    (`ray.init` would retry for minutes); "auto" is left to Ray, which fails at once without a cluster."""
+    target = address.removeprefix("ray://")
+    if ":" not in target:
+        return
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as err:
+        raise WorkerError(f"distributed.address {address!r}: no Ray cluster answers there ({err})") from None
+
+
+def load_run_model(config, log: Callable[[str], None] = print) -> LoadedModel:
+    """The model a run's configuration names, with `distributed.workers` Ray workers attached when set
+    (`log`: where a lost worker is reported, e.g. the run's progress log)."""
+    workers = Workers(config.distributed, config.model, log) if config.distributed.workers else None
     lm = load_configured(config.model)
-    if config.distributed.workers:
-        lm.workers = Workers(lm, config.distributed, config.model)
+    if workers is not None:
+        workers.lm, lm.workers = lm, workers
     return lm

@@ -150,7 +150,7 @@ def evaluate(run: Run, domain: KnowledgeDomain, passages: list[Passage], progres
              policy_runs: list[Path] = (), lm: LoadedModel | None = None) -> Table:
     """Evaluate every condition on the held-out passages (with the rounds of each restem run in
     `policy_runs`) and return the table."""
-    lm = lm or load_run_model(run.config)
+    lm = lm or load_run_model(run.config, progress.log)
     for c in conditions(run.config, lm, domain, policy_runs):
         _condition(run, lm, domain, passages, c, progress)
     return table(run)
