@@ -77,10 +77,10 @@ def test_workers_that_cannot_start_are_one_clear_error(tiny_config):
 
     cfg = tiny_config.model_copy(deep=True)
     cfg.distributed.workers = 5  # the module's Ray instance has 2 CPUs
-    with pytest.raises(WorkerError, match=r"distributed.workers 5 x 1 CPU each: the Ray cluster has \d+ CPU free"):
+    with pytest.raises(WorkerError, match=r"distributed.workers 5 x 1 CPU each: the Ray cluster has \d+ CPU free of 2"):
         load_run_model(cfg)
     cfg.distributed.workers, cfg.distributed.gpus_per_worker = 1, 1
-    with pytest.raises(WorkerError, match="1 x 1 GPU each: the Ray cluster has 0 GPU free"):
+    with pytest.raises(WorkerError, match="1 x 1 GPU each: the Ray cluster has 0 GPU free of 0"):
         load_run_model(cfg)
     cfg.distributed.gpus_per_worker = 0
     cfg.model.name = str(tiny_config.runs_dir)  # not a model: the worker fails to load it

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from seal.core.models import LoadedModel, load_configured
 RESTARTS = 2  # times Ray restarts a worker whose process died (running its calls again), before it is given up
 TRIES = 3  # workers one call is sent to before its failure ends the run
 UNAVAILABLE_WAIT = 1.0  # seconds before a call is sent again to a worker that is restarting
+RELEASE_WAIT = 10.0  # seconds to wait for busy cluster resources (workers of an earlier command stopping)
 
 
 class WorkerError(RuntimeError):
@@ -124,7 +126,7 @@ class Workers:
         import ray
 
         self.config, self.log = config, log
-        self.lm: LoadedModel | None = None  # the driver's model, whose policy the workers hold (load_run_model)
+        self._lm: Callable[[], LoadedModel | None] = lambda: None  # the driver's model (load_run_model)
         local = config.address is None
         if not local:
             answers(config.address)
@@ -134,15 +136,22 @@ class Workers:
                          log_to_driver=False, logging_level="ERROR", configure_logging=True)
             except (ConnectionError, RuntimeError, ValueError) as err:
                 raise WorkerError(f"distributed.address {config.address!r}: could not reach a Ray cluster ({err})") from None
-        have = ray.available_resources()
-        cpus = config.cpus_per_worker or max(1, int(have.get("CPU", 1)) // config.workers)
+        total = ray.cluster_resources()
+        cpus = config.cpus_per_worker or max(1, int(total.get("CPU", 1)) // config.workers)
         gpus = config.gpus_per_worker
         if gpus is None:
-            gpus = 1 if have.get("GPU", 0) >= config.workers else 0
-        for what, each in (("CPU", cpus), ("GPU", gpus)):  # an actor that cannot be placed would wait forever
-            if each * config.workers > have.get(what, 0) + 1e-9:
-                raise WorkerError(f"distributed.workers {config.workers} x {each:g} {what} each: the Ray cluster has "
-                                  f"{have.get(what, 0):g} {what} free (lower --workers or distributed.{what.lower()}s_per_worker)")
+            gpus = 1 if total.get("GPU", 0) >= config.workers else 0
+        need = {"CPU": cpus * config.workers, "GPU": gpus * config.workers}
+        deadline = time.monotonic() + RELEASE_WAIT
+        while short := [r for r in need if need[r] > ray.available_resources().get(r, 0) + 1e-9]:
+            # an actor that cannot be placed would wait forever; workers of an earlier command may still be going
+            r = short[0]
+            if need[r] > total.get(r, 0) + 1e-9 or time.monotonic() > deadline:
+                each = need[r] / config.workers
+                raise WorkerError(f"distributed.workers {config.workers} x {each:g} {r} each: the Ray cluster has "
+                                  f"{ray.available_resources().get(r, 0):g} {r} free of {total.get(r, 0):g} "
+                                  f"(lower --workers or distributed.{r.lower()}s_per_worker)")
+            time.sleep(0.5)
         actor = ray.remote(Replica).options(num_cpus=cpus, num_gpus=gpus, max_restarts=RESTARTS, max_task_retries=RESTARTS)
         self.actors = [actor.remote(model_config.model_dump(), cpus) for _ in range(config.workers)]
         try:
@@ -161,6 +170,16 @@ class Workers:
     @property
     def size(self) -> int:
         return len(self.actors)
+
+    @property
+    def lm(self) -> LoadedModel | None:
+        """The driver's model, whose policy the workers hold. A weak reference: when the command is done
+        with its model, the workers (and their actors) go with it at once, not at a later garbage collection."""
+        return self._lm()
+
+    @lm.setter
+    def lm(self, lm: LoadedModel) -> None:
+        self._lm = weakref.ref(lm)
 
     def free(self) -> bool:
         return bool(self.idle) and not self.retry
