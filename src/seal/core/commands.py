@@ -117,7 +117,7 @@ SCHEDULING = ("inner_loop.max_batch_seconds", "inner_loop.adapters_per_batch", "
 # Fields that do not change round 1's E-step (its samples and evaluations): what --reuse-round1 may differ in.
 # With other inner-loop, answer or reward settings only the samples are taken (the evaluations are redone).
 SAMPLES_FREE = ("inner_loop", "answer", "reward", "judge")
-ROUND1_FREE = (*SCHEDULING, "distributed", "runs_dir", "eval", "cpt", "continual", "teacher", "restem.rounds", "restem.algorithm",
+ROUND1_FREE = (*SCHEDULING, "runs_dir", "eval", "cpt", "continual", "teacher", "restem.rounds", "restem.algorithm",
                "restem.sft", "restem.evaluate_policy", "restem.keep", "restem.min_reward", "reward.require_improvement",
                "reward.baseline")
 

@@ -25,7 +25,7 @@ from typing import Any
 from seal.core.distributed import executor, map_unordered
 from seal.core.domain import Domain
 from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
-from seal.core.models import LoadedModel
+from seal.core.models import LoadedModel, load_model
 from seal.core.multi_lora import adapters_per_batch, widest_batch
 from seal.core.progress import Progress
 from seal.core.runs import Run
@@ -124,9 +124,8 @@ def record_samples(run: Run, jobs: list[tuple[str, Any, dict]], write: Callable[
             progress.advance("sampling", len(part))
     contexts = lambda part: [context for _, context, _ in part]
     if isinstance(write, SelfEditWriter):  # farmed out when the model has workers
-        w = write
-        results = map_unordered(executor(w.lm), write_self_edits,
-                                [(w.domain, w.n, w.config, contexts(part), seed) for part, _, seed in calls])
+        results = map_unordered(executor(write.lm), write_self_edits,
+                                [(write.domain, write.n, write.config, contexts(part), seed) for part, _, seed in calls])
     else:
         results = ((i, write(contexts(part), seed)) for i, (part, _, seed) in enumerate(calls))
     for i, samples in results:
@@ -249,8 +248,7 @@ def restem_round(run: Run, lm: LoadedModel, domain: Domain, contexts: list, roun
                                               "pre_update", (c,)) for cid, c in zip(ids, contexts)], progress)
     pres = {cid: scores[f"round{round_idx}/pre/{cid}"] for cid in ids}
     jobs = []
-    for context in contexts:
-        cid = domain.context_id(context)
+    for cid, context in zip(ids, contexts):
         common = ("restem", round_idx, cid)  # shared by the context's samples and its passage-only training
         if cfg.reward.baseline == "passage":
             jobs.append(EvalJob(f"round{round_idx}/passage/{cid}", context, None, pres[cid], (*common, "passage"),
@@ -390,8 +388,6 @@ def policy_rounds(lm: LoadedModel, policy_run: str | Path):
 
 def reset_to_base(lm: LoadedModel) -> None:
     """`lm` back to its base weights (loaded again), without any policy adapter; its workers follow."""
-    from seal.core.models import load_model
-
     lm.model, lm.policy = load_model(lm.name, str(lm.device), lm.dtype).model, []
 
 
@@ -400,7 +396,6 @@ def policy_series(lm: LoadedModel, policy_runs: list[Path]):
     while it is handled; before each later run, `lm` goes back to the base model's weights. The label
     tells the runs apart in table rows: empty for a single run, else the run's restem.algorithm (its
     directory name when two runs share one)."""
-
     algorithms = [Run.resume(p).config.restem.algorithm for p in policy_runs]
     for n, path in enumerate(policy_runs):
         if n:
