@@ -8,6 +8,9 @@ loads take about a second.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -201,6 +204,32 @@ def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto") 
     model.to(dev).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, device=dev, dtype=chosen)
+
+
+def release_memory() -> None:
+    """Hand memory that freed tensors left behind back to the system, after a unit of work (a batch of
+    inner-loop evaluations, a call of the self-edit writer, a score). glibc keeps freed blocks under
+    its mmap threshold (up to 32 MB, so most activations) in the heap for reuse, and the heap only
+    shrinks from its top, so a process's resident size stays at its highest batch's; `malloc_trim(0)`
+    returns every free page inside the heap too. It costs milliseconds, against the 1.3-2x slowdown of
+    lowering the mmap threshold instead. Other C libraries: only the garbage collection."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+def _glibc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+_libc = _glibc()
 
 
 def load_configured(model_config) -> LoadedModel:

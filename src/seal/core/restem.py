@@ -25,7 +25,7 @@ from typing import Any
 from seal.core.distributed import executor, map_unordered
 from seal.core.domain import Domain
 from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
-from seal.core.models import LoadedModel, load_model
+from seal.core.models import LoadedModel, load_model, release_memory
 from seal.core.multi_lora import adapters_per_batch, widest_batch
 from seal.core.progress import Progress
 from seal.core.runs import Run
@@ -93,8 +93,10 @@ class SelfEditWriter:
 
 
 def write_self_edits(lm: LoadedModel, domain: Domain, n: int, config, contexts: list, seed: int) -> list[dict]:
-    return sample_self_edits(lm, [domain.self_edit_prompt(c) for c in contexts], n, config, seed,
-                             valid=domain.self_edit_ok if domain.checks_self_edits else None, prefill=domain.prefill)
+    samples = sample_self_edits(lm, [domain.self_edit_prompt(c) for c in contexts], n, config, seed,
+                                valid=domain.self_edit_ok if domain.checks_self_edits else None, prefill=domain.prefill)
+    release_memory()
+    return samples
 
 
 def self_edit_writer(lm: LoadedModel, domain: Domain, n: int, config) -> SelfEditWriter:
@@ -154,7 +156,9 @@ def record_scores(run: Run, lm: LoadedModel, domain: Domain, calls: list[tuple[s
 
 
 def call_domain(lm: LoadedModel, domain: Domain, method: str, args: tuple) -> Any:
-    return getattr(domain, method)(lm, *args)
+    result = getattr(domain, method)(lm, *args)
+    release_memory()
+    return result
 
 
 @dataclass
@@ -220,7 +224,9 @@ def evaluate_chunk(lm: LoadedModel, domain: Domain, items: list[tuple], batched:
     one at a time; with the seconds it took."""
     start = time.perf_counter()
     results = domain.evaluate_batch(lm, items) if batched else [domain.evaluate(lm, *item) for item in items]
-    return results, time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    release_memory()  # the next batch may be narrower; the process need not stay at this one's size
+    return results, elapsed
 
 
 def _last_seconds_per_eval(run: Run) -> float | None:
@@ -351,6 +357,7 @@ def restem(run: Run, lm: LoadedModel, domain: Domain, contexts: list, progress: 
             stats = sft_and_merge(lm, examples, cfg.restem.sft, seed=derive_seed(cfg.seed, "sft", r),
                                   precision=precision, save_dir=folder, weighted=cfg.restem.algorithm == "rloo",
                                   on_step=lambda s, total: progress.advance("sft"))
+            release_memory()
             if stats.problem is None:  # saved (complete, or not at all) and merged
                 adapter = f"policy/round-{r}"
             else:
@@ -388,6 +395,8 @@ def policy_rounds(lm: LoadedModel, policy_run: str | Path):
 
 def reset_to_base(lm: LoadedModel) -> None:
     """`lm` back to its base weights (loaded again), without any policy adapter; its workers follow."""
+    lm.model = None  # freed before the fresh copy loads: never two models at once
+    release_memory()
     lm.model, lm.policy = load_model(lm.name, str(lm.device), lm.dtype).model, []
 
 
