@@ -1,0 +1,79 @@
+"""Wall time and peak memory of a command and every process it starts (Ray workers included).
+
+    .venv/bin/python benchmarks/peak_memory.py [--interval 0.5] [--json OUT] -- seal knowledge evaluate ...
+
+Samples the process tree every `--interval` seconds and prints one table row: wall seconds, the
+command's own peak RSS (ru_maxrss of the direct child, exact), and the tree's peak (the largest sum
+over the tree at one sample: RSS, and PSS, which splits pages shared between processes, such as the
+model's memory-mapped checkpoint, among them; sampled, so it can miss a spike shorter than the
+interval). A distributed run's memory is the tree's, since each worker holds its own model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import psutil
+
+
+def tree(root: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def sample(root: psutil.Process) -> tuple[int, int]:
+    """(sum of RSS, sum of PSS) over the tree now, in bytes."""
+    rss = pss = 0
+    for p in tree(root):
+        try:
+            info = p.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        rss, pss = rss + info.rss, pss + info.pss
+    return rss, pss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between samples of the tree")
+    parser.add_argument("--json", help="also write the row to this file")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+    args = parser.parse_args()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given (put it after --)")
+    start = time.perf_counter()
+    child = subprocess.Popen(command)
+    root = psutil.Process(child.pid)
+    peak_rss = peak_pss = 0
+    while child.poll() is None:
+        rss, pss = sample(root)
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+        time.sleep(args.interval)
+    wall = time.perf_counter() - start
+    own = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux: kB
+    row = dict(command=" ".join(command), rc=child.returncode, wall_s=round(wall, 1),
+               own_peak_rss_gib=round(own / 2**30, 2), tree_peak_rss_gib=round(peak_rss / 2**30, 2),
+               tree_peak_pss_gib=round(peak_pss / 2**30, 2))
+    print("| command | exit | wall | own peak RSS GiB | tree peak RSS GiB | tree peak PSS GiB |")
+    print("|---|---|---|---|---|---|")
+    minutes, seconds = divmod(round(wall), 60)
+    print(f"| `{row['command']}` | {row['rc']} | {minutes} min {seconds} s | {row['own_peak_rss_gib']} | "
+          f"{row['tree_peak_rss_gib']} | {row['tree_peak_pss_gib']} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(row, f, indent=1)
+    sys.exit(child.returncode)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
