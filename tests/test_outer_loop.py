@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import seal
 from seal.cli import app
+from seal.core.config import PolicySftConfig
 from seal.core.curves import coverage, degenerate, distinct_2, learning_curve
 from seal.core.examples import Example
 from seal.core.models import load_model
@@ -20,7 +21,7 @@ from seal.core.noise import flip_share, noise_rows
 from seal.core.progress import Progress
 from seal.core.restem import restem, rloo_weights, select
 from seal.core.runs import Run
-from seal.core.training import collate, weighted_loss
+from seal.core.training import clipped_weighted_loss, collate, reference_nll, sft_and_merge, target_nll, weighted_loss
 from seal.knowledge.data import load_builtin
 from test_cli import overrides
 from test_restem import CountingDomain
@@ -56,6 +57,8 @@ def test_improvement_needs_a_baseline(tmp_path):
         load_config(None, ["reward.require_improvement=true", "reward.baseline=none"])
     with pytest.raises(ConfigError, match=r"restem\.algorithm"):
         load_config(None, ["restem.algorithm=ppo"])
+    with pytest.raises(ConfigError, match=r"restem\.rloo_clip"):
+        load_config(None, ["restem.rloo_clip=1.5"])
 
 
 def test_weighted_loss_is_linear_in_the_weights(tiny):
@@ -71,6 +74,67 @@ def test_weighted_loss_is_linear_in_the_weights(tiny):
     assert loss([1.0, 1.0]) == pytest.approx((a + b) / 2, rel=1e-5)
     assert loss([-0.5, 0.25]) == pytest.approx((-0.5 * a + 0.25 * b) / 2, rel=1e-5)
     assert loss([0.0, 0.0]) == 0.0
+
+
+def _two_examples(tok):
+    ids = [tok("the lighthouse keeper", add_special_tokens=False)["input_ids"],
+           tok("a tower of stone on the hill", add_special_tokens=False)["input_ids"]]
+    return [Example(i, [-100] + i[1:]) for i in ids]
+
+
+def test_clipped_loss_starts_with_the_weighted_losss_gradient_and_stops_past_the_clip(tiny):
+    model, tok = tiny.model, tiny.tokenizer
+    examples = _two_examples(tok)
+    reference_nll(model, examples, tok.pad_token_id, tiny.device)
+    batch = collate(examples, tok.pad_token_id)
+    weights = torch.tensor([0.7, -0.4])
+    reference = torch.tensor([v for e in examples for v in e.reference])
+    assert len(reference) == sum(len(e.labels) - 1 for e in examples)  # one per target token
+    head = model.lm_head.weight
+    head.requires_grad_(True)
+    try:
+        grads = []
+        for loss in (weighted_loss(model, batch, weights),
+                     clipped_weighted_loss(model, batch, weights, reference, 0.2)):
+            head.grad = None
+            loss.backward()
+            grads.append(head.grad.clone())
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)  # r = 1: the same step
+        # every token's probability already fell by more than the clip: the negative example teaches nothing
+        head.grad = None
+        loss = clipped_weighted_loss(model, collate(examples[1:], tok.pad_token_id), weights[1:],
+                                     torch.tensor(examples[1].reference) - 0.5, 0.2)  # r = e^-0.5 < 0.8
+        loss.backward()
+        assert loss.item() == pytest.approx(0.4 * 0.8)  # -min(r A, 0.8 A) with A = -0.4: the clipped value
+        assert head.grad.abs().max().item() == 0.0
+    finally:
+        head.requires_grad_(False)
+        head.grad = None
+
+
+def test_a_clipped_rloo_update_lowers_a_negative_sample_less(tiny_dir):
+    """Unclipped, a negative weight keeps lowering its sample's likelihood for as long as training
+    runs (on the tiny model, until its final norm saturates the logits); clipped, each token stops
+    giving gradient once its probability fell by the clip."""
+    cfg = PolicySftConfig(rank=8, alpha=16, lr=1e-2, epochs=30, batch_size=1)
+    rise = {}
+    for clip in (None, 0.2):
+        lm = load_model(str(tiny_dir), "cpu")
+        [example] = _two_examples(lm.tokenizer)[1:]
+        example.weight = -1.0
+        before = _mean_nll(lm, example)
+        sft_and_merge(lm, [example], cfg, seed=0, precision="fp32", weighted=True, clip=clip)
+        rise[clip] = _mean_nll(lm, example) - before
+        assert (example.reference is not None) == (clip is not None)  # the sampling policy's NLLs, when clipped
+    assert rise[None] > 0.3
+    assert 0 < rise[0.2] < 0.7 * rise[None]
+
+
+def _mean_nll(lm, example):
+    batch = collate([example], lm.tokenizer.pad_token_id)
+    with torch.no_grad():
+        hidden = lm.model.get_decoder()(input_ids=batch["input_ids"]).last_hidden_state[0, :-1]
+        return target_nll(lm.model.get_output_embeddings(), hidden, batch["input_ids"][0, 1:]).mean().item()
 
 
 def test_passage_baseline_once_per_context_and_repeat_and_survives_resume(tiny_config):

@@ -96,11 +96,12 @@ def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path | lis
     train, held = p.contexts(config)
     shape = meta_model(config.model.name)
     names = linear_names(shape)
-    resolve_dtype(config.model.dtype, pick_device(config.model.device), resolve_checkpoint(config.model.name))
+    device = pick_device(config.model.device)
+    resolve_dtype(config.model.dtype, device, resolve_checkpoint(config.model.name))
     for field, recipe in p.lora_sections(config, command):
         check_targets(names, recipe, f"{field}.target_modules")
         if isinstance(recipe, InnerLoopBase):
-            check_memory_budget(shape, recipe, field)
+            check_memory_budget(shape, recipe, field, device)
     p.check(config, command, held)
     domain = p.domain(config)
     for one in [policy] if isinstance(policy, Path) else policy or []:
@@ -117,7 +118,7 @@ SCHEDULING = ("inner_loop.max_batch_seconds", "inner_loop.adapters_per_batch", "
 # Fields that do not change round 1's E-step (its samples and evaluations): what --reuse-round1 may differ in.
 # With other inner-loop, answer or reward settings only the samples are taken (the evaluations are redone).
 SAMPLES_FREE = ("inner_loop", "answer", "reward", "judge")
-ROUND1_FREE = (*SCHEDULING, "runs_dir", "eval", "cpt", "continual", "teacher", "restem.rounds", "restem.algorithm",
+ROUND1_FREE = (*SCHEDULING, "runs_dir", "eval", "cpt", "continual", "teacher", "restem.rounds", "restem.algorithm", "restem.rloo_clip",
                "restem.sft", "restem.evaluate_policy", "restem.keep", "restem.min_reward", "reward.require_improvement",
                "reward.baseline")
 

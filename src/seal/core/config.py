@@ -61,7 +61,7 @@ class InnerLoopBase(LoraTrainConfig):
     adapters_per_batch: int | None = Field(None, ge=1, le=1024, description="batched: adapters trained together (K); None: the device's fastest K (4 on a CPU, measured; up to 64 on a GPU), within memory_budget and max_batch_seconds")
     memory_budget: float | None = Field(None, gt=0, description="batched: GiB the inner loop's batches may use beyond the model's weights (adapters with their gradients and optimiser state, and the activations of one forward pass), which caps K; None: half of the memory free at the start")
     max_batch_seconds: float = Field(120, gt=0, description="batched, K not set: a batch is sized to take about this long at the seconds per evaluation measured so far (the first batch has 4 adapters); a kill loses at most the batch in flight")
-    tokens_per_forward: int = Field(4096, ge=64, description="batched: tokens (padding included) per forward pass; bounds the activation memory (about 1.5 MB a token for the embedded model, far less with gradient_checkpointing)")
+    tokens_per_forward: int | None = Field(None, ge=64, description="batched: tokens (padding included) per forward pass; bounds the activation memory (about 1.5 MB a token for the embedded model, far less with gradient_checkpointing). None: 1024 on a CPU (as fast as 4096 there, with less memory; measured), 4096 on a GPU")
 
 
 class SamplingBase(Section):
@@ -89,6 +89,7 @@ class RestemConfig(Section):
     rounds: int = Field(1, ge=0, le=100, description="ReST-EM rounds")
     k: int = Field(3, ge=1, le=256, description="self-edits sampled per training passage per round")
     algorithm: Literal["rest-em", "rloo"] = Field("rest-em", description="the M-step: rest-em = SFT on the kept self-edits (keep, min_reward, reward.require_improvement); rloo = every sampled self-edit, its loss weighted by its reward minus the mean reward of the other samples of its context (negative weights included)")
+    rloo_clip: float | None = Field(None, gt=0, lt=1, description="rloo: clip each target token's probability ratio to the policy that wrote it at 1 +- this (PPO's clipped surrogate), so that an update stops pushing a token once it moved that far; None = the plain advantage-weighted loss, which lowers the likelihood of negative-weight samples without bound")
     keep: Literal["best", "all"] = Field("best", description="rest-em: per training context, keep its best self-edit, or every self-edit that reaches min_reward")
     min_reward: float | None = Field(None, description="rest-em: a kept self-edit needs at least this reward (None: any)")
     evaluate_policy: bool = Field(True, description="after the last round's M-step, the new policy samples and evaluates k self-edits for the training contexts too (the last point of the learning curve; each earlier round's E-step is the previous policy's)")

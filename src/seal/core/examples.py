@@ -12,3 +12,4 @@ class Example:
     input_ids: list[int]
     labels: list[int]  # -100 where no loss is taken
     weight: float = 1.0  # the example's loss weight in a weighted training loop (RLOO's advantage)
+    reference: list[float] | None = None  # each target token's NLL under the policy that wrote it (RLOO's clip)

@@ -262,10 +262,12 @@ def micro_batches(rows: list[PackedRow], max_tokens: int, pass_cost: int = 64) -
 
 def train_bank(lm: LoadedModel, bank: AdapterBank, datasets: list[list[Example]],
                cfg: LoraTrainConfig | list[LoraTrainConfig], *, seeds: list[int], precision: str = "fp32",
-               max_tokens: int = 4096, on_step=None) -> list[TrainStats]:
+               max_tokens: int | None = None, on_step=None) -> list[TrainStats]:
     """Train adapter k of the bank on datasets[k], as `training.train` would with seed seeds[k]. `cfg`
     may be one recipe per adapter (their own lr, epochs, batch size, step cap; the adapter shape and
-    weight decay are the bank's and the first recipe's)."""
+    weight decay are the bank's and the first recipe's). `max_tokens` per forward pass: see
+    `forward_tokens`."""
+    max_tokens = forward_tokens(max_tokens, lm.device)
     cfgs = cfg if isinstance(cfg, list) else [cfg] * len(datasets)
     plans = [epoch_batches(len(d), c, s) for d, c, s in zip(datasets, cfgs, seeds)]
     totals = [max(1, len(p)) for p in plans]
@@ -336,9 +338,23 @@ def logit_bytes(model) -> int:
     return training.LOGIT_CHUNK * model.config.vocab_size * 12
 
 
-def activation_bytes(model, cfg) -> int:
-    """The activation memory of one forward and backward pass of `tokens_per_forward` tokens."""
-    return cfg.tokens_per_forward * bytes_per_token(model, cfg.gradient_checkpointing) + logit_bytes(model)
+# Tokens per forward pass of the batched inner loop (`tokens_per_forward` unset). On this project's
+# 2-core CPU, 1024 evaluated as many self-edits per minute as 4096 at K = 4 and peaked 0.85 GiB lower
+# (the README's memory table); a GPU needs long passes to stay busy (4096, not measured yet).
+CPU_TOKENS = 1024
+GPU_TOKENS = 4096
+
+
+def forward_tokens(setting: int | None, device) -> int:
+    """`tokens_per_forward` as set, else the device's default."""
+    return setting or (CPU_TOKENS if torch.device(device).type == "cpu" else GPU_TOKENS)
+
+
+def activation_bytes(model, cfg, device=None) -> int:
+    """The activation memory of one forward and backward pass of `tokens_per_forward` tokens (on
+    `device`, default the model's)."""
+    tokens = forward_tokens(cfg.tokens_per_forward, device or model.device)
+    return tokens * bytes_per_token(model, cfg.gradient_checkpointing) + logit_bytes(model)
 
 
 def choose_adapters(bank_size: int, activations: int, n_jobs: int, cap: int, budget: int | None = None) -> int:
@@ -367,15 +383,15 @@ def memory_budget(cfg) -> int | None:
     return int(cfg.memory_budget * 2**30) if cfg.memory_budget else None
 
 
-def check_memory_budget(model, cfg, field: str = "inner_loop") -> None:
+def check_memory_budget(model, cfg, field: str = "inner_loop", device="cpu") -> None:
     """Refuse a memory budget that one forward pass and one adapter do not fit in (`model` may be on
-    the meta device: only its shape is read)."""
+    the meta device: only its shape is read; `device` is where it will run)."""
     budget = memory_budget(cfg)
-    need = activation_bytes(model, cfg) + 16 * lora_size(model, cfg)
+    need = activation_bytes(model, cfg, device) + 16 * lora_size(model, cfg)
     if budget is not None and need > budget:
         raise ConfigError(
             f"{field}.memory_budget {cfg.memory_budget} GiB: one batch of {field}.tokens_per_forward="
-            f"{cfg.tokens_per_forward} tokens needs about {need / 2**30:.2f} GiB; lower tokens_per_forward"
+            f"{forward_tokens(cfg.tokens_per_forward, device)} tokens needs about {need / 2**30:.2f} GiB; lower tokens_per_forward"
             + ("" if cfg.gradient_checkpointing else " or turn on gradient_checkpointing"))
 
 

@@ -93,10 +93,8 @@ class SelfEditWriter:
 
 
 def write_self_edits(lm: LoadedModel, domain: Domain, n: int, config, contexts: list, seed: int) -> list[dict]:
-    samples = sample_self_edits(lm, [domain.self_edit_prompt(c) for c in contexts], n, config, seed,
-                                valid=domain.self_edit_ok if domain.checks_self_edits else None, prefill=domain.prefill)
-    release_memory()
-    return samples
+    return sample_self_edits(lm, [domain.self_edit_prompt(c) for c in contexts], n, config, seed,
+                             valid=domain.self_edit_ok if domain.checks_self_edits else None, prefill=domain.prefill)
 
 
 def self_edit_writer(lm: LoadedModel, domain: Domain, n: int, config) -> SelfEditWriter:
@@ -137,6 +135,7 @@ def record_samples(run: Run, jobs: list[tuple[str, Any, dict]], write: Callable[
                 run.append("samples", key, **tags, **sample)
         if progress:
             progress.advance("sampling", len(part))
+    release_memory()
 
 
 def record_scores(run: Run, lm: LoadedModel, domain: Domain, calls: list[tuple[str, dict, str, tuple]],
@@ -152,13 +151,12 @@ def record_scores(run: Run, lm: LoadedModel, domain: Domain, calls: list[tuple[s
         run.append("pre_update", key, **tags, **result)
         if progress:
             progress.advance(bar)
+    release_memory()
     return {key: run.get(key) for key, *_ in calls}
 
 
 def call_domain(lm: LoadedModel, domain: Domain, method: str, args: tuple) -> Any:
-    result = getattr(domain, method)(lm, *args)
-    release_memory()
-    return result
+    return getattr(domain, method)(lm, *args)
 
 
 @dataclass
@@ -216,6 +214,7 @@ def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob]
                        batch=len(chunk), **job.tags, **result)
         if progress:
             progress.advance(bar, len(chunk))
+    release_memory()  # after a phase, not a batch: trimming costs page faults when the next batch refills
     return {job.key: [run.get(f"{job.key}/{t}") for t in range(repeats)] for job in jobs}
 
 
@@ -224,9 +223,7 @@ def evaluate_chunk(lm: LoadedModel, domain: Domain, items: list[tuple], batched:
     one at a time; with the seconds it took."""
     start = time.perf_counter()
     results = domain.evaluate_batch(lm, items) if batched else [domain.evaluate(lm, *item) for item in items]
-    elapsed = time.perf_counter() - start
-    release_memory()  # the next batch may be narrower; the process need not stay at this one's size
-    return results, elapsed
+    return results, time.perf_counter() - start
 
 
 def _last_seconds_per_eval(run: Run) -> float | None:
@@ -356,6 +353,7 @@ def restem(run: Run, lm: LoadedModel, domain: Domain, contexts: list, progress: 
                            cfg.restem.sft.epochs * -(-len(examples) // cfg.restem.sft.batch_size))
             stats = sft_and_merge(lm, examples, cfg.restem.sft, seed=derive_seed(cfg.seed, "sft", r),
                                   precision=precision, save_dir=folder, weighted=cfg.restem.algorithm == "rloo",
+                                  clip=cfg.restem.rloo_clip,
                                   on_step=lambda s, total: progress.advance("sft"))
             release_memory()
             if stats.problem is None:  # saved (complete, or not at all) and merged

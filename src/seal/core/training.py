@@ -241,6 +241,38 @@ def weighted_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], weight
     return (per_example * weights).mean()
 
 
+def clipped_weighted_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], weights: torch.Tensor,
+                          reference: torch.Tensor, clip: float) -> torch.Tensor:
+    """PPO's clipped surrogate with each example's weight as its advantage A: per target token, with
+    r = p / p_ref its probability over that under the policy that wrote it (`reference`: the NLLs, in
+    the batch's row-major target order), the loss is -min(r A, clip(r, 1 - clip, 1 + clip) A), averaged
+    per example, then over the batch. At r = 1 its gradient is `weighted_loss`'s; a token whose ratio
+    left [1 - clip, 1 + clip] in the direction its advantage pushes gives no gradient, so a negative
+    weight lowers a token's probability by at most that factor instead of without bound."""
+    hidden, targets, rows, head = _targets(model, batch)
+    nll = target_nll(head, hidden, targets)
+    ratio = torch.exp(reference - nll)
+    advantage = weights[rows]
+    per_token = -torch.minimum(ratio * advantage, ratio.clamp(1 - clip, 1 + clip) * advantage)
+    per_example = torch.zeros(len(weights), device=hidden.device, dtype=torch.float32).index_add(0, rows, per_token)
+    return (per_example / torch.bincount(rows, minlength=len(weights)).clamp(min=1)).mean()
+
+
+@torch.no_grad()
+def reference_nll(model: torch.nn.Module, examples: list[Example], pad_id: int, device: torch.device,
+                  precision: str = "fp32", batch_size: int = 8) -> None:
+    """Record in each example's `reference` its target tokens' NLL under `model` as it is now."""
+    for start in range(0, len(examples), batch_size):
+        chosen = examples[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate(chosen, pad_id).items()}
+        with autocast(precision, device):
+            hidden, targets, rows, head = _targets(model, batch)
+            nll = target_nll(head, hidden, targets).float().cpu()
+        rows = rows.cpu()
+        for i, example in enumerate(chosen):
+            example.reference = nll[rows == i].tolist()
+
+
 @contextmanager
 def checkpointing(model: torch.nn.Module, on: bool):
     """Gradient checkpointing of a Hugging Face model's decoder layers while the context lasts (when `on`)."""
@@ -262,12 +294,14 @@ def checkpointing(model: torch.nn.Module, on: bool):
 
 def train(model: torch.nn.Module, examples: Sequence[Example], cfg: LoraTrainConfig, *, seed: int,
           pad_id: int, device: torch.device, precision: str = "fp32", on_step=None,
-          extra_loss: Callable[[int], torch.Tensor] | None = None, weighted: bool = False) -> TrainStats:
+          extra_loss: Callable[[int], torch.Tensor] | None = None, weighted: bool = False,
+          clip: float | None = None) -> TrainStats:
     """AdamW with an optional linear warmup, then linear decay, over `cfg.epochs` passes (shuffled each
     epoch with a seeded generator), the gradient clipped to `cfg.max_grad_norm`.
     `extra_loss(step)` is added to each step's language-modelling loss (the last loss reported is the
     language-modelling loss alone). `weighted`: each example's loss is multiplied by its `weight`
-    (`weighted_loss`). `examples` may be any sequence, e.g. a TokenStore on disk."""
+    (`weighted_loss`; with `clip`, `clipped_weighted_loss` against each example's `reference`).
+    `examples` may be any sequence, e.g. a TokenStore on disk."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     plan = epoch_batches(len(examples), cfg, seed)
@@ -281,8 +315,12 @@ def train(model: torch.nn.Module, examples: Sequence[Example], cfg: LoraTrainCon
             chosen = [examples[i] for i in indices]
             batch = {k: v.to(device) for k, v in collate(chosen, pad_id).items()}
             with autocast(precision, device):
-                if weighted:
-                    loss = weighted_loss(model, batch, torch.tensor([e.weight for e in chosen], device=device))
+                weights = torch.tensor([e.weight for e in chosen], device=device) if weighted else None
+                if weighted and clip is not None:
+                    reference = torch.tensor([v for e in chosen for v in e.reference], device=device)
+                    loss = clipped_weighted_loss(model, batch, weights, reference, clip)
+                elif weighted:
+                    loss = weighted_loss(model, batch, weights)
                 else:
                     loss = lm_loss(model, batch)
                 extra = extra_loss(len(losses)) if extra_loss is not None else None
@@ -305,16 +343,20 @@ def train(model: torch.nn.Module, examples: Sequence[Example], cfg: LoraTrainCon
 
 
 def sft_and_merge(lm: LoadedModel, examples: list[Example], cfg: LoraTrainConfig, *, seed: int,
-                  precision: str, save_dir=None, on_step=None, weighted: bool = False) -> TrainStats:
+                  precision: str, save_dir=None, on_step=None, weighted: bool = False,
+                  clip: float | None = None) -> TrainStats:
     """Fine-tune the policy with a LoRA adapter, save it (optionally), and merge it in place; `weighted`:
-    each example's loss carries its `weight` (`weighted_loss`). An update
+    each example's loss carries its `weight` (`weighted_loss`), and with `clip` its tokens' probability
+    ratios to the policy as it was are clipped (`clipped_weighted_loss`). An update
     whose loss or weights are not finite is neither saved nor merged: the model stays as it was, and
     the returned stats say why (`problem`)."""
     check_targets(lm.model, cfg)
+    if weighted and clip is not None:
+        reference_nll(lm.model, examples, lm.tokenizer.pad_token_id, lm.device, precision, cfg.batch_size)
     torch.manual_seed(seed)
     wrapped = get_peft_model(lm.model, peft_config(cfg))
     stats = train(wrapped, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=lm.device,
-                  precision=precision, on_step=on_step, weighted=weighted)
+                  precision=precision, on_step=on_step, weighted=weighted, clip=clip)
     bad = [n for n, p in wrapped.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
     if stats.nonfinite or bad:
         stats.problem = (f"not merged: {stats.nonfinite} of {stats.steps} steps had a non-finite loss"
