@@ -339,9 +339,10 @@ def logit_bytes(model) -> int:
 
 
 # Tokens per forward pass of the batched inner loop (`tokens_per_forward` unset). On this project's
-# 2-core CPU, 1024 evaluated as many self-edits per minute as 4096 at K = 4 and peaked 0.85 GiB lower
-# (the README's memory table); a GPU needs long passes to stay busy (4096, not measured yet).
-CPU_TOKENS = 1024
+# 2-core CPU at K = 4, 512 evaluated as many self-edits per minute as 1024 (6.66 against 6.60, peak
+# RSS 3.48 against 4.24 GiB), and 1024 as many as 4096 (8.20 both, 4.17 against 5.02 GiB, on a
+# faster day); the README's memory table. A GPU needs long passes to stay busy (4096, not measured yet).
+CPU_TOKENS = 512
 GPU_TOKENS = 4096
 
 
