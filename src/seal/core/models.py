@@ -212,9 +212,9 @@ def release_memory() -> None:
     update). glibc keeps freed blocks under its mmap threshold (up to 32 MB, so most activations) in
     the heap for reuse, and the heap only shrinks from its top, so a process stays at the size of its
     largest phase so far; `malloc_trim(0)` returns every free page inside the heap too. Not after every
-    batch: the pages handed back are faulted in again by the next one (on this project's CPU, per-batch
-    trimming made the demo's evaluations 9% slower). Lowering the mmap threshold instead made every
-    phase 1.3-2x slower. Other C libraries: only the garbage collection."""
+    batch: a phase's batches reuse each other's freed blocks, and pages handed back in between are
+    only faulted in again by the next batch. Lowering the mmap threshold instead made every phase
+    1.3-2x slower. Other C libraries: only the garbage collection."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -214,7 +214,7 @@ def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob]
                        batch=len(chunk), **job.tags, **result)
         if progress:
             progress.advance(bar, len(chunk))
-    release_memory()  # after a phase, not a batch: trimming costs page faults when the next batch refills
+    release_memory()  # after a phase, not a batch: the next batch would only fault the pages in again
     return {job.key: [run.get(f"{job.key}/{t}") for t in range(repeats)] for job in jobs}
 
 
