@@ -3,7 +3,8 @@ without a copy of the weights."""
 
 from __future__ import annotations
 
-import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -201,19 +202,28 @@ def test_merged_continual_steps_are_undone_exactly(tiny):
 @pytest.mark.skipif(models._libc is None, reason="malloc_trim is glibc's")
 def test_release_memory_returns_freed_heap_pages_to_the_system():
     """Freed 1 MB tensors stay resident in glibc's heap while smaller live ones sit above them;
-    `release_memory` gives them back."""
-    def resident_mb():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    `release_memory` gives them back. In a fresh process: in this one, earlier tests leave holes in
+    the heap that the small tensors fill, so the freed ones end up at its top and glibc trims them
+    by itself, and there would be nothing left to show."""
+    code = """
+import os, torch
+from seal.core import models
 
-    big = torch.ones(7 * 2**20)  # 28 MB: glibc serves it by mmap, and freeing it raises the threshold
-    del big  # above 1 MB, as a run's first large activations do
-    models.release_memory()
-    freed, survivors = [], []
-    for _ in range(300):
-        freed.append(torch.ones(256 * 1024))  # 1 MB, under glibc's mmap threshold
-        survivors.append(torch.ones(16 * 1024))  # 64 kB, pins the heap above it
-    del freed
-    before = resident_mb()
-    models.release_memory()
-    assert before - resident_mb() > 200  # of the 300 MB freed
+def resident_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+big = torch.ones(7 * 2**20)  # 28 MB: glibc serves it by mmap, and freeing it raises the threshold
+del big  # above 1 MB, as a run's first large activations do
+models.release_memory()
+freed, survivors = [], []
+for _ in range(300):
+    freed.append(torch.ones(256 * 1024))  # 1 MB, under glibc's mmap threshold
+    survivors.append(torch.ones(16 * 1024))  # 64 kB, pins the heap above it
+del freed
+before = resident_mb()
+models.release_memory()
+print(before - resident_mb())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert float(done.stdout) > 200, done.stdout  # MB, of the 300 MB freed

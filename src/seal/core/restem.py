@@ -135,7 +135,8 @@ def record_samples(run: Run, jobs: list[tuple[str, Any, dict]], write: Callable[
                 run.append("samples", key, **tags, **sample)
         if progress:
             progress.advance("sampling", len(part))
-    release_memory()
+    if calls:
+        release_memory()
 
 
 def record_scores(run: Run, lm: LoadedModel, domain: Domain, calls: list[tuple[str, dict, str, tuple]],
@@ -151,7 +152,8 @@ def record_scores(run: Run, lm: LoadedModel, domain: Domain, calls: list[tuple[s
         run.append("pre_update", key, **tags, **result)
         if progress:
             progress.advance(bar)
-    release_memory()
+    if todo:
+        release_memory()
     return {key: run.get(key) for key, *_ in calls}
 
 
@@ -214,7 +216,8 @@ def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob]
                        batch=len(chunk), **job.tags, **result)
         if progress:
             progress.advance(bar, len(chunk))
-    release_memory()  # after a phase, not a batch: the next batch would only fault the pages in again
+    if todo:  # after a phase, not a batch: the next batch would only fault the pages in again
+        release_memory()
     return {job.key: [run.get(f"{job.key}/{t}") for t in range(repeats)] for job in jobs}
 
 

@@ -235,10 +235,13 @@ def weighted_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], weight
     of its target tokens). A per-example mean, so that a long example is not worth more than a short
     one; with weights that are advantages, this is a policy-gradient step on the targets."""
     hidden, targets, rows, head = _targets(model, batch)
-    nll = target_nll(head, hidden, targets)
-    per_example = torch.zeros(len(weights), device=hidden.device, dtype=torch.float32).index_add(0, rows, nll)
-    per_example = per_example / torch.bincount(rows, minlength=len(weights)).clamp(min=1)
-    return (per_example * weights).mean()
+    return (_per_example_mean(target_nll(head, hidden, targets), rows, len(weights)) * weights).mean()
+
+
+def _per_example_mean(per_token: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """The mean of `per_token` values over each of the batch's n examples (`rows`: each token's example)."""
+    total = torch.zeros(n, device=per_token.device, dtype=torch.float32).index_add(0, rows, per_token.float())
+    return total / torch.bincount(rows, minlength=n).clamp(min=1)
 
 
 def clipped_weighted_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], weights: torch.Tensor,
@@ -254,8 +257,7 @@ def clipped_weighted_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]
     ratio = torch.exp(reference - nll)
     advantage = weights[rows]
     per_token = -torch.minimum(ratio * advantage, ratio.clamp(1 - clip, 1 + clip) * advantage)
-    per_example = torch.zeros(len(weights), device=hidden.device, dtype=torch.float32).index_add(0, rows, per_token)
-    return (per_example / torch.bincount(rows, minlength=len(weights)).clamp(min=1)).mean()
+    return _per_example_mean(per_token, rows, len(weights)).mean()
 
 
 @torch.no_grad()
