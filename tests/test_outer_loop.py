@@ -2,6 +2,7 @@
 multi-round run that resumes between rounds."""
 
 import contextlib
+import json
 import math
 import statistics
 from pathlib import Path
@@ -310,6 +311,34 @@ def test_rloo_reuses_the_first_round_of_a_rest_em_run(tiny_config):
     single = {r["condition"]: r for r in seal.table(Run.resume(alone_dir)).rows}
     assert rows["SEAL round 1 (rloo), no update"]["reward"] == pytest.approx(single["SEAL round 1, no update"]["reward"])
     assert rows["SEAL round 1 (rloo), no update"]["policy"] == "rloo"
+
+
+def test_evaluate_resumes_with_the_policies_it_started_with(tiny_config):
+    args = overrides(tiny_config)
+    assert runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *args,
+                               "--set", "restem.evaluate_policy=false"]).exit_code == 0
+    [policy] = list(Path(tiny_config.runs_dir).iterdir())
+    evaluate = ["knowledge", "evaluate", "--quiet", *args, "--set", "eval.base_self_edits=false"]
+    assert runner.invoke(app, [*evaluate, "--policy", str(policy)]).exit_code == 0
+    [run_dir] = [p for p in policy.parent.iterdir() if p.name.startswith("evaluate")]
+    full = {r["condition"]: r["reward"] for r in seal.table(Run.resume(run_dir)).rows}
+    assert any("SEAL round 1" in row for row in full)
+    records = run_dir / "records.jsonl"
+    lines = records.read_text().splitlines(keepends=True)
+    records.write_text("".join(line for line in lines if "SEAL" not in line))  # killed before the policy's rows
+    other = runner.invoke(app, ["knowledge", "evaluate", "--quiet", "--resume", str(run_dir), "--policy", str(run_dir)])
+    assert other.exit_code == 2 and "it started with --policy" in " ".join(other.output.split()), other.output
+    resumed = runner.invoke(app, ["knowledge", "evaluate", "--quiet", "--resume", str(run_dir)])
+    assert resumed.exit_code == 0, resumed.output
+    assert {r["condition"]: r["reward"] for r in seal.table(Run.resume(run_dir)).rows} == pytest.approx(full)
+    # a run directory from before meta.json kept its inputs: its command line says what they were
+    meta = json.loads((run_dir / "meta.json").read_text())
+    del meta["inputs"]
+    meta["argv"] = ["seal", "knowledge", "evaluate", "--policy", str(policy)]
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    records.write_text("".join(line for line in lines if "SEAL" not in line))
+    assert runner.invoke(app, ["knowledge", "evaluate", "--quiet", "--resume", str(run_dir)]).exit_code == 0
+    assert {r["condition"]: r["reward"] for r in seal.table(Run.resume(run_dir)).rows} == pytest.approx(full)
 
 
 def test_another_inner_loop_reuses_the_samples_only(tiny_config):

@@ -82,6 +82,12 @@ class Started:
     held: list
     domain: Domain
     plugin: DomainPlugin
+    policies: list[Path]  # the --policy run directories, as given when the run started
+
+    @property
+    def policy(self) -> Optional[Path]:
+        """The one --policy of a command that takes one."""
+        return self.policies[0] if self.policies else None
 
 
 def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path | list[Path]] = None,
@@ -187,6 +193,7 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
     from seal.core.runs import Run
 
     run_command = p.run_prefix + command
+    policies = [policy] if isinstance(policy, Path) else list(policy or [])
     if resume is not None:
         if config_file:
             raise ConfigError("--resume takes the run's saved configuration; drop --config")
@@ -194,16 +201,36 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
         if run.command != run_command:
             raise ConfigError(f"--resume {resume}: that is a '{run.command}' run, not '{run_command}'")
         config = rescheduled(run, overrides or [])
+        policies, allow_overlap = resumed_inputs(run, policies, allow_overlap)
     else:
         config = load_config(config_file, overrides or [], domain=p.name)
-    train, held, domain = check_run(p, command, config, policy, allow_overlap, reuse)
+    train, held, domain = check_run(p, command, config, policies, allow_overlap, reuse)
     if resume is None:
-        run = Run.create(config, run_command)
+        run = Run.create(config, run_command, inputs=dict(policy=[str(one) for one in policies], allow_overlap=allow_overlap))
         _fresh.append(run.path)
         console.print(f"run directory: [bold]{run.path}[/bold]")
     else:
         console.print(f"resuming [bold]{run.path}[/bold] ({len(run.records())} records done)")
-    return Started(run, train, held, domain, p)
+    return Started(run, train, held, domain, p, policies)
+
+
+def resumed_inputs(run, policies: list[Path], allow_overlap: bool) -> tuple[list[Path], bool]:
+    """The --policy directories and --allow-overlap a resumed run started with: a resume without them
+    takes them from meta.json, one with other policies is refused (its rows would mix two runs)."""
+    inputs = run.meta.get("inputs")
+    if inputs is None:  # a run from before inputs were kept: its command line says what it was given
+        inputs = _argv_inputs(run.meta.get("argv", []))
+    started = [Path(one) for one in inputs.get("policy", [])]
+    if policies and [one.resolve() for one in policies] != [one.resolve() for one in started]:
+        was = ", ".join(map(str, started)) or "none"
+        raise ConfigError(f"--resume {run.path}: it started with --policy {was}; drop --policy to keep it")
+    return started, allow_overlap or bool(inputs.get("allow_overlap", False))
+
+
+def _argv_inputs(argv: list[str]) -> dict:
+    policies = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--policy"]
+    policies += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--policy=")]
+    return dict(policy=policies, allow_overlap="--allow-overlap" in argv)
 
 
 def with_workers(overrides: Optional[list[str]], workers: Optional[int]) -> list[str]:
@@ -351,7 +378,7 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
         """Print the comparison table on the held-out contexts (baselines, and a SEAL policy's rounds)."""
         s = open_run(p, "evaluate", config, with_workers(set, workers), resume, policy, allow_overlap)
         with progress_for(s.run, quiet) as progress:
-            table = p.evaluate(s.run, s.domain, s.held, progress, policy_runs=policy or [])
+            table = p.evaluate(s.run, s.domain, s.held, progress, policy_runs=s.policies)
         print_table(s.run, table)
 
     @app.command("table")

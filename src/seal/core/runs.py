@@ -65,7 +65,9 @@ class Run:
                     self._records[record["key"]] = record
             offset = end + 1
     @classmethod
-    def create(cls, config: Section, command: str) -> Run:
+    def create(cls, config: Section, command: str, inputs: dict | None = None) -> Run:
+        """A new run directory under `config.runs_dir`; `inputs`: what the command was given besides its
+        configuration (other run directories), kept in meta.json so that --resume uses the same."""
         root = Path(config.runs_dir)
         root.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -78,7 +80,7 @@ class Run:
                 continue
         (path / "config.yaml").write_text(dump_config(config), encoding="utf-8")
         meta = dict(command=command, argv=sys.argv, seed=config.seed, started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    host=platform.node(), versions=package_versions())
+                    host=platform.node(), versions=package_versions(), inputs=inputs or {})
         (path / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         return cls(path, config)
 
@@ -90,8 +92,12 @@ class Run:
         return cls(path, load_config(path / "config.yaml"))
 
     @property
+    def meta(self) -> dict:
+        return json.loads((self.path / "meta.json").read_text())
+
+    @property
     def command(self) -> str:
-        return json.loads((self.path / "meta.json").read_text())["command"]
+        return self.meta["command"]
 
     def get(self, key: str) -> dict | None:
         return self._records.get(key)

@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
         c = s.run.config.cpt
         console.print(f"{len(s.held)} passages, {c.update} update ({c.epochs} epoch(s), lr {c.lr})")
         with progress_for(s.run, quiet) as progress:
-            table = cpt(s.run, s.domain, s.held, progress, policy_runs=[policy] if policy else [])
+            table = cpt(s.run, s.domain, s.held, progress, policy_runs=s.policies)
         print_table(s.run, table)
 
     @app.command("continual")
@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"{c.sequences} sequence(s) of {c.steps} steps from {len(s.held)} passages; "
                       f"remedies: {', '.join(c.remedies)}; mode: {c.mode}")
         with progress_for(s.run, quiet) as progress:
-            continual(s.run, s.domain, s.held, progress, policy_run=policy)
+            continual(s.run, s.domain, s.held, progress, policy_run=s.policy)
         print(summary_markdown(s.run))
         console.print(f"[dim]written to {s.run.path / 'continual.md'}[/dim]")
 
@@ -128,6 +128,7 @@ def register_learning(app: typer.Typer) -> None:
             console.print(f"[yellow]skipped[/yellow] {skip.path}: {skip.reason}")
         cfg = s.run.config
         lm = load_configured(cfg.model)
+        policy = s.policy  # on --resume: the one the run started with
         if policy is not None:
             for _ in policy_rounds(lm, policy):  # the last finished round's policy writes the self-edits
                 pass
