@@ -299,6 +299,19 @@ def test_rloo_reuses_the_first_round_of_a_rest_em_run(tiny_config):
     assert all(mine.get(r["key"])["reused_from"] == str(source) for r in round1)
     assert [mine.get(r["key"]).get("reward") for r in round1] == [r.get("reward") for r in round1]
     assert mine.get("round1/done")["algorithm"] == "rloo" and theirs.get("round1/done")["algorithm"] == "rest-em"
+    # a resume copies again what a kill cut short, from the run the command started with
+    records = rloo / "records.jsonl"
+    lines = records.read_text().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if '"reused_from"' in line)
+    records.write_text("".join(lines[:cut] + lines[cut + 1:]))
+    other = runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", "--resume", str(rloo), "--reuse-round1", str(rloo)])
+    assert other.exit_code == 2 and "it started with --reuse-round1" in " ".join(other.output.split()), other.output
+    again = runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", "--resume", str(rloo)])
+    assert again.exit_code == 0 and "round 1: 1 records taken" in again.output, again.output
+    def content(run):
+        return {r["key"]: {k: v for k, v in r.items() if k != "time"} for r in run.records()}
+
+    assert content(Run.resume(rloo)) == content(mine)
     # one table with both policies' rounds; the second starts again from the base model
     evaluate = ["knowledge", "evaluate", "--quiet", *args, "--set", "eval.base_self_edits=false"]
     both = runner.invoke(app, [*evaluate, "--policy", str(source), "--policy", str(rloo)])

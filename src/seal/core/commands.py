@@ -83,6 +83,7 @@ class Started:
     domain: Domain
     plugin: DomainPlugin
     policies: list[Path]  # the --policy run directories, as given when the run started
+    reuse: Optional[Path]  # the --reuse-round1 run directory, as given when the run started
 
     @property
     def policy(self) -> Optional[Path]:
@@ -201,22 +202,25 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
         if run.command != run_command:
             raise ConfigError(f"--resume {resume}: that is a '{run.command}' run, not '{run_command}'")
         config = rescheduled(run, overrides or [])
-        policies, allow_overlap = resumed_inputs(run, policies, allow_overlap)
+        policies, allow_overlap, reuse = resumed_inputs(run, policies, allow_overlap, reuse)
     else:
         config = load_config(config_file, overrides or [], domain=p.name)
     train, held, domain = check_run(p, command, config, policies, allow_overlap, reuse)
     if resume is None:
-        run = Run.create(config, run_command, inputs=dict(policy=[str(one) for one in policies], allow_overlap=allow_overlap))
+        inputs = dict(policy=[str(one) for one in policies], allow_overlap=allow_overlap, reuse_round1=reuse and str(reuse))
+        run = Run.create(config, run_command, inputs=inputs)
         _fresh.append(run.path)
         console.print(f"run directory: [bold]{run.path}[/bold]")
     else:
         console.print(f"resuming [bold]{run.path}[/bold] ({len(run.records())} records done)")
-    return Started(run, train, held, domain, p, policies)
+    return Started(run, train, held, domain, p, policies, reuse)
 
 
-def resumed_inputs(run, policies: list[Path], allow_overlap: bool) -> tuple[list[Path], bool]:
-    """The --policy directories and --allow-overlap a resumed run started with: a resume without them
-    takes them from meta.json, one with other policies is refused (its rows would mix two runs)."""
+def resumed_inputs(run, policies: list[Path], allow_overlap: bool,
+                   reuse: Optional[Path]) -> tuple[list[Path], bool, Optional[Path]]:
+    """The --policy directories, --allow-overlap and --reuse-round1 a resumed run started with: a resume
+    without them takes them from meta.json; one with other run directories is refused (its records
+    would mix two runs)."""
     inputs = run.meta.get("inputs")
     if inputs is None:  # a run from before inputs were kept: its command line says what it was given
         inputs = _argv_inputs(run.meta.get("argv", []))
@@ -224,13 +228,19 @@ def resumed_inputs(run, policies: list[Path], allow_overlap: bool) -> tuple[list
     if policies and [one.resolve() for one in policies] != [one.resolve() for one in started]:
         was = ", ".join(map(str, started)) or "none"
         raise ConfigError(f"--resume {run.path}: it started with --policy {was}; drop --policy to keep it")
-    return started, allow_overlap or bool(inputs.get("allow_overlap", False))
+    source = inputs.get("reuse_round1") and Path(inputs["reuse_round1"])
+    if reuse is not None and (source is None or reuse.resolve() != source.resolve()):
+        raise ConfigError(f"--resume {run.path}: it started with --reuse-round1 {source or 'none'}; drop --reuse-round1")
+    return started, allow_overlap or bool(inputs.get("allow_overlap", False)), source or None
 
 
 def _argv_inputs(argv: list[str]) -> dict:
-    policies = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--policy"]
-    policies += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--policy=")]
-    return dict(policy=policies, allow_overlap="--allow-overlap" in argv)
+    def values(option: str) -> list[str]:
+        return ([argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == option]
+                + [arg.split("=", 1)[1] for arg in argv if arg.startswith(option + "=")])
+
+    return dict(policy=values("--policy"), allow_overlap="--allow-overlap" in argv,
+                reuse_round1=next(iter(values("--reuse-round1")), None))
 
 
 def with_workers(overrides: Optional[list[str]], workers: Optional[int]) -> list[str]:
@@ -354,8 +364,8 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
 
         s = open_run(p, "restem", config, with_workers(set, workers), resume, reuse=reuse_round1)
         cfg = s.run.config
-        if reuse_round1 is not None:
-            console.print(f"round 1: {reuse_round1_copy(s.run, reuse_round1)} records taken from {reuse_round1}")
+        if s.reuse is not None:  # again on --resume: a kill may have cut the copy short (it keeps what is there)
+            console.print(f"round 1: {reuse_round1_copy(s.run, s.reuse)} records taken from {s.reuse}")
         console.print(f"{len(s.train)} training {word}, {len(s.held)} held-out {word}")
         start = time.perf_counter()
         with progress_for(s.run, quiet) as progress:
