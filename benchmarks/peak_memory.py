@@ -1,12 +1,16 @@
 """Wall time and peak memory of a command and every process it starts (Ray workers included).
 
-    .venv/bin/python benchmarks/peak_memory.py [--interval 0.5] [--json OUT] -- seal knowledge evaluate ...
+    .venv/bin/python benchmarks/peak_memory.py [--interval 0.5] [--json OUT] [--trace CSV] -- seal knowledge evaluate ...
 
 Samples the process tree every `--interval` seconds and prints one table row: wall seconds, the
-command's own peak RSS (ru_maxrss of the direct child, exact), and the tree's peak (the largest sum
+command's own peak RSS (exact: ru_maxrss, the largest of the command's process and the descendants
+it waited for, so not of processes that outlive it or that another process reaps, such as Ray's
+workers), and the tree's peak (the largest sum
 over the tree at one sample: RSS, and PSS, which splits pages shared between processes, such as the
 model's memory-mapped checkpoint, among them; sampled, so it can miss a spike shorter than the
 interval). A distributed run's memory is the tree's, since each worker holds its own model.
+`--trace` writes every sample (wall clock, seconds, RSS and PSS in MiB) to a CSV, to line up with the
+timestamps of a run's progress.log and find the phase that peaks.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between samples of the tree")
     parser.add_argument("--json", help="also write the row to this file")
+    parser.add_argument("--trace", help="write every sample to this CSV: time, seconds, rss_mib, pss_mib")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -54,10 +59,13 @@ def main() -> None:
     child = subprocess.Popen(command)
     root = psutil.Process(child.pid)
     peak_rss = peak_pss = 0
-    while child.poll() is None:
-        rss, pss = sample(root)
-        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-        time.sleep(args.interval)
+    with open(args.trace or os.devnull, "w", buffering=1) as trace:  # line-buffered: a kill keeps the lines
+        trace.write("time,seconds,rss_mib,pss_mib\n")
+        while child.poll() is None:
+            rss, pss = sample(root)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            trace.write(f"{time.strftime('%H:%M:%S')},{time.perf_counter() - start:.1f},{rss / 2**20:.0f},{pss / 2**20:.0f}\n")
+            time.sleep(args.interval)
     wall = time.perf_counter() - start
     own = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux: kB
     row = dict(command=" ".join(command), rc=child.returncode, wall_s=round(wall, 1),

@@ -3,9 +3,11 @@ without a copy of the weights."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -227,3 +229,18 @@ print(before - resident_mb())
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(done.stdout) > 200, done.stdout  # MB, of the 300 MB freed
+
+
+def test_peak_memory_benchmark_sees_a_child_process_and_traces_it(tmp_path):
+    """benchmarks/peak_memory.py measures the command's whole process tree, sampled and traced: here a
+    child that holds 300 MB while its parent holds little."""
+    root = Path(__file__).resolve().parents[1]
+    child = "import time; x = bytearray(300 * 2**20); time.sleep(1.5)"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}], check=True)"
+    out, trace = tmp_path / "row.json", tmp_path / "trace.csv"
+    subprocess.run([sys.executable, str(root / "benchmarks/peak_memory.py"), "--interval", "0.1", "--json", str(out),
+                    "--trace", str(trace), "--", sys.executable, "-c", parent], check=True, capture_output=True)
+    row = json.loads(out.read_text())
+    assert row["rc"] == 0 and row["tree_peak_rss_gib"] >= 300 / 1024 > row["tree_peak_rss_gib"] - 0.2
+    lines = trace.read_text().splitlines()
+    assert lines[0] == "time,seconds,rss_mib,pss_mib" and max(int(line.split(",")[2]) for line in lines[1:]) >= 300
