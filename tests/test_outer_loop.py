@@ -354,6 +354,30 @@ def test_evaluate_resumes_with_the_policies_it_started_with(tiny_config):
     assert {r["condition"]: r["reward"] for r in seal.table(Run.resume(run_dir)).rows} == pytest.approx(full)
 
 
+def test_a_policy_trained_on_the_passage_alone_is_a_row_of_its_round(tiny_config):
+    args = overrides(tiny_config)
+    assert runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *args,
+                               "--set", "restem.evaluate_policy=false"]).exit_code == 0
+    [policy] = list(Path(tiny_config.runs_dir).iterdir())
+    result = runner.invoke(app, ["knowledge", "evaluate", "--quiet", *args, "--set", "eval.policy_passage_only=true",
+                                 "--policy", str(policy)])
+    assert result.exit_code == 0, result.output
+    [run_dir] = [p for p in policy.parent.iterdir() if p.name.startswith("evaluate")]
+    run = Run.resume(run_dir)
+    rows = {r["condition"]: r for r in seal.table(run).rows}
+    row = rows["SEAL round 1, passage only"]
+    assert (row["kind"], row["round"]) == ("passage", 1)
+    assert not any(r["key"].startswith("eval/samples/SEAL round 1, passage only") for r in run.records())
+    trained = [r for r in run.records() if r["key"].startswith("eval/eval/SEAL round 1, passage only/")]
+    assert trained and all(r["self_edit"] is None and r["n_sequences"] == 1 for r in trained)
+    for r in trained:  # the policy's own pre-update score, the seed of its self-edit row, the policy's weights
+        pid = r["context_id"]
+        assert r["pre_reward"] == run.get(f"eval/pre/SEAL round 1, no update/{pid}")["reward"]
+        assert r["seed"] == run.get(f"eval/eval/passage + SEAL round 1 self-edits/{pid}/0")["seed"]
+        base = run.get(f"eval/eval/passage only/{pid}/0")
+        assert base["seed"] == r["seed"] and base["means"]["loglik"] != r["means"]["loglik"]
+
+
 def test_another_inner_loop_reuses_the_samples_only(tiny_config):
     args = overrides(tiny_config)
     assert runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *args, "--set", "restem.rounds=0",

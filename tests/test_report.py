@@ -97,6 +97,9 @@ def test_round_series_reads_each_rows_kind_and_round_not_its_name():
     series = round_series(rows, "reward")
     assert series["no update"] == {0: 0.1, 1: 0.15}
     assert series["with its self-edits"] == {0: 0.3, 1: 0.35, 2: 0.5}
+    assert "on the passage alone" not in series  # the base model's passage row alone is no series
+    rows.append({"condition": "SEAL round 1, passage only", "kind": "passage", "round": 1, "reward": 0.25})
+    assert round_series(rows, "reward")["on the passage alone"] == {0: 0.2, 1: 0.25}
 
 
 def test_every_table_record_carries_its_row_kind_and_round(recorded):

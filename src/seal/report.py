@@ -88,30 +88,41 @@ def conditions_plot(sec: Section, run: Run, rows: list[dict], score: str, label:
     sec.figure("conditions.png", "Score per condition, with 95% bootstrap intervals", "conditions.csv")
 
 
+SERIES = {"no-update": "no update", "passage": "on the passage alone", "self-edits": "with its self-edits"}
+
+
 def round_series(rows: list[dict], score: str) -> dict[str, dict[int, float]]:
     """{"no update": {round: score}, "with its self-edits": {round: score}} from the rows' kind and round
-    (round 0: the base model); with several policies, one pair of series each ("... (rloo)"), each
-    starting from the base model's rows."""
+    (round 0: the base model), and "on the passage alone" where the policies have such rows (the base
+    model's "passage only" row is its round 0); with several policies, one set of series each
+    ("... (rloo)"), each starting from the base model's rows."""
     series: dict[str, dict[int, float]] = {}
     policies = sorted({row.get("policy") or "" for row in rows if row.get("round")})
     for row in rows:
-        name = {"no-update": "no update", "self-edits": "with its self-edits"}.get(row.get("kind"))
-        if name is not None and row.get("round") == 0 and len(policies) > 1:
+        name, r = SERIES.get(row.get("kind")), row_round(row, rows)
+        if name is not None and r == 0 and len(policies) > 1:
             for label in policies:
                 series.setdefault(f"{name} ({label})", {})[0] = row[score]
             continue
         if name is not None and row.get("policy"):
             name = f"{name} ({row['policy']})"
-        if name is not None and row.get("round") is not None:
-            series.setdefault(name, {})[row["round"]] = row[score]
+        if name is not None and r is not None:
+            series.setdefault(name, {})[r] = row[score]
     return series
+
+
+def row_round(row: dict, rows: list[dict]) -> int | None:
+    """A row's round; the base model's passage-only row counts as round 0 when a policy has one too."""
+    if row.get("kind") == "passage" and row.get("round") is None:
+        return 0 if any(other.get("kind") == "passage" and other.get("round") for other in rows) else None
+    return row.get("round")
 
 
 def rounds_plot(sec: Section, run: Run, rows: list[dict], score: str, label: str) -> None:
     series = round_series(rows, score)
     if not any(r > 0 for s in series.values() for r in s):
         return
-    others = [r for r in rows if r.get("round") is None or r.get("kind") not in ("no-update", "self-edits")]
+    others = [r for r in rows if row_round(r, rows) is None or r.get("kind") not in SERIES]
     data = [[name, r, v] for name, s in series.items() for r, v in sorted(s.items())]
     data += [[o["condition"], "", o[score]] for o in others]
     _write_csv(sec.path("rounds.csv"), ["series", "round", score], data)

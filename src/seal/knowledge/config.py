@@ -92,6 +92,7 @@ class EvalConfig(Section):
     open_book: bool = Field(True, description="row: the model with no update, each question asked with its passage in the prompt: the ceiling a self-edit is measured against ('gap closed')")
     passage_only: bool = Field(True, description="row: trained on the passage alone")
     base_self_edits: bool = Field(True, description="row: passage + the base model's self-edits")
+    policy_passage_only: bool = Field(False, description="row per SEAL round: that round's policy trained on the passage alone (one more training per passage and round); its self-edit row minus this one is what the self-edits add, apart from what the policy's weights learned")
     more_prompts: list[str] = Field(default_factory=list, description="one more row per prompt style (or template file): passage + the base model's self-edits written with it, on the same passages as the self_edit.prompt row, to compare styles in one table")
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples (over passages) for the 95% interval")
 

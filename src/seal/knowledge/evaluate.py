@@ -2,8 +2,9 @@
 
 Rows: the base model with no update; trained on the passage only; passage + the base model's
 self-edits; passage + a teacher's self-edits; and for each SEAL round, that round's policy with no
-update and with its own self-edits. Each (row, passage) is a record in the run, written as it
-finishes, carrying the row's kind and round (see core/tables.py).
+update, trained on the passage alone (`eval.policy_passage_only`), and with its own self-edits.
+Each (row, passage) is a record in the run, written as it finishes, carrying the row's kind and round
+(see core/tables.py).
 """
 
 from __future__ import annotations
@@ -143,6 +144,8 @@ def conditions(config: KnowledgeConfig, lm: LoadedModel, domain: KnowledgeDomain
         which = f" ({label})" if label else ""
         no_update = f"SEAL round {r}{which}, no update"
         yield Condition(None, "no-update", r, no_update, r, policy=label)
+        if config.eval.policy_passage_only:
+            yield Condition(f"SEAL round {r}{which}, passage only", "passage", r, no_update, r, policy=label)
         yield Condition(f"passage + SEAL round {r}{which} self-edits", "self-edits", r, no_update, r, own, policy=label)
 
 
