@@ -260,6 +260,8 @@ def test_learning_curve_and_noise_equal_a_hand_computation(tiny_config):
     between_var = statistics.fmean([statistics.variance(m.mean(axis=1)) for m in (a, b)])
     assert first["repeat std"] == pytest.approx(math.sqrt(repeat_var))
     assert first["between std"] == pytest.approx(math.sqrt(between_var))
+    pair_var = statistics.fmean([statistics.variance(m[0] - m[1]) for m in (a, b)])  # k = 2: one pair each
+    assert first["pair std"] == pytest.approx(math.sqrt(pair_var))
     assert first["common seeds"] == "yes" and first["repeats"] == 2 and first["contexts"] == 2
     # context a: best is row 1 (0.225 > 0.2); redrawing both repeats as repeat 0 flips it (1 of 4 draws);
     # context b: row 0 wins in every draw

@@ -6,6 +6,10 @@ Per E-step (one policy's k samples per context, each trained `eval_times` times)
 - between std: how much the self-edits of one context differ (the square root of the mean, over
   contexts, of the variance of their mean rewards); a between std well under the repeat std means
   the choice of the best is mostly chance;
+- pair std: how much the difference between two self-edits of a context moves between repeats (the
+  square root of the mean, over pairs, of the variance over repeats of their reward difference): the
+  noise a comparison of two self-edits carries, and what common seeds exist to reduce (they share a
+  repeat's seed between the self-edits, so what the seed does to both cancels in the difference);
 - flips: the share of contexts whose best-of-k self-edit changes when the repeats are drawn again
   (a bootstrap over repeats, the same draw for every self-edit of a context, so that a shared seed
   per repeat, inner_loop.common_seeds, stays shared).
@@ -13,6 +17,7 @@ Per E-step (one policy's k samples per context, each trained `eval_times` times)
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 
@@ -25,6 +30,7 @@ from seal.core.tables import Column, Table
 COLUMNS = [Column("run", kind="text"), Column("policy", kind="text"), Column("common seeds", kind="text"),
            Column("contexts", kind="int"), Column("repeats", kind="int"), Column("repeat std", digits=4),
            Column("between std", digits=4), Column("ratio", "between / repeat", digits=2),
+           Column("pair std", "pair-difference std", digits=4),
            Column("flips", "best-of-k flips", digits=2)]
 
 # The paper's measurement at 7B (Qwen2.5-7B, SQuAD), for the side-by-side row.
@@ -64,11 +70,13 @@ def noise_rows(run: Run, draws: int = 1000) -> list[dict]:
         repeat_var = statistics.fmean(float(v) for m in matrices for v in m.var(axis=1, ddof=1))
         between_var = statistics.fmean(float(m.mean(axis=1).var(ddof=1)) for m in matrices)
         repeat_std, between_std = math.sqrt(repeat_var), math.sqrt(between_var)
+        pair_var = statistics.fmean(float((m[i] - m[j]).var(ddof=1))
+                                    for m in matrices for i, j in itertools.combinations(range(len(m)), 2))
         rows.append({"run": run.path.name, "policy": "base model" if r == 1 else f"round {r - 1}",
                      "common seeds": "yes" if run.config.inner_loop.common_seeds else "no",
                      "contexts": len(matrices), "repeats": min(m.shape[1] for m in matrices),
                      "repeat std": repeat_std, "between std": between_std,
-                     "ratio": between_std / repeat_std if repeat_std > 0 else None,
+                     "ratio": between_std / repeat_std if repeat_std > 0 else None, "pair std": math.sqrt(pair_var),
                      "flips": statistics.fmean(flip_share(m, draws, rng) for m in matrices)})
     return rows
 
