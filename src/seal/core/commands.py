@@ -207,7 +207,7 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
         config = load_config(config_file, overrides or [], domain=p.name)
     train, held, domain = check_run(p, command, config, policies, allow_overlap, reuse)
     if resume is None:
-        inputs = dict(policy=[str(one) for one in policies], allow_overlap=allow_overlap, reuse_round1=reuse and str(reuse))
+        inputs = dict(policy=[str(one) for one in policies], allow_overlap=allow_overlap, reuse_round1=str(reuse) if reuse else None)
         run = Run.create(config, run_command, inputs=inputs)
         _fresh.append(run.path)
         console.print(f"run directory: [bold]{run.path}[/bold]")
@@ -228,10 +228,10 @@ def resumed_inputs(run, policies: list[Path], allow_overlap: bool,
     if policies and [one.resolve() for one in policies] != [one.resolve() for one in started]:
         was = ", ".join(map(str, started)) or "none"
         raise ConfigError(f"--resume {run.path}: it started with --policy {was}; drop --policy to keep it")
-    source = inputs.get("reuse_round1") and Path(inputs["reuse_round1"])
+    source = Path(inputs["reuse_round1"]) if inputs.get("reuse_round1") else None
     if reuse is not None and (source is None or reuse.resolve() != source.resolve()):
         raise ConfigError(f"--resume {run.path}: it started with --reuse-round1 {source or 'none'}; drop --reuse-round1")
-    return started, allow_overlap or bool(inputs.get("allow_overlap", False)), source or None
+    return started, allow_overlap or bool(inputs.get("allow_overlap", False)), source
 
 
 def _argv_inputs(argv: list[str]) -> dict:
