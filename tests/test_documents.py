@@ -203,6 +203,62 @@ def test_self_written_questions_reward_restem(tiny_config):
         assert len(r["answers"]) == min(2, len(written[r["context_id"]]["selection"]))
     held = [r for r in run.records() if r["key"].startswith("eval/pre/")]
     assert held and all(r["context_id"] not in written for r in held)
+    assert not any("watched" in r for r in run.records())
+
+
+def test_watched_gold_questions_are_scored_beside_the_reward_and_never_change_it(tiny, tiny_config):
+    """A passage's watched questions are asked with its own in one batch and graded apart: its reward is
+    what it is without them, and the watched reward is what the watched questions alone would give."""
+    import dataclasses
+
+    from seal.knowledge.data import load_builtin
+    from seal.knowledge.domain import KnowledgeDomain
+
+    tiny_config.reward.metric = "loglik"
+    domain = KnowledgeDomain(tiny_config)
+    a, b = load_builtin()[:2]
+    own = (Question("Who wrote it?", ("the keeper",)),)
+    plain = [dataclasses.replace(a, questions=own), b]
+    watching = [dataclasses.replace(a, questions=own, watched=a.questions), b]
+    alone = domain.score_many(tiny, [a, b])
+    before, after = domain.score_many(tiny, plain), domain.score_many(tiny, watching)
+    assert after[0]["reward"] == pytest.approx(before[0]["reward"], rel=1e-4)
+    assert after[0]["watched"]["reward"] == pytest.approx(alone[0]["reward"], rel=1e-4)
+    assert after[0]["watched"]["reward"] != pytest.approx(after[0]["reward"], rel=1e-3)
+    assert "watched" not in after[1] and after[1]["reward"] == pytest.approx(alone[1]["reward"], rel=1e-4)
+    assert watching[0] == plain[0] and hash(watching[0]) == hash(plain[0])  # the same passage to every cache
+
+
+def test_watched_gold_rewards_are_recorded_by_a_self_rewarded_run_and_tabled(tiny_config):
+    from typer.testing import CliRunner
+
+    from seal.cli import app
+    from seal.core.noise import watched_rows
+    from seal.core.runs import Run
+    from test_cli import overrides
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["knowledge", "restem", "--quiet", *overrides(tiny_config), "--set", "reward.watch_gold=true"])
+    assert bad.exit_code == 2 and "reward.watch_gold" in bad.output
+    result = runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *overrides(tiny_config),
+                                 "--set", "reward.questions=self", "--set", "reward.watch_gold=true",
+                                 "--set", "restem.evaluate_policy=false", "--set", "restem.k=2"])
+    assert result.exit_code == 0, result.output
+    [run_dir] = list(Path(tiny_config.runs_dir).iterdir())
+    run = Run.resume(run_dir)
+    written = {r["context_id"]: r for r in run.records("questions")}
+    own = {cid for cid, r in written.items() if not r["gold_kept"]}
+    evals = [r for r in run.records("self_edit_eval") if r["key"].startswith("round1/eval/")]
+    assert own and evals
+    for r in evals:
+        assert ("watched" in r) == (r["context_id"] in own)
+        assert r["watched"]["reward"] >= 0 if "watched" in r else True
+    [row] = watched_rows(run)
+    assert row["contexts"] == len(own) and row["self-edits"] == 2 * len(own) and row["chance"] == 0.5
+    listed = runner.invoke(app, ["knowledge", "noise", str(run_dir)])
+    assert listed.exit_code == 0 and "chosen by the reward" in listed.output
+    assert runner.invoke(app, ["report", str(run_dir)]).exit_code == 0
+    assert "against the watched reward" in (run_dir / "report" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("mode", ["pooled", "per-document"])

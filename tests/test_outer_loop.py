@@ -416,3 +416,24 @@ def test_resume_may_change_scheduling_only(tiny_config):
     assert run.config.inner_loop.max_batch_seconds == 300
     [change] = run.records("config_change")
     assert change["changes"] == {"inner_loop.max_batch_seconds": [120.0, 300.0]}
+
+
+def test_watched_reward_table_equals_a_hand_computation(tiny_config):
+    """One context, three self-edits, two repeats; each choice is scored on the repeat it was not made on."""
+    from seal.core.noise import watched_rows
+
+    run = Run.create(tiny_config.model_copy(deep=True), "restem")
+    reward = [[0.1, 0.3], [0.2, 0.5], [0.4, 0.0]]
+    watched = [[0.5, 0.1], [0.2, 0.6], [0.3, 0.3]]
+    for i in range(3):
+        for t in range(2):
+            run.append("self_edit_eval", f"round1/eval/a/{i}/{t}", round=1, context_id="a", sample=i, repeat=t,
+                       reward=reward[i][t], watched={"reward": watched[i][t], "means": None}, self_edit="x")
+    [row] = watched_rows(run)
+    assert row["contexts"] == 1 and row["self-edits"] == 3 and row["chance"] == pytest.approx(1 / 3)
+    assert row["rank corr"] == pytest.approx(1.0) and row["same best"] == 1.0  # means 0.2/0.35/0.2 and 0.3/0.4/0.3
+    # repeat 0 held out: repeat 1 picks self-edit 1 by both rewards (0.2); repeat 1 held out: repeat 0 picks
+    # self-edit 2 by the reward (0.3) and self-edit 0 by the watched reward (0.1)
+    assert row["by reward"] == pytest.approx(0.25) and row["by watched"] == pytest.approx(0.15)
+    assert row["random"] == pytest.approx(1 / 3) and row["captured"] is None
+    assert row["gain"][0] == pytest.approx(0.25 - 1 / 3)

@@ -209,12 +209,14 @@ def curve_section(sec: Section, run: Run) -> None:
 
 
 def noise_section(sec: Section, run: Run) -> None:
-    """How noisy the rewards were (core/noise.py), when self-edits were trained more than once."""
-    from seal.core.noise import noise_table
+    """How noisy the rewards were (core/noise.py), when self-edits were trained more than once, and how
+    they rank self-edits by a watched reward, when one was recorded."""
+    from seal.core.noise import noise_table, watched_table
 
-    table = noise_table([run])
-    if table.rows:
-        sec.lines += ["### Reward noise (training contexts)", "", table.markdown(), "", *[f"*{n}*" for n in table.notes], ""]
+    for title, table in [("Reward noise (training contexts)", noise_table([run])),
+                         ("The reward against the watched reward (training contexts)", watched_table([run]))]:
+        if table.rows:
+            sec.lines += [f"### {title}", "", table.markdown(), "", *[f"*{n}*" for n in table.notes], ""]
 
 
 # --- the report ---------------------------------------------------------------------------------------

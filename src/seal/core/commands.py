@@ -411,16 +411,19 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
     def noise(run_dirs: Annotated[list[Path], typer.Argument(help="restem run directories with inner_loop.eval_times >= 2.")],
               draws: Annotated[int, typer.Option(help="Bootstrap draws of the repeats per context.")] = 1000):
         """How noisy self-edit rewards are: the spread between repeats of one self-edit and between the
-        self-edits of a context, and how often the best of k would change under a re-draw."""
-        from seal.core.noise import noise_table
+        self-edits of a context, and how often the best of k would change under a re-draw; where a
+        watched reward was recorded (reward.watch_gold), how well the reward ranks by it."""
+        from seal.core.noise import noise_table, watched_table
         from seal.core.runs import Run
 
-        table = noise_table([Run.resume(d) for d in run_dirs], draws)
-        if not table.rows:
-            fail("no E-step with 2 or more self-edits trained 2 or more times each in these runs")
-        print(table.markdown())
-        for line in table.notes:
-            console.print(f"[dim]{line}[/dim]")
+        runs = [Run.resume(d) for d in run_dirs]
+        tables = [t for t in (noise_table(runs, draws), watched_table(runs)) if t.rows]
+        if not tables:
+            fail("no E-step with 2 or more self-edits trained 2 or more times each, nor a watched reward, in these runs")
+        for table in tables:
+            print(table.markdown())
+            for line in table.notes:
+                console.print(f"[dim]{line}[/dim]")
 
     p.register(app)
     return app

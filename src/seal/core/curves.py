@@ -70,9 +70,11 @@ def sources(domain, contexts: list) -> dict[str, str] | None:
 
 def by_round(run: Run) -> dict[int, dict]:
     """{E-step round: {"samples": {cid: record}, "evals": {cid: {sample: {repeat: reward}}},
-    "valid": {cid: {sample: bool}}, "pre": {cid: reward}, "passage": {cid: [rewards]}}}."""
+    "valid": {cid: {sample: bool}}, "pre": {cid: reward}, "passage": {cid: [rewards]},
+    "watched": {cid: {sample: {repeat: the evaluation's watched reward}}}}}."""
     rounds: dict[int, dict] = defaultdict(lambda: {"samples": {}, "evals": defaultdict(lambda: defaultdict(dict)),
-                                                   "valid": defaultdict(dict), "pre": {}, "passage": defaultdict(list)})
+                                                   "valid": defaultdict(dict), "pre": {}, "passage": defaultdict(list),
+                                                   "watched": defaultdict(lambda: defaultdict(dict))})
     for rec in run.records():
         m = re.match(r"^round(\d+)/(samples|eval|pre|passage)/", rec["key"])
         if not m:
@@ -86,6 +88,8 @@ def by_round(run: Run) -> dict[int, dict]:
             if part == "eval":
                 rounds[r]["evals"][cid][rec["sample"]][rec.get("repeat", 0)] = rec["reward"]
                 rounds[r]["valid"][cid][rec["sample"]] = rec.get("valid", True)
+                if (watched := rec.get("watched")) and watched.get("reward") is not None:
+                    rounds[r]["watched"][cid][rec["sample"]][rec.get("repeat", 0)] = watched["reward"]
             else:
                 rounds[r]["passage"][cid].append(rec["reward"])
     return dict(sorted(rounds.items()))

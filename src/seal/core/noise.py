@@ -86,3 +86,84 @@ def noise_table(runs: list[Run], draws: int = 1000) -> Table:
     notes = ["standard deviations are in each run's reward units (the paper's: accuracy on 0-1); the ratio "
              "between / repeat compares across scales"]
     return Table(COLUMNS, rows + [PAPER] if rows else [], "flips", "share of best-of-k choices that flip", notes=notes)
+
+
+# --- the reward against a watched one -------------------------------------------------------------
+# With a second reward recorded beside the reward and never used (`watched`, e.g. the gold questions
+# of a passage rewarded on questions it wrote itself), how well the reward ranks a context's
+# self-edits by the watched reward, and what choosing by it is worth in watched reward. The choices
+# are scored on a repeat they were not made on (each repeat in turn is held out, the choice made on
+# the mean of the others): a self-edit chosen and scored on the same training looks better than it is.
+
+WATCHED_COLUMNS = [
+    Column("run", kind="text"), Column("policy", kind="text"), Column("contexts", kind="int"),
+    Column("self-edits", kind="int"), Column("rank corr", "rank correlation", digits=2),
+    Column("same best", digits=2), Column("chance", "same best by chance", digits=2),
+    Column("random", "watched: random self-edit", digits=4),
+    Column("by reward", "watched: chosen by the reward", digits=4),
+    Column("by watched", "watched: chosen by the watched reward", digits=4),
+    Column("gain", "by reward - random (95% CI)", kind="diff"),
+    Column("captured", "share of the watched choice's gain", digits=2),
+]
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks from 0, ties sharing their mean rank."""
+    ranks = np.empty(len(values))
+    ranks[np.argsort(values, kind="stable")] = np.arange(len(values))
+    for v in np.unique(values):
+        ranks[values == v] = ranks[values == v].mean()
+    return ranks
+
+
+def _best(means: np.ndarray) -> int:
+    return len(means) - 1 - int(np.argmax(means[::-1]))  # ties go to the last, as restem.keep does
+
+
+def watched_rows(run: Run, bootstrap: int = 2000) -> list[dict]:
+    """One row per E-step with a context of >= 2 self-edits that have both rewards on the same repeats."""
+    from seal.core.stats import paired_difference
+
+    rows = []
+    for r, data in by_round(run).items():
+        pairs = {}  # {cid: (rewards, watched)}, each (self-edits x the repeats all of them have)
+        for cid, watched in data["watched"].items():
+            evals = data["evals"][cid]
+            both = {i: {t: (evals[i][t], w) for t, w in v.items() if t in evals[i]} for i, v in watched.items()}
+            shared = sorted(set.intersection(*(set(v) for v in both.values()))) if both else []
+            if len(both) >= 2 and shared:
+                grid = np.asarray([[both[i][t] for t in shared] for i in sorted(both)], dtype=float)
+                pairs[cid] = (grid[..., 0], grid[..., 1])
+        if not pairs:
+            continue
+        corr, same, chance = [], [], []
+        held = {"random": {}, "by reward": {}, "by watched": {}}
+        for cid, (rewards, seen) in pairs.items():
+            x, y = rewards.mean(axis=1), seen.mean(axis=1)
+            if np.ptp(x) > 0 and np.ptp(y) > 0:
+                corr.append(float(np.corrcoef(_ranks(x), _ranks(y))[0, 1]))
+            same.append(float(_best(x) == _best(y)))
+            chance.append(1 / len(x))
+            n = rewards.shape[1]
+            if n >= 2:
+                rest = lambda m, t: np.delete(m, t, axis=1).mean(axis=1)
+                held["random"][cid] = statistics.fmean(float(seen[:, t].mean()) for t in range(n))
+                held["by reward"][cid] = statistics.fmean(float(seen[_best(rest(rewards, t)), t]) for t in range(n))
+                held["by watched"][cid] = statistics.fmean(float(seen[_best(rest(seen, t)), t]) for t in range(n))
+        row = {"run": run.path.name, "policy": "base model" if r == 1 else f"round {r - 1}", "contexts": len(pairs),
+               "self-edits": sum(len(m) for m, _ in pairs.values()), "rank corr": statistics.fmean(corr) if corr else None,
+               "same best": statistics.fmean(same), "chance": statistics.fmean(chance)}
+        if held["random"]:
+            means = {k: statistics.fmean(v.values()) for k, v in held.items()}
+            reach = means["by watched"] - means["random"]
+            row.update(means, gain=paired_difference(held["by reward"], held["random"], bootstrap, run.config.seed),
+                       captured=(means["by reward"] - means["random"]) / reach if reach > 0 else None)
+        rows.append(row)
+    return rows
+
+
+def watched_table(runs: list[Run], bootstrap: int = 2000) -> Table:
+    rows = [row for run in runs for row in watched_rows(run, bootstrap)]
+    notes = ["watched: the reward recorded beside the reward and never used to choose (reward.watch_gold: the "
+             "gold questions); a choice is scored on a repeat it was not made on, each repeat held out in turn"]
+    return Table(WATCHED_COLUMNS, rows, "by reward", "watched reward of the chosen self-edit", notes=notes)

@@ -51,6 +51,13 @@ class RewardConfig(RewardBase):
     metric: Literal["em", "f1", "contains", "loglik", "judge"] = Field("f1", description="the score of the updated model that is the self-edit's reward, averaged over the passage's questions; em, f1, contains: SQuAD-normalised, max over gold answers; loglik: the geometric-mean per-token probability of a gold answer (exp of its mean token log-probability after the question), max over gold answers; judge: the judge's yes/no")
     baseline: Literal["none", "pre_update", "passage"] = Field("passage", description="what a self-edit is compared with: passage = the model trained on the passage alone, with the same seed in each repeat (one more inner-loop training per passage and repeat, cached); pre_update = the model before any update; none")
     questions: Literal["gold", "self"] = Field("gold", description="the questions a training passage's self-edits are rewarded on in ReST-EM: gold = the data's; self = the selection half of questions the passage writes itself (the `questions` section), recorded once per passage; held-out tables always use the gold questions")
+    watch_gold: bool = Field(False, description="with questions: self, also ask a training passage's gold questions after every update and record their reward beside the reward (`watched`), never used to select: `seal knowledge noise` then shows how well the self-written questions rank self-edits by the gold ones")
+
+    @model_validator(mode="after")
+    def _watch_needs_self(self):
+        if self.watch_gold and self.questions != "self":
+            raise ValueError("reward.watch_gold needs reward.questions: self (gold rewards are the reward already)")
+        return self
 
 
 class JudgeConfig(Section):

@@ -30,6 +30,9 @@ class Passage:
     title: str
     context: str
     questions: tuple[Question, ...] = field(default=())
+    # asked after every update beside `questions` and recorded as `watched`, never rewarded: the gold
+    # questions of a passage rewarded on self-written ones (reward.watch_gold)
+    watched: tuple[Question, ...] = field(default=(), compare=False)
 
     @property
     def id(self) -> str:

@@ -109,7 +109,10 @@ class KnowledgeDomain(Domain):
         # Counted as no answer to every question: zero on the accuracy metrics, no likelihood.
         n = len(self.questions(passage))
         grades = dict(em=[0.0] * n, f1=[0.0] * n, contains=[0.0] * n, loglik=[None] * n, judge=[None] * n)
-        return dict(base, valid=False, problem=problem, reward=0.0, gain=None, answers=[""] * n, grades=grades)
+        result = dict(base, valid=False, problem=problem, reward=0.0, gain=None, answers=[""] * n, grades=grades)
+        if passage.watched:
+            result["watched"] = dict(reward=0.0, means=None)
+        return result
 
     @staticmethod
     def _trained(base: dict, stats, scored: dict, pre: dict) -> dict:
@@ -120,9 +123,11 @@ class KnowledgeDomain(Domain):
         return resolve_precision(self.config.model.precision, lm.device)
 
     # --- answering and grading ----------------------------------------------------------------
-    def questions(self, passage: Passage):
+    def questions(self, passage: Passage, watched: bool = False):
+        """The questions a passage is scored on (`watched`: the ones asked beside them, unrewarded)."""
         limit = self.config.answer.max_questions
-        return passage.questions[:limit] if limit else passage.questions
+        asked = passage.watched if watched else passage.questions
+        return asked[:limit] if limit else asked
 
     def score(self, lm: LoadedModel, passage: Passage, open_book: bool = False) -> dict:
         return self.score_many(lm, [passage], open_book=open_book)[0]
@@ -132,10 +137,15 @@ class KnowledgeDomain(Domain):
         """Answer and grade the questions of each passage, all in shared batches; with `adapters`,
         passage i's questions go through adapter adapters[i] of the installed adapter bank (or, when
         adapters[i] is a list, question j through adapter adapters[i][j]); with `open_book`, each
-        question is asked with its passage in the prompt."""
+        question is asked with its passage in the prompt. A passage's `watched` questions are asked
+        after its own and graded apart, as the result's `watched` (reward and means), never its reward."""
         cfg = self.config.answer
         precision = self.precision(lm)
-        questions = [self.questions(p) for p in passages]
+        own = [self.questions(p) for p in passages]
+        if adapters is not None and any(isinstance(a, list) and p.watched for a, p in zip(adapters, passages)):
+            raise ValueError("watched questions with one adapter per question are not supported")
+        seen = [self.questions(p, watched=True) for p in passages]
+        questions = [tuple(q) + tuple(w) for q, w in zip(own, seen)]
         prompts = [format_prompt(lm, answer_prompt(cfg.prompt_style, p.title, q.question, p.context if open_book else None),
                                  chat=cfg.prompt_style == "chat")
                    for p, qs in zip(passages, questions) for q in qs]
@@ -155,10 +165,15 @@ class KnowledgeDomain(Domain):
             at += len(gs)
         seconds = round((time.perf_counter() - start) / max(1, len(passages)), 2)  # each passage's share
         out, at = [], 0
-        for qs in questions:
+        for qs, ws in zip(own, seen):
             mine = slice(at, at + len(qs))
             at += len(qs)
             out.append(self._grade(qs, answers[mine], loglik[mine], seconds))
+            if ws:
+                theirs = slice(at, at + len(ws))
+                at += len(ws)
+                graded = self._grade(ws, answers[theirs], loglik[theirs], seconds)
+                out[-1]["watched"] = dict(reward=graded["reward"], means=graded["means"])
         return out
 
     def _grade(self, questions, answers, loglik: list[float], seconds: float) -> dict:

@@ -121,12 +121,15 @@ def prepare(run: Run, lm: LoadedModel, documents: list[Document], skipped: list[
 def self_questioned(run: Run, lm: LoadedModel, passages: list[Passage], progress: Progress) -> list[Passage]:
     """The passages with the selection half of questions they wrote themselves in place of their gold
     ones (reward.questions: self), written once per passage and recorded under questions/{id}; a
-    passage that got no selection question keeps its gold ones (and is counted in the record)."""
+    passage that got no selection question keeps its gold ones (and is counted in the record). With
+    reward.watch_gold, the gold questions of the others are asked too, unrewarded (`Passage.watched`)."""
     record_questions(run, lm, passages, "questions/", progress, lambda p: {})
+    watch = run.config.reward.watch_gold
     out = []
     for p in passages:
         selection = _load(run.get(f"questions/{p.id}")["selection"])
-        out.append(Passage(p.title, p.context, selection or p.questions))
+        out.append(Passage(p.title, p.context, selection or p.questions,
+                           watched=p.questions if watch and selection else ()))
     return out
 
 
