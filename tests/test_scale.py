@@ -243,4 +243,19 @@ def test_peak_memory_benchmark_sees_a_child_process_and_traces_it(tmp_path):
     row = json.loads(out.read_text())
     assert row["rc"] == 0 and row["tree_peak_rss_gib"] >= 300 / 1024 > row["tree_peak_rss_gib"] - 0.2
     lines = trace.read_text().splitlines()
-    assert lines[0] == "time,seconds,rss_mib,pss_mib" and max(int(line.split(",")[2]) for line in lines[1:]) >= 300
+    assert lines[0] == "time,seconds,rss_mib,pss_mib,anon_mib" and max(int(line.split(",")[2]) for line in lines[1:]) >= 300
+    assert row["tree_peak_anon_gib"] >= 300 / 1024 - 0.02
+
+
+def test_peak_memory_benchmark_tells_file_backed_pages_from_anonymous_ones(tmp_path):
+    """A memory-mapped file that is read is resident, but file-backed: RSS, not the anonymous column."""
+    root = Path(__file__).resolve().parents[1]
+    data = tmp_path / "weights.bin"
+    data.write_bytes(b"\1" * (200 * 2**20))
+    child = (f"import hashlib, mmap, time; f = open({str(data)!r}, 'rb'); m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ); "
+             "hashlib.md5(m).hexdigest(); time.sleep(1.5)")
+    out = tmp_path / "row.json"
+    subprocess.run([sys.executable, str(root / "benchmarks/peak_memory.py"), "--interval", "0.1", "--json", str(out),
+                    "--", sys.executable, "-c", child], check=True, capture_output=True)
+    row = json.loads(out.read_text())
+    assert row["tree_peak_rss_gib"] >= 200 / 1024 and row["tree_peak_anon_gib"] < 100 / 1024
