@@ -48,15 +48,18 @@ def context_matrix(samples: dict[int, dict[int, float]]) -> np.ndarray | None:
     return np.asarray([[samples[i][t] for t in order] for i in sorted(samples)], dtype=float)
 
 
+def _best(means: np.ndarray) -> int:
+    return len(means) - 1 - int(np.argmax(means[::-1]))  # ties go to the last, as restem.keep does
+
+
 def flip_share(matrix: np.ndarray, draws: int, rng: np.random.Generator) -> float:
     """Share of bootstrap draws of the repeats (one draw of repeat indices for all rows) whose best row
     differs from the best row of the full matrix (ties go to the last row, as `restem.keep` does)."""
-    best = lambda m: len(m) - 1 - int(np.argmax(m[::-1]))
-    original = best(matrix.mean(axis=1))
+    original = _best(matrix.mean(axis=1))
     n = matrix.shape[1]
     idx = rng.integers(0, n, size=(draws, n))
     means = matrix[:, idx].mean(axis=2).T  # (draws, rows)
-    return float(np.mean([best(m) != original for m in means]))
+    return float(np.mean([_best(m) != original for m in means]))
 
 
 def noise_rows(run: Run, draws: int = 1000) -> list[dict]:
@@ -116,10 +119,6 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def _best(means: np.ndarray) -> int:
-    return len(means) - 1 - int(np.argmax(means[::-1]))  # ties go to the last, as restem.keep does
-
-
 def watched_rows(run: Run, bootstrap: int = 2000) -> list[dict]:
     """One row per E-step with a context of >= 2 self-edits that have both rewards on the same repeats."""
     from seal.core.stats import paired_difference
@@ -146,7 +145,7 @@ def watched_rows(run: Run, bootstrap: int = 2000) -> list[dict]:
             chance.append(1 / len(x))
             n = rewards.shape[1]
             if n >= 2:
-                rest = lambda m, t: np.delete(m, t, axis=1).mean(axis=1)
+                rest = lambda m, t: np.delete(m, t, axis=1).mean(axis=1)  # the mean over the other repeats
                 held["random"][cid] = statistics.fmean(float(seen[:, t].mean()) for t in range(n))
                 held["by reward"][cid] = statistics.fmean(float(seen[_best(rest(rewards, t)), t]) for t in range(n))
                 held["by watched"][cid] = statistics.fmean(float(seen[_best(rest(seen, t)), t]) for t in range(n))
