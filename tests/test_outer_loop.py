@@ -437,3 +437,18 @@ def test_watched_reward_table_equals_a_hand_computation(tiny_config):
     assert row["by reward"] == pytest.approx(0.25) and row["by watched"] == pytest.approx(0.15)
     assert row["random"] == pytest.approx(1 / 3) and row["captured"] is None
     assert row["gain"][0] == pytest.approx(0.25 - 1 / 3)
+
+
+def test_policy_rounds_caps_the_rows_of_each_policy_run(tiny_config):
+    args = overrides(tiny_config)
+    assert runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *args, "--set", "restem.rounds=2",
+                               "--set", "restem.evaluate_policy=false"]).exit_code == 0
+    [policy] = list(Path(tiny_config.runs_dir).iterdir())
+    evaluate = ["knowledge", "evaluate", "--quiet", *args, "--set", "eval.base_self_edits=false", "--policy", str(policy)]
+    assert runner.invoke(app, [*evaluate, "--set", "eval.policy_rounds=1"]).exit_code == 0
+    [run_dir] = [p for p in policy.parent.iterdir() if p.name.startswith("evaluate")]
+    rounds = {r["round"] for r in seal.table(Run.resume(run_dir)).rows if r["condition"].startswith(("SEAL", "passage + SEAL"))}
+    assert rounds == {1}
+    assert runner.invoke(app, evaluate).exit_code == 0  # 0, the default: every finished round
+    [other] = [p for p in policy.parent.iterdir() if p.name.startswith("evaluate") and p != run_dir]
+    assert {r["round"] for r in seal.table(Run.resume(other)).rows if "SEAL" in r["condition"]} == {1, 2}

@@ -381,11 +381,13 @@ def e_step(run: Run, lm: LoadedModel, domain: Domain, contexts: list, r: int, pr
     return restem_round(run, lm, domain, contexts, r, progress)
 
 
-def policy_rounds(lm: LoadedModel, policy_run: str | Path):
-    """Yield r for each finished round of a restem run, once that round's policy adapter is merged into
-    `lm`: while r is being handled, `lm` is round r's policy. An unfinished round ends the rounds."""
+def policy_rounds(lm: LoadedModel, policy_run: str | Path, last: int = 0):
+    """Yield r for each finished round of a restem run (up to round `last`, when not 0), once that round's
+    policy adapter is merged into `lm`: while r is being handled, `lm` is round r's policy. An unfinished
+    round ends the rounds."""
     policy = Run.resume(policy_run)  # with its own configuration: its number of rounds
-    for r in range(1, policy.config.restem.rounds + 1):
+    rounds = policy.config.restem.rounds if not last else min(last, policy.config.restem.rounds)
+    for r in range(1, rounds + 1):
         done = policy.get(f"round{r}/done")
         if done is None:
             return
@@ -401,9 +403,10 @@ def reset_to_base(lm: LoadedModel) -> None:
     lm.model, lm.policy = load_model(lm.name, str(lm.device), lm.dtype).model, []
 
 
-def policy_series(lm: LoadedModel, policy_runs: list[Path]):
-    """Yield (label, r) for each finished round of each restem run in turn, `lm` being that round's policy
-    while it is handled; before each later run, `lm` goes back to the base model's weights. The label
+def policy_series(lm: LoadedModel, policy_runs: list[Path], last: int = 0):
+    """Yield (label, r) for each finished round (up to round `last`, when not 0) of each restem run in turn,
+    `lm` being that round's policy while it is handled; before each later run, `lm` goes back to the base
+    model's weights. The label
     tells the runs apart in table rows: empty for a single run, else the run's restem.algorithm (its
     directory name when two runs share one)."""
     algorithms = [Run.resume(p).config.restem.algorithm for p in policy_runs]
@@ -411,7 +414,7 @@ def policy_series(lm: LoadedModel, policy_runs: list[Path]):
         if n:
             reset_to_base(lm)
         label = "" if len(policy_runs) == 1 else algorithms[n] if algorithms.count(algorithms[n]) == 1 else Path(path).name
-        for r in policy_rounds(lm, path):
+        for r in policy_rounds(lm, path, last):
             yield label, r
 
 

@@ -100,6 +100,7 @@ class EvalConfig(Section):
     passage_only: bool = Field(True, description="row: trained on the passage alone")
     base_self_edits: bool = Field(True, description="row: passage + the base model's self-edits")
     policy_passage_only: bool = Field(False, description="row per SEAL round: that round's policy trained on the passage alone (one more training per passage and round); its self-edit row minus this one is what the self-edits add, apart from what the policy's weights learned")
+    policy_rounds: int = Field(0, ge=0, description="rows for the first N finished rounds of each --policy run (0: all of them), e.g. 1 to compare round-1 policies of runs with different numbers of rounds")
     more_prompts: list[str] = Field(default_factory=list, description="one more row per prompt style (or template file): passage + the base model's self-edits written with it, on the same passages as the self_edit.prompt row, to compare styles in one table")
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples (over passages) for the 95% interval")
 

@@ -140,7 +140,7 @@ def conditions(config: KnowledgeConfig, lm: LoadedModel, domain: KnowledgeDomain
     teacher = _teacher_writer(config, domain)
     if teacher is not None:
         yield Condition("passage + teacher self-edits", "teacher", None, base, 0, teacher)
-    for label, r in policy_series(lm, list(policy_runs)):
+    for label, r in policy_series(lm, list(policy_runs), config.eval.policy_rounds):
         which = f" ({label})" if label else ""
         no_update = f"SEAL round {r}{which}, no update"
         yield Condition(None, "no-update", r, no_update, r, policy=label)
