@@ -28,17 +28,21 @@ from seal.knowledge.domain import KnowledgeDomain
 # The rows every other row is compared with, passage by passage (paired differences of the reward).
 REFERENCES = {"vs base": "base model, no update", "vs passage only": "passage only"}
 OPEN_BOOK = "open book (passage in the prompt), no update"
+OWN = "vs own passage only"
 
 
 def columns(metric: str) -> list[Column]:
     """missing: passages left out of the row because their self-edit could not be written (an endpoint
     error); gap closed: (row - base) / (open book - base) of the mean rewards, the share of the way from
     the closed-book base model to the open-book ceiling; vs ...: the row's reward minus the reference
-    row's, passage by passage (repeats averaged)."""
+    row's, passage by passage (repeats averaged); vs own passage only: a self-edit row minus the
+    passage-only row of the model that is trained (the base model's, or with eval.policy_passage_only
+    its round's policy's): what the self-edits add, apart from what the model's weights bring."""
     return [Column("condition", kind="text"), Column("EM"), Column("F1"), Column("contains"), Column("loglik"),
             Column("judge"), Column("questions", kind="int"), Column("missing", kind="int"),
             Column("reward", f"reward ({metric})"), Column("95% CI", kind="ci"), Column("gap closed"),
-            *[Column(key, f"{key} (paired, 95% CI)", kind="diff") for key in REFERENCES]]
+            *[Column(key, f"{key} (paired, 95% CI)", kind="diff") for key in REFERENCES],
+            Column(OWN, f"{OWN} (paired, 95% CI)", kind="diff")]
 
 
 Writer = Callable[[list[Passage], int], list[dict]]  # (passages, seed) -> one sample record each
@@ -196,12 +200,26 @@ def table(run: Run) -> Table:
             **{key: paired_difference(by_passage[name], by_passage[ref], config.eval.bootstrap, config.seed)
                if ref in by_passage and ref != name else None for key, ref in REFERENCES.items()},
         })
+    for r in out:
+        ref = _own_passage_row(r, out)
+        r[OWN] = (paired_difference(by_passage[r["condition"]], by_passage[ref], config.eval.bootstrap, config.seed)
+                  if ref is not None else None)
     base, ceiling = (next((r["reward"] for r in out if r["condition"] == name), None)
                      for name in ("base model, no update", OPEN_BOOK))
     for r in out:
         r["gap closed"] = (None if None in (base, ceiling, r["reward"]) or ceiling == base
                            else (r["reward"] - base) / (ceiling - base))
     return Table(columns(config.reward.metric), out, "reward", score_label(config))
+
+
+def _own_passage_row(row: dict, rows: list[dict]) -> str | None:
+    """The passage-only row trained on the same model as a self-edit row: its round's policy's (same
+    round and policy run), or the base model's for rows of round 0 or none."""
+    if row["kind"] not in ("self-edits", "teacher"):
+        return None
+    policy_round = row["round"] if row["round"] else None
+    return next((r["condition"] for r in rows if r["kind"] == "passage" and r["round"] == policy_round
+                 and (r["policy"] == row["policy"] or policy_round is None)), None)
 
 
 def score_label(config: KnowledgeConfig) -> str:
