@@ -209,7 +209,10 @@ def table(run: Run) -> Table:
     for r in out:
         r["gap closed"] = (None if None in (base, ceiling, r["reward"]) or ceiling == base
                            else (r["reward"] - base) / (ceiling - base))
-    return Table(columns(config.reward.metric), out, "reward", score_label(config))
+    shown = columns(config.reward.metric)
+    if not any(r["kind"] == "passage" and r["round"] for r in out):  # no policy's passage-only row: the column
+        shown = [c for c in shown if c.key != OWN]                    # would repeat "vs passage only"
+    return Table(shown, out, "reward", score_label(config))
 
 
 def _own_passage_row(row: dict, rows: list[dict]) -> str | None:
