@@ -362,7 +362,7 @@ def test_a_policy_trained_on_the_passage_alone_is_a_row_of_its_round(tiny_config
                                "--set", "restem.evaluate_policy=false"]).exit_code == 0
     [policy] = list(Path(tiny_config.runs_dir).iterdir())
     result = runner.invoke(app, ["knowledge", "evaluate", "--quiet", *args, "--set", "eval.policy_passage_only=true",
-                                 "--policy", str(policy)])
+                                 "--set", "reward.metric=loglik", "--policy", str(policy)])  # loglik: rewards above 0
     assert result.exit_code == 0, result.output
     [run_dir] = [p for p in policy.parent.iterdir() if p.name.startswith("evaluate")]
     run = Run.resume(run_dir)
