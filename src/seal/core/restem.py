@@ -386,8 +386,8 @@ def policy_rounds(lm: LoadedModel, policy_run: str | Path, last: int = 0):
     policy adapter is merged into `lm`: while r is being handled, `lm` is round r's policy. An unfinished
     round ends the rounds."""
     policy = Run.resume(policy_run)  # with its own configuration: its number of rounds
-    rounds = policy.config.restem.rounds if not last else min(last, policy.config.restem.rounds)
-    for r in range(1, rounds + 1):
+    rounds = policy.config.restem.rounds
+    for r in range(1, (min(last, rounds) if last else rounds) + 1):
         done = policy.get(f"round{r}/done")
         if done is None:
             return
@@ -406,9 +406,8 @@ def reset_to_base(lm: LoadedModel) -> None:
 def policy_series(lm: LoadedModel, policy_runs: list[Path], last: int = 0):
     """Yield (label, r) for each finished round (up to round `last`, when not 0) of each restem run in turn,
     `lm` being that round's policy while it is handled; before each later run, `lm` goes back to the base
-    model's weights. The label
-    tells the runs apart in table rows: empty for a single run, else the run's restem.algorithm (its
-    directory name when two runs share one)."""
+    model's weights. The label tells the runs apart in table rows: empty for a single run, else the run's
+    restem.algorithm (its directory name when two runs share one)."""
     algorithms = [Run.resume(p).config.restem.algorithm for p in policy_runs]
     for n, path in enumerate(policy_runs):
         if n:

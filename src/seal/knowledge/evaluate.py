@@ -198,12 +198,9 @@ def table(run: Run) -> Table:
             "questions": sum(row["questions"].values()), "missing": row["missing"],
             "reward": mean(per_passage), "95% CI": bootstrap_ci(per_passage, config.eval.bootstrap, config.seed),
             **{key: paired_difference(by_passage[name], by_passage[ref], config.eval.bootstrap, config.seed)
-               if ref in by_passage and ref != name else None for key, ref in REFERENCES.items()},
+               if ref in by_passage and ref != name else None
+               for key, ref in {**REFERENCES, OWN: _own_passage_row(row, rows)}.items()},
         })
-    for r in out:
-        ref = _own_passage_row(r, out)
-        r[OWN] = (paired_difference(by_passage[r["condition"]], by_passage[ref], config.eval.bootstrap, config.seed)
-                  if ref is not None else None)
     base, ceiling = (next((r["reward"] for r in out if r["condition"] == name), None)
                      for name in ("base model, no update", OPEN_BOOK))
     for r in out:
@@ -215,13 +212,13 @@ def table(run: Run) -> Table:
     return Table(shown, out, "reward", score_label(config))
 
 
-def _own_passage_row(row: dict, rows: list[dict]) -> str | None:
-    """The passage-only row trained on the same model as a self-edit row: its round's policy's (same
-    round and policy run), or the base model's for rows of round 0 or none."""
+def _own_passage_row(row: dict, rows: dict[str, dict]) -> str | None:
+    """The name of the passage-only row trained on the same model as a self-edit row: its round's
+    policy's (same round and policy run), or the base model's for rows of round 0 or none."""
     if row["kind"] not in ("self-edits", "teacher"):
         return None
-    policy_round = row["round"] if row["round"] else None
-    return next((r["condition"] for r in rows if r["kind"] == "passage" and r["round"] == policy_round
+    policy_round = row["round"] or None
+    return next((name for name, r in rows.items() if r["kind"] == "passage" and r["round"] == policy_round
                  and (r["policy"] == row["policy"] or policy_round is None)), None)
 
 
