@@ -206,6 +206,25 @@ def test_self_written_questions_reward_restem(tiny_config):
     assert not any("watched" in r for r in run.records())
 
 
+def test_a_self_rewarded_run_whose_writer_writes_nothing_usable_stops_with_one_line(tiny_config):
+    """The tiny random model as its own question writer supports no question in its passages: rather than
+    a run rewarded on gold questions throughout while it says "self", one line that names the cause."""
+    from typer.testing import CliRunner
+
+    from seal.cli import app
+    from seal.core.runs import Run
+    from test_cli import overrides
+
+    result = CliRunner().invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *overrides(tiny_config),
+                                      "--set", "reward.questions=self", "--set", "questions.writer=model"])
+    line = " ".join(result.output.split())  # the console wraps long lines
+    assert result.exit_code == 2 and "no usable selection question for any of the 2 training passages" in line
+    [run_dir] = list(Path(tiny_config.runs_dir).iterdir())  # kept: the written questions are records
+    written = Run.resume(run_dir).records("questions")
+    assert len(written) == tiny_config.data.train_passages and all(r["gold_kept"] for r in written)
+    assert not Run.resume(run_dir).records("self_edit_eval")
+
+
 def test_watched_gold_questions_are_scored_beside_the_reward_and_never_change_it(tiny, tiny_config):
     """A passage's watched questions are asked with its own in one batch and graded apart: its reward is
     what it is without them, and the watched reward is what the watched questions alone would give."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,11 +126,22 @@ def self_questioned(run: Run, lm: LoadedModel, passages: list[Passage], progress
     reward.watch_gold, the gold questions of the others are asked too, unrewarded (`Passage.watched`)."""
     record_questions(run, lm, passages, "questions/", progress, lambda p: {})
     watch = run.config.reward.watch_gold
-    out = []
+    out, own, dropped = [], 0, Counter()
     for p in passages:
-        selection = _load(run.get(f"questions/{p.id}")["selection"])
+        record = run.get(f"questions/{p.id}")
+        selection = _load(record["selection"])
+        own += bool(selection)
+        dropped.update(record["dropped"])
         out.append(Passage(p.title, p.context, selection or p.questions,
                            watched=p.questions if watch and selection else ()))
+    writer = run.config.questions.writer
+    dropped_text = ", ".join(f"{reason} {n}" for reason, n in dropped.most_common()) or "none"
+    if not own:  # the run would be gold-rewarded throughout while saying "self"
+        raise DataError(f"reward.questions: self: the {writer} question writer wrote no usable selection question "
+                        f"for any of the {len(passages)} training passages (dropped: {dropped_text}); "
+                        "use questions.writer: cloze, or a stronger writer (teacher.model or teacher.base_url)")
+    progress.log(f"self-written questions ({writer}): {own} of {len(passages)} training passages have their own; "
+                 f"{len(passages) - own} keep their gold ones (dropped: {dropped_text})")
     return out
 
 
