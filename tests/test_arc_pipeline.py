@@ -164,6 +164,7 @@ def test_curation_resumes_and_writes_a_task_list_the_loaders_accept(tiny_dir, tm
     table = summary(run)
     row = next(r for r in table.rows if r["task"] == "6150a2bd")
     assert row["oracle"] == "oracle" and row["oracle rate"] == 1.0 and row["share"] == 0.5
+    assert "| 6150a2bd | 1.00 | 0.00 | 0.50 | oracle | 1.00 |" in table.markdown()  # a configuration named "oracle"
     path = write_task_list(run, table)
     listed = json.loads(path.read_text())
     assert [t["id"] for t in listed["tasks"]] == ["6150a2bd"] and listed["tasks"][0]["configuration"] == "oracle"

@@ -29,6 +29,7 @@ from seal.core.runs import Run
 from seal.core.tables import Column, Table
 
 TASK_LIST = "task-list.json"
+RATE = "rate: "  # a configuration's column key: its name alone could be "oracle", a column of its own
 
 
 def candidates(config: ArcConfig, count=None) -> list[Task]:
@@ -66,10 +67,10 @@ def summary(run: Run) -> Table:
     rows = []
     for task, by in rates(run).items():
         oracle = max(c.oracles, key=lambda o: (by.get(o, 0.0), -c.oracles.index(o)))
-        rows.append({"task": task, **{n: by.get(n) for n in names},
+        rows.append({"task": task, **{RATE + n: by.get(n) for n in names},
                      "share": sum(by.get(n, 0.0) > 0 for n in names) / len(names),
                      "oracle": oracle if by.get(oracle, 0.0) > 0 else None, "oracle rate": by.get(oracle, 0.0)})
-    columns = [Column("task", kind="text"), *[Column(n, digits=2) for n in names],
+    columns = [Column("task", kind="text"), *[Column(RATE + n, n, digits=2) for n in names],
                Column("share", "share of configurations solving", digits=2), Column("oracle", "best oracle", kind="text"),
                Column("oracle rate", digits=2)]
     listed = task_list(run, rows)
@@ -89,7 +90,7 @@ def task_list(run: Run, rows: list[dict]) -> dict:
     else:
         chosen = sorted((r for r in rows if 0 < r["share"] < 1), key=lambda r: (abs(r["share"] - 0.5), r["task"]))
         tasks = [dict(id=r["task"], share=r["share"],
-                      solved_by=[n for n in c.configurations if (r.get(n) or 0) > 0]) for r in chosen]
+                      solved_by=[n for n in c.configurations if (r.get(RATE + n) or 0) > 0]) for r in chosen]
     return dict(purpose=c.purpose, split=c.split, source=run.config.data.source, version=run.config.data.version,
                 repeats=c.repeats, tasks=tasks)
 
