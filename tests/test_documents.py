@@ -199,6 +199,8 @@ def test_self_written_questions_reward_restem(tiny_config):
     assert len(written) == tiny_config.data.train_passages
     own = [r for r in run.records("pre_update") if r["key"].startswith("round1/") and not written[r["context_id"]]["gold_kept"]]
     assert own
+    n_own = sum(not r["gold_kept"] for r in written.values())
+    assert f"questions (cloze): {n_own} of {len(written)} passages have selection questions" in (run_dir / "progress.log").read_text()
     for r in own:  # the passage's own selection questions were asked (answer.max_questions=2 at most)
         assert len(r["answers"]) == min(2, len(written[r["context_id"]]["selection"]))
     held = [r for r in run.records() if r["key"].startswith("eval/pre/")]

@@ -124,31 +124,26 @@ def self_questioned(run: Run, lm: LoadedModel, passages: list[Passage], progress
     ones (reward.questions: self), written once per passage and recorded under questions/{id}; a
     passage that got no selection question keeps its gold ones (and is counted in the record). With
     reward.watch_gold, the gold questions of the others are asked too, unrewarded (`Passage.watched`)."""
-    record_questions(run, lm, passages, "questions/", progress, lambda p: {})
+    records = record_questions(run, lm, passages, "questions/", progress, lambda p: {})
     watch = run.config.reward.watch_gold
-    out, own, dropped = [], 0, Counter()
-    for p in passages:
-        record = run.get(f"questions/{p.id}")
+    out = []
+    for p, record in zip(passages, records):
         selection = _load(record["selection"])
-        own += bool(selection)
-        dropped.update(record["dropped"])
         out.append(Passage(p.title, p.context, selection or p.questions,
                            watched=p.questions if watch and selection else ()))
-    writer = run.config.questions.writer
-    dropped_text = ", ".join(f"{reason} {n}" for reason, n in dropped.most_common()) or "none"
-    if not own:  # the run would be gold-rewarded throughout while saying "self"
-        raise DataError(f"reward.questions: self: the {writer} question writer wrote no usable selection question "
-                        f"for any of the {len(passages)} training passages (dropped: {dropped_text}); "
-                        "use questions.writer: cloze, or a stronger writer (teacher.model or teacher.base_url)")
-    progress.log(f"self-written questions ({writer}): {own} of {len(passages)} training passages have their own; "
-                 f"{len(passages) - own} keep their gold ones (dropped: {dropped_text})")
+    if not any(r["selection"] for r in records):  # the run would be gold-rewarded throughout while saying "self"
+        raise DataError(f"reward.questions: self: the {run.config.questions.writer} question writer wrote no usable "
+                        f"selection question for any of the {len(passages)} training passages "
+                        f"(dropped: {_dropped_text(records)}); use questions.writer: cloze, or a stronger writer "
+                        "(teacher.model or teacher.base_url)")
     return out
 
 
 def record_questions(run: Run, lm: LoadedModel, passages: list[Passage], prefix: str, progress: Progress,
-                     extra: Callable[[Passage], dict]) -> None:
+                     extra: Callable[[Passage], dict]) -> list[dict]:
     """Write the questions of every passage without a record under prefix + id (its gold questions, if
-    any, are not shown to the writer), split into selection and held-out, recorded as they are written."""
+    any, are not shown to the writer), split into selection and held-out, recorded as they are written;
+    returns every passage's record and logs how many passages got questions and what was dropped."""
     config = run.config
     todo = [p for p in passages if run.get(prefix + p.id) is None]
     progress.start("questions", f"writing questions ({config.questions.writer})", len(passages))
@@ -162,6 +157,18 @@ def record_questions(run: Run, lm: LoadedModel, passages: list[Passage], prefix:
             run.append("questions", prefix + p.id, context_id=p.id, selection=_dump(selection), held_out=_dump(held),
                        dropped=dict(written.dropped), gold_kept=bool(p.questions) and not selection, **extra(p))
         progress.advance("questions", len(chunk))
+    records = [run.get(prefix + p.id) for p in passages]
+    progress.log(f"questions ({config.questions.writer}): {sum(bool(r['selection']) for r in records)} of {len(records)} "
+                 f"passages have selection questions, {sum(bool(r['held_out']) for r in records)} held-out ones "
+                 f"({sum(len(r['selection']) + len(r['held_out']) for r in records)} kept; dropped: {_dropped_text(records)})")
+    return records
+
+
+def _dropped_text(records: list[dict]) -> str:
+    dropped = Counter()
+    for r in records:
+        dropped.update(r["dropped"])
+    return ", ".join(f"{reason} {n}" for reason, n in dropped.most_common()) or "none"
 
 
 def _dump(questions: list[Question]) -> list[dict]:
