@@ -89,7 +89,13 @@ def test_every_shipped_config_loads():
     assert configs
     for path in configs:
         assert path.read_text().startswith("# seal "), f"{path} must start with the command that runs it"
-        load_config(path)
+        cfg = load_config(path)
+        for field in ("train_ids", "eval_ids"):  # a task-list file named from the repository's root is there
+            named = getattr(cfg.data, field, None)
+            if isinstance(named, str):
+                from seal.arc.tasks import task_ids
+
+                assert task_ids(str(path.parents[1] / named), field), f"{path}: data.{field}"
 
 
 def test_evaluate_with_a_local_teacher_model(tiny_config, tiny_dir):
