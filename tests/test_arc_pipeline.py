@@ -228,3 +228,6 @@ def test_task_lists_of_several_screens_merge_into_one_the_loaders_accept(tmp_pat
     broken.write_text("{")
     unreadable = runner.invoke(app, ["arc", "merge-lists", str(tmp_path / "n.json"), str(broken)])
     assert unreadable.exit_code == 2 and "not a readable task list" in said(unreadable)
+    broken.write_text(json.dumps(dict(head, repeats=1, tasks=["5582e5ca"])))  # ids without their entries
+    bare = runner.invoke(app, ["arc", "merge-lists", str(tmp_path / "n.json"), str(broken)])
+    assert bare.exit_code == 2 and "every task must be an object with an 'id'" in said(bare)

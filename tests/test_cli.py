@@ -85,6 +85,8 @@ def test_bad_input_is_one_clear_line(args, message, tmp_path):
 def test_every_shipped_config_loads():
     from pathlib import Path
 
+    from seal.arc.tasks import task_ids
+
     configs = sorted(Path(__file__).parents[1].glob("configs/*.yaml"))
     assert configs
     for path in configs:
@@ -93,8 +95,6 @@ def test_every_shipped_config_loads():
         for field in ("train_ids", "eval_ids"):  # a task-list file named from the repository's root is there
             named = getattr(cfg.data, field, None)
             if isinstance(named, str):
-                from seal.arc.tasks import task_ids
-
                 assert task_ids(str(path.parents[1] / named), field), f"{path}: data.{field}"
 
 

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
                    quiet: QuietOpt = False):
         """Screen candidate tasks with fixed TTT configurations (curate.configurations); write the tasks an
         oracle solves (purpose eval), or that some configurations solve (purpose train), to a task-list file."""
-        from seal.arc.curate import candidates, curate, write_task_list
+        from seal.arc.curate import candidates, curate, ids_field, write_task_list
         from seal.arc.plugin import PLUGIN, token_counter
         from seal.core.distributed import load_run_model
 
@@ -33,8 +33,7 @@ def register(app: typer.Typer) -> None:
             table = curate(s.run, lm, s.domain, tasks, progress)
         print_table(s.run, table)
         path = write_task_list(s.run, table)
-        field = "data.eval_ids" if cfg.curate.purpose == "eval" else "data.train_ids"
-        console.print(f"task list written to {path}; use it with --set {field}={path}")
+        console.print(f"task list written to {path}; use it with --set {ids_field(cfg.curate.purpose)}={path}")
 
     @app.command("merge-lists")
     @guard
@@ -43,9 +42,7 @@ def register(app: typer.Typer) -> None:
         """Merge the task lists of several curation runs (a screen done in passes) into one file for
         data.eval_ids / data.train_ids. OUT may be one of the sources (it is then extended); any other
         existing file is left alone."""
-        import json
-
-        from seal.arc.curate import merge_task_lists
+        from seal.arc.curate import ids_field, merge_task_lists, save_task_list
         from seal.arc.tasks import TaskError
 
         if out.suffix != ".json":
@@ -53,11 +50,9 @@ def register(app: typer.Typer) -> None:
         if out.exists() and out.resolve() not in {s.resolve() for s in sources}:
             raise TaskError(f"{out} exists and is not among the sources; choose another name or list it as a source")
         merged = merge_task_lists(sources)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
-        field = "data.eval_ids" if merged["purpose"] == "eval" else "data.train_ids"
+        save_task_list(out, merged)
         console.print(f"{len(merged['tasks'])} {merged['purpose']} tasks from {len(sources)} lists written to {out}; "
-                      f"use it with --set {field}={out}")
+                      f"use it with --set {ids_field(merged['purpose'])}={out}")
 
     @app.command("tasks")
     @guard

@@ -115,6 +115,8 @@ def merge_task_lists(paths: list[Path]) -> dict:
             raise TaskError(f"{path}: not a readable task list ({err})") from None
         if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
             raise TaskError(f"{path}: not a task list written by seal arc curate (no 'tasks')")
+        if not all(isinstance(t, dict) and isinstance(t.get("id"), str) for t in data["tasks"]):
+            raise TaskError(f"{path}: every task must be an object with an 'id'")
         head = {k: data.get(k) for k in ("purpose", "split", "source", "version")}
         if merged is None:
             merged = dict(head, repeats=data.get("repeats"), tasks=[])
@@ -134,6 +136,15 @@ def merge_task_lists(paths: list[Path]) -> dict:
 
 
 def write_task_list(run: Run, table: Table) -> Path:
-    path = run.path / TASK_LIST
-    path.write_text(json.dumps(task_list(run, table.rows), indent=2) + "\n", encoding="utf-8")
+    return save_task_list(run.path / TASK_LIST, task_list(run, table.rows))
+
+
+def save_task_list(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def ids_field(purpose: str) -> str:
+    """The configuration field a task list of this purpose is for."""
+    return "data.eval_ids" if purpose == "eval" else "data.train_ids"
