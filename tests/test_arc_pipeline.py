@@ -231,3 +231,39 @@ def test_task_lists_of_several_screens_merge_into_one_the_loaders_accept(tmp_pat
     broken.write_text(json.dumps(dict(head, repeats=1, tasks=["5582e5ca"])))  # ids without their entries
     bare = runner.invoke(app, ["arc", "merge-lists", str(tmp_path / "n.json"), str(broken)])
     assert bare.exit_code == 2 and "every task must be an object with an 'id'" in said(bare)
+
+
+def test_a_run_keeps_the_task_list_it_started_with_and_an_evaluation_may_only_grow(tiny_dir, tmp_path):
+    """A task-list file may change after a run starts: the run saves the ids it held, and a resumed
+    evaluation takes a new list only to add tasks (nothing finished redone), never to drop one."""
+    import json
+
+    listed = tmp_path / "eval.json"
+    listed.write_text(json.dumps({"tasks": [{"id": "66e6c45b"}]}))
+    args = arc_args(tiny_dir, tmp_path, f"data.eval_ids={listed}", "eval.base_self_edits=false")
+    result = runner.invoke(app, ["arc", "evaluate", "--quiet", *args])
+    assert result.exit_code == 0, result.output
+    [run_dir] = list((tmp_path / "runs").iterdir())
+    run = Run.resume(run_dir)
+    assert run.config.data.eval_ids == ["66e6c45b"] and run.meta["inputs"]["pinned"] == {"data.eval_ids": str(listed)}
+    done = [r["key"] for r in run.records()]
+
+    listed.write_text(json.dumps({"tasks": [{"id": "66e6c45b"}, {"id": "00576224"}]}))
+    again = runner.invoke(app, ["arc", "evaluate", "--quiet", "--resume", str(run_dir)])
+    assert again.exit_code == 0, again.output
+    assert {r["context_id"] for r in Run.resume(run_dir).records() if "context_id" in r} == {"66e6c45b"}  # the file moved on, the run did not
+
+    grown = runner.invoke(app, ["arc", "evaluate", "--quiet", "--resume", str(run_dir), "--set", f"data.eval_ids={listed}"])
+    assert grown.exit_code == 0, grown.output
+    run = Run.resume(run_dir)
+    assert run.config.data.eval_ids == ["66e6c45b", "00576224"]
+    lines = [json.loads(line)["key"] for line in (run_dir / "records.jsonl").read_text().splitlines()]
+    assert all(lines.count(key) == 1 for key in done)  # nothing finished redone
+    assert {r["context_id"] for r in run.records() if "context_id" in r} == {"66e6c45b", "00576224"}
+    assert [c["changes"]["data.eval_ids"] for c in run.records("config_change")] == [[["66e6c45b"], ["66e6c45b", "00576224"]]]
+    assert "| 00576224 |" in (run_dir / "table.md").read_text()
+
+    dropped = runner.invoke(app, ["arc", "evaluate", "--quiet", "--resume", str(run_dir), "--set", "data.eval_ids=['00576224']"])
+    assert dropped.exit_code == 2 and "drops tasks the run has results for (66e6c45b)" in " ".join(dropped.output.split())
+    other = runner.invoke(app, ["arc", "evaluate", "--quiet", "--resume", str(run_dir), "--set", "data.train_ids=[5582e5ca]"])
+    assert other.exit_code == 2 and "keeps the run's settings" in other.output

@@ -21,6 +21,7 @@ class ArcPlugin(DomainPlugin):
     contexts_word = "tasks"
     group_word = "a task"
     input_errors = (TaskError,)
+    held_fields = ("data.eval_ids",)
 
     def config_class(self):
         from seal.arc.config import ArcConfig
@@ -61,6 +62,18 @@ class ArcPlugin(DomainPlugin):
             if not candidates(config, token_counter(config)):
                 raise ConfigError(f"no {config.curate.split} tasks to curate: set curate.ids, or loosen "
                                   "data.max_tokens / data.max_grid")
+
+    def pin(self, config):
+        from seal.arc.tasks import task_ids
+
+        sources, data = {}, {}
+        for field in ("train_ids", "eval_ids"):
+            value = getattr(config.data, field)
+            if isinstance(value, str):
+                sources[f"data.{field}"], data[field] = value, task_ids(value, f"data.{field}")
+        if not data:
+            return config, {}
+        return config.model_copy(update={"data": config.data.model_copy(update=data)}), sources
 
     def register(self, app):
         from seal.arc.cli import register

@@ -201,13 +201,14 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
         run = Run.resume(resume)
         if run.command != run_command:
             raise ConfigError(f"--resume {resume}: that is a '{run.command}' run, not '{run_command}'")
-        config = rescheduled(run, overrides or [])
+        config = rescheduled(run, overrides or [], p if command == "evaluate" else None)
         policies, allow_overlap, reuse = resumed_inputs(run, policies, allow_overlap, reuse)
     else:
-        config = load_config(config_file, overrides or [], domain=p.name)
+        config, pinned = p.pin(load_config(config_file, overrides or [], domain=p.name))
     train, held, domain = check_run(p, command, config, policies, allow_overlap, reuse)
     if resume is None:
-        inputs = dict(policy=[str(one) for one in policies], allow_overlap=allow_overlap, reuse_round1=str(reuse) if reuse else None)
+        inputs = dict(policy=[str(one) for one in policies], allow_overlap=allow_overlap, reuse_round1=str(reuse) if reuse else None,
+                      pinned=pinned)
         run = Run.create(config, run_command, inputs=inputs)
         _fresh.append(run.path)
         console.print(f"run directory: [bold]{run.path}[/bold]")
@@ -248,24 +249,42 @@ def with_workers(overrides: Optional[list[str]], workers: Optional[int]) -> list
     return [*(overrides or []), *([] if workers is None else [f"distributed.workers={workers}"])]
 
 
-def rescheduled(run, overrides: list[str]):
-    """The run's saved configuration with `overrides` of scheduling settings only (SCHEDULING); the
-    change is written to its config.yaml and recorded, so the run says how it was run."""
+def rescheduled(run, overrides: list[str], evaluation: DomainPlugin | None = None):
+    """The run's saved configuration with `overrides` of scheduling settings only (SCHEDULING), or, for
+    an `evaluation` (the domain's evaluate), also of the fields that choose its held-out contexts
+    (`held_fields`) where every context it has results for stays; the change is written to its
+    config.yaml and recorded, so the run says how it was run."""
     from seal.core.config import dump_config
 
     if not overrides:
         return run.config
     fields = [o.split("=", 1)[0].strip() for o in overrides]
-    refused = [f for f in fields if f not in SCHEDULING]
+    allowed = (*SCHEDULING, *(evaluation.held_fields if evaluation else ()))
+    refused = [f for f in fields if f not in allowed]
     if refused:
-        raise ConfigError(f"--resume keeps the run's settings; only {', '.join(SCHEDULING)} may change (not {', '.join(refused)})")
+        raise ConfigError(f"--resume keeps the run's settings; only {', '.join(allowed)} may change (not {', '.join(refused)})")
     before = run.config.model_dump(mode="json")
     config = load_config(run.path / "config.yaml", overrides)
+    if evaluation and set(fields) & set(evaluation.held_fields):
+        config, _ = evaluation.pin(config)
+        kept_contexts(run, evaluation, config)
     (run.path / "config.yaml").write_text(dump_config(config), encoding="utf-8")
     run.config = config
     changes = {f: [_flat(before).get(f), _flat(config.model_dump(mode="json")).get(f)] for f in fields}
     run.append("config_change", f"config/{len(run.records('config_change'))}", changes=changes)
     return config
+
+
+def kept_contexts(run, p: DomainPlugin, config) -> None:
+    """Refuse a held-out selection that leaves out a context the run already has results for: a
+    resumed evaluation may add contexts, never drop one (its table would silently change meaning)."""
+    domain = p.domain(config)
+    held = {domain.context_id(c) for c in p.contexts(config)[1]}
+    done = {r["context_id"] for r in run.records() if r["key"].startswith("eval/") and "context_id" in r}
+    dropped = sorted(done - held)
+    if dropped:
+        raise ConfigError(f"--resume {run.path}: the new selection drops {p.contexts_word} the run has results for "
+                          f"({', '.join(dropped[:5])}{', ...' if len(dropped) > 5 else ''}); it may only add some")
 
 
 def check_policy(p: DomainPlugin, domain: Domain, config, policy: Path, held: list, allow_overlap: bool) -> None:

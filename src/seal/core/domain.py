@@ -88,6 +88,9 @@ class DomainPlugin(ABC):
     contexts_word: ClassVar[str] = "contexts"  # "passages", "tasks": for messages
     group_word: ClassVar[str] = "a group"  # what Domain.context_group is, for messages ("an article")
     input_errors: ClassVar[tuple[type[Exception], ...]] = ()  # its bad-input errors: one line, no traceback
+    # Fields that choose the held-out contexts: `evaluate --resume --set` may change them to add contexts
+    # to a table, never to drop one the run has results for.
+    held_fields: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def config_class(self) -> type[Section]:
@@ -123,6 +126,12 @@ class DomainPlugin(ABC):
 
     def check(self, config, command: str, held: list) -> None:
         """Anything else a command needs of the configuration, checked before its run directory exists."""
+
+    def pin(self, config) -> tuple[Section, dict[str, str]]:
+        """The configuration a run saves: inputs named by a file that may change later (a task list)
+        replaced by what the file holds now, so that --resume and a rerun use the same; with where
+        each came from ({field: path}), kept in the run's meta.json. By default as given."""
+        return config, {}
 
     def training_contexts(self, run: Run, lm: LoadedModel, contexts: list, progress: Progress) -> list:
         """The training contexts as ReST-EM rewards them (e.g. with questions of their own instead of
