@@ -27,3 +27,29 @@ def test_the_rate_is_bounded_by_the_interval(capsys):
         progress.start("x", "steps", 5)
         progress.advance("x", 5)
     assert capsys.readouterr().err == ""
+
+
+def test_work_found_done_fills_the_bar_but_not_the_rate(capsys, monkeypatch):
+    """A resumed run skips what it finds done: the eta comes from the work this process does."""
+    import seal.core.progress as module
+
+    now = [0.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+    with Progress(enabled=True, interval=3600) as progress:
+        progress.start("x", "evals", 10)
+        progress.skip("x", 6)  # found done: logged once, with no eta yet
+        now[0] = 100.0
+        progress.advance("x")  # one item in 100 s
+        progress.skip("x", 0)
+        now[0] = 400.0
+        progress.advance("x", 3)  # ... and 4 in 400 s: done, eta 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3
+    assert "evals: 6/10 (6 found done), 0:00:00 elapsed, eta ?" in lines[1]
+    assert "evals: 10/10 (6 found done), 0:06:40 elapsed, eta 0:00:00" in lines[2]
+    with Progress(enabled=True, interval=0) as progress:
+        progress.start("y", "steps", 4)
+        progress.skip("y", 2)
+        now[0] = 500.0
+        progress.advance("y")  # 1 item in 100 s, 1 to go: eta 100 s, not 33 s as if all 3 were this run's
+    assert "steps: 3/4 (2 found done), 0:01:40 elapsed, eta 0:01:40" in capsys.readouterr().err

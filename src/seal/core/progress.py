@@ -47,8 +47,23 @@ class Progress:
             self._bars.remove_task(self._tasks[name])
         self._tasks[name] = self._bars.add_task(description, total=total)
         now = time.monotonic()
-        self._state[name] = dict(description=description, total=total, done=0, started=now, last=now)
+        self._state[name] = dict(description=description, total=total, done=0, skipped=0, started=now, last=now)
         self._line(name)
+
+    def skip(self, name: str, n: int) -> None:
+        """`n` items found already done (a resumed run): they fill the bar but not its rate, so the eta
+        comes from the work this process does."""
+        if name not in self._tasks or n <= 0:
+            return
+        state = self._state[name]
+        first = not state["skipped"]
+        state["done"] += n
+        state["skipped"] += n
+        self._bars.reset(self._tasks[name], completed=state["done"])  # rich's rate: from here on
+        now = time.monotonic()
+        if first or state["done"] >= state["total"] or now - state["last"] >= self.interval:
+            state["last"] = now
+            self._line(name)
 
     def advance(self, name: str, n: int = 1) -> None:
         if name not in self._tasks:
@@ -72,8 +87,10 @@ class Progress:
             return
         s = self._state[name]
         elapsed = time.monotonic() - s["started"]
-        eta = "?" if not s["done"] else _clock(elapsed / s["done"] * max(0, s["total"] - s["done"]))
-        self._write(f"{s['description']}: {s['done']}/{s['total']}, {_clock(elapsed)} elapsed, eta {eta}")
+        worked = s["done"] - s["skipped"]
+        eta = "?" if not worked else _clock(elapsed / worked * max(0, s["total"] - s["done"]))
+        found = f" ({s['skipped']} found done)" if s["skipped"] else ""
+        self._write(f"{s['description']}: {s['done']}/{s['total']}{found}, {_clock(elapsed)} elapsed, eta {eta}")
 
     def _write(self, message: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"

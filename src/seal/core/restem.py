@@ -121,7 +121,7 @@ def record_samples(run: Run, jobs: list[tuple[str, Any, dict]], write: Callable[
         if any(missing):
             calls.append((part, missing, derive_seed(run.config.seed, *seed_parts, part[0][0])))
         elif progress:
-            progress.advance("sampling", len(part))
+            progress.skip("sampling", len(part))
     contexts = lambda part: [context for _, context, _ in part]
     if isinstance(write, SelfEditWriter):  # farmed out when the model has workers
         results = map_unordered(executor(write.lm), write_self_edits,
@@ -146,7 +146,7 @@ def record_scores(run: Run, lm: LoadedModel, domain: Domain, calls: list[tuple[s
     as it arrives. Returns every key's record."""
     todo = [call for call in calls if run.get(call[0]) is None]
     if progress:
-        progress.advance(bar, len(calls) - len(todo))
+        progress.skip(bar, len(calls) - len(todo))
     for i, result in map_unordered(executor(lm), call_domain, [(domain, method, args) for _, _, method, args in todo]):
         key, tags = todo[i][:2]
         run.append("pre_update", key, **tags, **result)
@@ -189,7 +189,7 @@ def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob]
     todo = [(job, t, f"{job.key}/{t}") for job in jobs for t in range(repeats)]
     todo = [(job, t, key, job.seed(run.config, t)) for job, t, key in todo if run.get(key) is None]
     if progress:
-        progress.advance(bar, len(jobs) * repeats - len(todo))
+        progress.skip(bar, len(jobs) * repeats - len(todo))
     batched = cfg.batched and domain.batched
     pool = executor(lm)
     # K within the device's memory once (memory freed after a batch is not always reported as free

@@ -105,7 +105,7 @@ def _sequential(run: Run, lm: LoadedModel, domain: KnowledgeDomain, seq: list[Pa
     c, cfg = config.continual, config.inner_loop
     prefix = f"continual/{remedy}/s{s}"
     if all(run.get(f"{prefix}/t{t}") is not None for t in range(1, len(seq) + 1)):
-        progress.advance("steps", len(seq))
+        progress.skip("steps", len(seq))
         return
     precision = resolve_precision(config.model.precision, lm.device)
     with SequentialLora(lm, cfg, c.mode) as model:
@@ -115,7 +115,7 @@ def _sequential(run: Run, lm: LoadedModel, domain: KnowledgeDomain, seq: list[Pa
             if done is not None and (done["adapter"] is None or (run.path / done["adapter"]).is_dir()):
                 if done["adapter"]:
                     model.load(run.path / done["adapter"])
-                progress.advance("steps")
+                progress.skip("steps", 1)
                 continue
             examples, problem = data[passage.id]
             earlier = [data[p.id][0] for p in seq[:t - 1]]
@@ -156,7 +156,7 @@ def _routed(run: Run, lm: LoadedModel, domain: KnowledgeDomain, seq: list[Passag
     cfg = config.inner_loop
     prefix = f"continual/route/s{s}"
     if all(run.get(f"{prefix}/t{t}") is not None for t in range(1, len(seq) + 1)):
-        progress.advance("steps", len(seq))
+        progress.skip("steps", len(seq))
         return
     # Adapter t-1 belongs to passage t; the last one is never trained: the starting model, for a
     # question whose closest seen passage has no adapter (an unusable self-edit).
@@ -169,7 +169,7 @@ def _routed(run: Run, lm: LoadedModel, domain: KnowledgeDomain, seq: list[Passag
         for t, passage in enumerate(seq, 1):
             key = f"{prefix}/t{t}"
             if run.get(key) is not None:
-                progress.advance("steps")
+                progress.skip("steps", 1)
                 continue
             problem = data[passage.id][1]
             seen = list(range(t))

@@ -52,7 +52,7 @@ def _answer(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[P
     per batch of generations, and record each passage's grades."""
     todo = [p for p in passages if run.get(key(p.id)) is None]
     progress.start(bar, bar, len(passages))
-    progress.advance(bar, len(passages) - len(todo))
+    progress.skip(bar, len(passages) - len(todo))
     size = run.config.cpt.answer_chunk
     for begin in range(0, len(todo), size):
         chunk = todo[begin:begin + size]

@@ -108,7 +108,7 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
         pre = pres[pre_key(pid)]
         sample = run.get(f"eval/samples/{name}/{pid}") if write is not None else None
         if sample is not None and sample.get("error"):
-            progress.advance("eval", repeats)
+            progress.skip("eval", repeats)
             continue  # the writer failed (an endpoint error): no self-edit to evaluate
         text = sample["self_edits"][0] if sample is not None else None
         jobs.append(EvalJob(f"eval/eval/{name}/{pid}", passage, text, pre, ("eval", name, pid), tags(pid),

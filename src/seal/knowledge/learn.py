@@ -144,7 +144,7 @@ def record_questions(run: Run, lm: LoadedModel, passages: list[Passage], prefix:
     config = run.config
     todo = [p for p in passages if run.get(prefix + p.id) is None]
     progress.start("questions", f"writing questions ({config.questions.writer})", len(passages))
-    progress.advance("questions", len(passages) - len(todo))
+    progress.skip("questions", len(passages) - len(todo))
     write = question_writer(config, lm)
     size = max(1, config.self_edit.batch_size)
     for begin in range(0, len(todo), size):
@@ -182,7 +182,7 @@ def score_held_out(run: Run, lm: LoadedModel, domain: KnowledgeDomain, items: li
     scored = [i for i in items if i.held.questions]
     todo = [i for i in scored if run.get(f"learn/{name}/{i.id}") is None]
     progress.start(name, f"held-out questions: {name}", len(scored))
-    progress.advance(name, len(scored) - len(todo))
+    progress.skip(name, len(scored) - len(todo))
     chunk = max(1, run.config.cpt.answer_chunk)
     for begin in range(0, len(todo), chunk):
         part = todo[begin:begin + chunk]
