@@ -27,3 +27,15 @@ def test_the_data_code_needs_no_torch():
             "import seal.core.config, seal.core.token_store\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_library_run_saves_the_task_ids_of_its_task_list_file(tiny_dir, tmp_path):
+    listed = tmp_path / "eval.txt"
+    listed.write_text("66e6c45b  # the list as it was when the run started\n")
+    config = seal.load_config(None, [f"model.name={tiny_dir}", f"runs_dir={tmp_path / 'runs'}",
+                                     f"data.eval_ids={listed}", "data.train_ids=[5582e5ca]"], domain="arc")
+    run = seal.start(config, "evaluate")
+    listed.write_text("66e6c45b\n00576224\n")
+    again = seal.resume(run.path)
+    assert again.config.data.eval_ids == ["66e6c45b"] and again.config.data.train_ids == ["5582e5ca"]
+    assert again.meta["inputs"]["pinned"] == {"data.eval_ids": str(listed)}

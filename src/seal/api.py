@@ -32,8 +32,10 @@ def start(config: Section, command: str = "restem", policy: str | Path | None = 
     from seal.core.commands import check_run
 
     p = plugin(config.domain)
+    config, pinned = p.pin(config)  # a task-list file's ids as they are now
     check_run(p, command, config, Path(policy) if policy else None, allow_overlap)
-    return Run.create(config, p.run_prefix + command)
+    inputs = dict(policy=[str(policy)] if policy else [], allow_overlap=allow_overlap, reuse_round1=None, pinned=pinned)
+    return Run.create(config, p.run_prefix + command, inputs=inputs)
 
 
 def resume(path: str | Path) -> Run:
