@@ -251,7 +251,8 @@ def test_a_run_keeps_the_task_list_it_started_with_and_an_evaluation_may_only_gr
     listed.write_text(json.dumps({"tasks": [{"id": "66e6c45b"}, {"id": "00576224"}]}))
     again = runner.invoke(app, ["arc", "evaluate", "--quiet", "--resume", str(run_dir)])
     assert again.exit_code == 0, again.output
-    assert {r["context_id"] for r in Run.resume(run_dir).records() if "context_id" in r} == {"66e6c45b"}  # the file moved on, the run did not
+    # the file moved on, the run did not
+    assert {r["context_id"] for r in Run.resume(run_dir).records() if "context_id" in r} == {"66e6c45b"}
 
     grown = runner.invoke(app, ["arc", "evaluate", "--quiet", "--resume", str(run_dir), "--set", f"data.eval_ids={listed}"])
     assert grown.exit_code == 0, grown.output
