@@ -201,7 +201,7 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
         run = Run.resume(resume)
         if run.command != run_command:
             raise ConfigError(f"--resume {resume}: that is a '{run.command}' run, not '{run_command}'")
-        config = rescheduled(run, overrides or [], p if command == "evaluate" else None)
+        config, changes = rescheduled(run, overrides or [], p if command == "evaluate" else None)
         policies, allow_overlap, reuse = resumed_inputs(run, policies, allow_overlap, reuse)
     else:
         config, pinned = p.pin(load_config(config_file, overrides or [], domain=p.name))
@@ -213,6 +213,10 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
         _fresh.append(run.path)
         console.print(f"run directory: [bold]{run.path}[/bold]")
     else:
+        if changes:
+            if set(changes) & set(p.held_fields):
+                kept_contexts(run, domain, held, p.contexts_word)
+            record_change(run, config, changes)
         console.print(f"resuming [bold]{run.path}[/bold] ({len(run.records())} records done)")
     return Started(run, train, held, domain, p, policies, reuse)
 
@@ -249,15 +253,13 @@ def with_workers(overrides: Optional[list[str]], workers: Optional[int]) -> list
     return [*(overrides or []), *([] if workers is None else [f"distributed.workers={workers}"])]
 
 
-def rescheduled(run, overrides: list[str], evaluation: DomainPlugin | None = None):
+def rescheduled(run, overrides: list[str], evaluation: DomainPlugin | None = None) -> tuple[Any, dict]:
     """The run's saved configuration with `overrides` of scheduling settings only (SCHEDULING), or, for
     an `evaluation` (the domain's evaluate), also of the fields that choose its held-out contexts
-    (`held_fields`) where every context it has results for stays; the change is written to its
-    config.yaml and recorded, so the run says how it was run."""
-    from seal.core.config import dump_config
-
+    (`held_fields`, task-list files pinned); with the changes ({field: [before, after]}), which
+    `record_change` writes once every check has passed."""
     if not overrides:
-        return run.config
+        return run.config, {}
     fields = [o.split("=", 1)[0].strip() for o in overrides]
     allowed = (*SCHEDULING, *(evaluation.held_fields if evaluation else ()))
     refused = [f for f in fields if f not in allowed]
@@ -267,23 +269,27 @@ def rescheduled(run, overrides: list[str], evaluation: DomainPlugin | None = Non
     config = load_config(run.path / "config.yaml", overrides)
     if evaluation and set(fields) & set(evaluation.held_fields):
         config, _ = evaluation.pin(config)
-        kept_contexts(run, evaluation, config)
+    return config, {f: [_flat(before).get(f), _flat(config.model_dump(mode="json")).get(f)] for f in fields}
+
+
+def record_change(run, config, changes: dict) -> None:
+    """Write a resumed run's changed configuration to its config.yaml and record the change, so the run
+    says how it was run."""
+    from seal.core.config import dump_config
+
     (run.path / "config.yaml").write_text(dump_config(config), encoding="utf-8")
     run.config = config
-    changes = {f: [_flat(before).get(f), _flat(config.model_dump(mode="json")).get(f)] for f in fields}
     run.append("config_change", f"config/{len(run.records('config_change'))}", changes=changes)
-    return config
 
 
-def kept_contexts(run, p: DomainPlugin, config) -> None:
+def kept_contexts(run, domain: Domain, held: list, word: str) -> None:
     """Refuse a held-out selection that leaves out a context the run already has results for: a
     resumed evaluation may add contexts, never drop one (its table would silently change meaning)."""
-    domain = p.domain(config)
-    held = {domain.context_id(c) for c in p.contexts(config)[1]}
+    ids = {domain.context_id(c) for c in held}
     done = {r["context_id"] for r in run.records() if r["key"].startswith("eval/") and "context_id" in r}
-    dropped = sorted(done - held)
+    dropped = sorted(done - ids)
     if dropped:
-        raise ConfigError(f"--resume {run.path}: the new selection drops {p.contexts_word} the run has results for "
+        raise ConfigError(f"--resume {run.path}: the new selection drops {word} the run has results for "
                           f"({', '.join(dropped[:5])}{', ...' if len(dropped) > 5 else ''}); it may only add some")
 
 
