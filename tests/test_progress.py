@@ -53,3 +53,29 @@ def test_work_found_done_fills_the_bar_but_not_the_rate(capsys, monkeypatch):
         now[0] = 500.0
         progress.advance("y")  # 1 item in 100 s, 1 to go: eta 100 s, not 33 s as if all 3 were this run's
     assert "steps: 3/4 (2 found done), 0:01:40 elapsed, eta 0:01:40" in capsys.readouterr().err
+
+
+def test_resumed_sampling_counts_every_recorded_context_as_found_done(capsys, tmp_path):
+    """A call whose part is partly recorded samples the whole part again (same seed, same samples) but
+    records only the missing contexts; the bar counts the recorded ones as found done, not as new work."""
+    from seal.core.config import load_config
+    from seal.core.restem import record_samples
+    from seal.core.runs import Run
+
+    run = Run.create(load_config(None, [f"runs_dir={tmp_path}"]), "restem")
+    for key in ("s/0", "s/1", "s/2"):  # the first part done, the second half done
+        run.append("samples", key, samples=["old"])
+    calls = []
+
+    def write(contexts, seed):
+        calls.append(list(contexts))
+        return [dict(samples=[f"new {c}"]) for c in contexts]
+
+    jobs = [(f"s/{i}", i, {}) for i in range(4)]
+    with Progress(enabled=True, interval=0) as progress:
+        record_samples(run, jobs, write, per_call=2, seed_parts=("x",), progress=progress)
+    assert calls == [[2, 3]]  # the finished part is not sampled again; the partial one is, whole
+    assert run.get("s/2")["samples"] == ["old"] and run.get("s/3")["samples"] == ["new 3"]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "writing self-edits: 3/4 (3 found done)" in lines[-2]
+    assert "writing self-edits: 4/4 (3 found done)" in lines[-1]

@@ -120,8 +120,8 @@ def record_samples(run: Run, jobs: list[tuple[str, Any, dict]], write: Callable[
         missing = [not done(key) for key, _, _ in part]
         if any(missing):
             calls.append((part, missing, derive_seed(run.config.seed, *seed_parts, part[0][0])))
-        elif progress:
-            progress.skip("sampling", len(part))
+        if progress:  # a call re-samples its whole part, but records (and counts as new) only what is missing
+            progress.skip("sampling", missing.count(False))
     contexts = lambda part: [context for _, context, _ in part]
     if isinstance(write, SelfEditWriter):  # farmed out when the model has workers
         results = map_unordered(executor(write.lm), write_self_edits,
@@ -134,7 +134,7 @@ def record_samples(run: Run, jobs: list[tuple[str, Any, dict]], write: Callable[
             if todo:
                 run.append("samples", key, **tags, **sample)
         if progress:
-            progress.advance("sampling", len(part))
+            progress.advance("sampling", sum(missing))
     if calls:
         release_memory()
 
