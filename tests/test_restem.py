@@ -1,5 +1,6 @@
 import contextlib
 import json
+import re
 
 import pytest
 import torch
@@ -183,3 +184,31 @@ def test_common_seeds_make_equal_texts_equal_rewards(tiny_config, common):
         assert [r["reward"] for r in a] == pytest.approx([r["reward"] for r in b], abs=1e-7)
     else:
         assert [r["reward"] for r in a] != [r["reward"] for r in b]
+
+
+def test_a_batch_in_flight_logs_its_training_steps(tiny_config, tmp_path):
+    """An inner-loop batch can train for an hour: its steps show in the log while it runs, and the hook
+    is gone after the phase."""
+    from seal.core.restem import EvalJob, evaluate_jobs
+
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.inner_loop.epochs, cfg.inner_loop.adapters_per_batch = 2, 2
+    run = Run.create(cfg, "restem")
+    lm = load_model(cfg.model.name, "cpu")
+    domain = KnowledgeDomain(cfg)
+    passage = load_builtin()[0]
+    pre = domain.pre_update(lm, passage)
+    jobs = [EvalJob(f"e/{i}", passage, "It was built long ago.\nIt is famous.", pre, ("e", i)) for i in range(3)]
+    log = tmp_path / "progress.log"
+    with Progress(enabled=True, log=log, interval=0) as progress:
+        progress.start("evals", "self-edit evaluations", 3)
+        evaluate_jobs(run, lm, domain, jobs, progress)
+    lines = log.read_text().splitlines()
+    steps = [re.search(r"inner-loop batch in flight: training steps: (\d+)/(\d+)", line) for line in lines]
+    # two batches (2 + 1 adapters), each logged from 0 to all of its steps while it trains, and done
+    # before its evaluations are counted
+    assert sum(1 for m in steps if m and m[1] == "0") == 2
+    done = [i for i, m in enumerate(steps) if m and m[1] == m[2]]
+    assert len(done) == 2
+    assert done[0] < next(i for i, line in enumerate(lines) if "self-edit evaluations: 2/3" in line) < done[1]
+    assert lm.on_train_step is None

@@ -39,6 +39,9 @@ class LoadedModel:
     # was not saved was merged too): what a distributed worker merges to hold the same policy
     policy: list[str] | None = field(default_factory=list)
     workers: Any = None  # core.distributed.Workers holding replicas of this model's policy, if any
+    # Called as (step, steps) after each optimiser step of an adapter bank trained in this process,
+    # while set: a long inner-loop batch shows its steps (batches on Ray workers report when done only)
+    on_train_step: Any = None
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -266,8 +266,9 @@ def train_bank(lm: LoadedModel, bank: AdapterBank, datasets: list[list[Example]]
     """Train adapter k of the bank on datasets[k], as `training.train` would with seed seeds[k]. `cfg`
     may be one recipe per adapter (their own lr, epochs, batch size, step cap; the adapter shape and
     weight decay are the bank's and the first recipe's). `max_tokens` per forward pass: see
-    `forward_tokens`."""
+    `forward_tokens`. `on_step(step, steps)` after each step (default: `lm.on_train_step`)."""
     max_tokens = forward_tokens(max_tokens, lm.device)
+    on_step = on_step or lm.on_train_step
     cfgs = cfg if isinstance(cfg, list) else [cfg] * len(datasets)
     plans = [epoch_batches(len(d), c, s) for d, c, s in zip(datasets, cfgs, seeds)]
     totals = [max(1, len(p)) for p in plans]

@@ -197,28 +197,40 @@ def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob]
     widest = pool.call(widest_batch, cfg, len(todo)) if batched and todo and not cfg.adapters_per_batch else None
     per_eval, previous = _last_seconds_per_eval(run), None
     begin, pending = 0, {}
-    while begin < len(todo) or pending:
-        while begin < len(todo) and pool.free():  # a batch for every free worker (one, in this process)
-            size = adapters_per_batch(cfg, len(todo) - begin, widest, per_eval, previous) if batched else 1
-            chunk = todo[begin:begin + size]
-            begin += len(chunk)
-            items = [(job.context, job.self_edit, seed, job.pre) for job, _, _, seed in chunk]
-            pending[pool.submit(evaluate_chunk, domain, items, batched)] = chunk
-        ticket, (results, elapsed) = pool.next_done()
-        chunk = pending.pop(ticket)
-        previous = (len(chunk), elapsed)
-        seconds = round(elapsed / len(chunk), 2)  # each one's share of the batch
-        trained = sum(1 for r in results if r.get("valid", True))  # unusable self-edits cost next to nothing
-        if trained:
-            per_eval = elapsed / trained
-        for (job, t, key, seed), result in zip(chunk, results):
-            run.append("self_edit_eval", key, self_edit=job.self_edit, repeat=t, seed=seed, seconds=seconds,
-                       batch=len(chunk), **job.tags, **result)
-        if progress:
-            progress.advance(bar, len(chunk))
+    if progress and batched:  # a batch trained in this process shows its steps (one can take an hour)
+        lm.on_train_step = lambda step, steps: _steps_line(progress, bar, step, steps)
+    try:
+        while begin < len(todo) or pending:
+            while begin < len(todo) and pool.free():  # a batch for every free worker (one, in this process)
+                size = adapters_per_batch(cfg, len(todo) - begin, widest, per_eval, previous) if batched else 1
+                chunk = todo[begin:begin + size]
+                begin += len(chunk)
+                items = [(job.context, job.self_edit, seed, job.pre) for job, _, _, seed in chunk]
+                pending[pool.submit(evaluate_chunk, domain, items, batched)] = chunk
+            ticket, (results, elapsed) = pool.next_done()
+            chunk = pending.pop(ticket)
+            previous = (len(chunk), elapsed)
+            seconds = round(elapsed / len(chunk), 2)  # each one's share of the batch
+            trained = sum(1 for r in results if r.get("valid", True))  # unusable self-edits cost next to nothing
+            if trained:
+                per_eval = elapsed / trained
+            for (job, t, key, seed), result in zip(chunk, results):
+                run.append("self_edit_eval", key, self_edit=job.self_edit, repeat=t, seed=seed, seconds=seconds,
+                           batch=len(chunk), **job.tags, **result)
+            if progress:
+                progress.advance(bar, len(chunk))
+    finally:
+        lm.on_train_step = None
     if todo:  # after a phase, not a batch: the next batch would only fault the pages in again
         release_memory()
     return {job.key: [run.get(f"{job.key}/{t}") for t in range(repeats)] for job in jobs}
+
+
+def _steps_line(progress: Progress, bar: str, step: int, steps: int) -> None:
+    """The training steps of the inner-loop batch in flight, as a bar of its own under `bar`."""
+    if step == 1:
+        progress.start(f"{bar}/steps", "  inner-loop batch in flight: training steps", steps)
+    progress.advance(f"{bar}/steps")
 
 
 def evaluate_chunk(lm: LoadedModel, domain: Domain, items: list[tuple], batched: bool) -> tuple[list[dict], float]:
