@@ -263,6 +263,8 @@ def test_a_run_keeps_the_task_list_it_started_with_and_an_evaluation_may_only_gr
     assert {r["context_id"] for r in run.records() if "context_id" in r} == {"66e6c45b", "00576224"}
     assert [c["changes"]["data.eval_ids"] for c in run.records("config_change")] == [[["66e6c45b"], ["66e6c45b", "00576224"]]]
     assert "| 00576224 |" in (run_dir / "table.md").read_text()
+    same = runner.invoke(app, ["arc", "evaluate", "--quiet", "--resume", str(run_dir), "--set", f"data.eval_ids={listed}"])
+    assert same.exit_code == 0 and len(Run.resume(run_dir).records("config_change")) == 1  # the same list is no change
 
     dropped = runner.invoke(app, ["arc", "evaluate", "--quiet", "--resume", str(run_dir), "--set", "data.eval_ids=['00576224']"])
     assert dropped.exit_code == 2 and "drops tasks the run has results for (66e6c45b)" in " ".join(dropped.output.split())

@@ -257,7 +257,7 @@ def rescheduled(run, overrides: list[str], evaluation: DomainPlugin | None = Non
     """The run's saved configuration with `overrides` of scheduling settings only (SCHEDULING), or, for
     an `evaluation` (the domain's evaluate), also of the fields that choose its held-out contexts
     (`held_fields`, task-list files pinned); with the changes ({field: [before, after]}), which
-    `record_change` writes once every check has passed."""
+    `record_change` writes once every check has passed; a field set to the value it had is no change."""
     if not overrides:
         return run.config, {}
     fields = [o.split("=", 1)[0].strip() for o in overrides]
@@ -265,11 +265,11 @@ def rescheduled(run, overrides: list[str], evaluation: DomainPlugin | None = Non
     refused = [f for f in fields if f not in allowed]
     if refused:
         raise ConfigError(f"--resume keeps the run's settings; only {', '.join(allowed)} may change (not {', '.join(refused)})")
-    before = run.config.model_dump(mode="json")
     config = load_config(run.path / "config.yaml", overrides)
     if evaluation and set(fields) & set(evaluation.held_fields):
         config, _ = evaluation.pin(config)
-    return config, {f: [_flat(before).get(f), _flat(config.model_dump(mode="json")).get(f)] for f in fields}
+    before, after = _flat(run.config.model_dump(mode="json")), _flat(config.model_dump(mode="json"))
+    return config, {f: [before.get(f), after.get(f)] for f in fields if before.get(f) != after.get(f)}
 
 
 def record_change(run, config, changes: dict) -> None:
