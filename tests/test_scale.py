@@ -259,3 +259,36 @@ def test_peak_memory_benchmark_tells_file_backed_pages_from_anonymous_ones(tmp_p
                     "--", sys.executable, "-c", child], check=True, capture_output=True)
     row = json.loads(out.read_text())
     assert row["tree_peak_rss_gib"] >= 200 / 1024 and row["tree_peak_anon_gib"] < 100 / 1024
+
+
+def test_a_row_longer_than_a_forward_pass_trains_alone_with_checkpointing(tiny):
+    """`tokens_per_forward` bounds a pass's activations: rows cannot be split, so a longer one has a pass
+    of its own with gradient checkpointing (and only it), which trains the same adapters."""
+    long = " ".join(TEXTS[0] * 6)  # about 100 tokens: longer than the budget of 64
+    datasets = [lm_examples(tiny.tokenizer, t, 256) for t in (TEXTS[0], [long, *TEXTS[1]])]
+    seeds = [5, 6]
+    cfg = _cfg(batch_size=1)
+    calls = []  # (tokens in the pass, checkpointed) at each call of the first decoder layer
+
+    def seen(layer, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        calls.append((hidden.shape[0] * hidden.shape[1], layer.gradient_checkpointing))
+
+    hook = tiny.model.model.layers[0].register_forward_pre_hook(seen, with_kwargs=True)
+    adapters = {}
+    try:
+        for budget in (4096, 64):
+            calls.clear()
+            with adapter_bank(tiny, cfg, seeds) as bank:
+                train_bank(tiny, bank, datasets, cfg, seeds=seeds, max_tokens=budget)
+                adapters[budget] = [bank.adapter_state(k) for k in range(2)]
+            assert not tiny.model.model.gradient_checkpointing
+            if budget == 4096:
+                assert not any(on for _, on in calls)
+    finally:
+        hook.remove()
+    assert any(n > 64 for n, _ in calls) and any(n <= 64 for n, _ in calls)
+    assert all(on == (n > 64) for n, on in calls), calls
+    for k in range(2):
+        for name, value in adapters[4096][k].items():
+            assert torch.allclose(adapters[64][k][name], value, atol=1e-6), (k, name)

@@ -61,7 +61,7 @@ class InnerLoopBase(LoraTrainConfig):
     adapters_per_batch: int | None = Field(None, ge=1, le=1024, description="batched: adapters trained together (K); None: the device's fastest K (4 on a CPU, measured; up to 64 on a GPU), within memory_budget and max_batch_seconds")
     memory_budget: float | None = Field(None, gt=0, description="batched: GiB the inner loop's batches may use beyond the model's weights (adapters with their gradients and optimiser state, and the activations of one forward pass), which caps K; None: half of the memory free at the start")
     max_batch_seconds: float = Field(120, gt=0, description="batched, K not set: a batch is sized to take about this long at the seconds per evaluation measured so far (the first batch has 4 adapters); a kill loses at most the batch in flight")
-    tokens_per_forward: int | None = Field(None, ge=64, description="batched: tokens (padding included) per forward pass; bounds the activation memory (about 1.5 MB a token for the embedded model, far less with gradient_checkpointing). None: 512 on a CPU (as fast as 1024 and 4096 there, with less memory; measured), 4096 on a GPU")
+    tokens_per_forward: int | None = Field(None, ge=64, description="batched: tokens (padding included) per forward pass; bounds the activation memory (about 1.5 MB a token for the embedded model, far less with gradient_checkpointing): a row longer than this trains alone, with gradient checkpointing. None: 512 on a CPU (as fast as 1024 and 4096 there, with less memory; measured), 4096 on a GPU")
 
 
 class SamplingBase(Section):

@@ -283,7 +283,8 @@ def train_bank(lm: LoadedModel, bank: AdapterBank, datasets: list[list[Example]]
     n_steps = max((len(p) for p in plans), default=0)
     start = time.perf_counter()
     model.train()
-    with checkpointing(model, cfgs[0].gradient_checkpointing if cfgs else False):
+    everywhere = cfgs[0].gradient_checkpointing if cfgs else False
+    with checkpointing(model, everywhere):
         for t in range(n_steps):
             active = [k for k, p in enumerate(plans) if t < len(p)]
             packed = [pack([datasets[k][i] for i in plans[k][t]], k) for k in active]
@@ -296,11 +297,14 @@ def train_bank(lm: LoadedModel, bank: AdapterBank, datasets: list[list[Example]]
             for part in micro_batches(packed, max_tokens):
                 batch = {key: v.to(lm.device) for key, v in collate_packed(part, pad_id).items()}
                 bank.route([row.adapter for row in part])
-                with autocast(precision, lm.device):
-                    loss, terms = per_adapter_loss(model, batch, bank.rows, norm)
-                with warnings.catch_warnings():  # gradients land in strided views of bank.grad, on purpose
-                    warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
-                    loss.backward()
+                # a row longer than max_tokens has a pass of its own: checkpointed, so that its activations
+                # stay within what max_tokens promises (an ARC row of 20x20 grids can hold 4,000 tokens)
+                with checkpointing(model, not everywhere and batch["input_ids"].numel() > max_tokens):
+                    with autocast(precision, lm.device):
+                        loss, terms = per_adapter_loss(model, batch, bank.rows, norm)
+                    with warnings.catch_warnings():  # gradients land in strided views of bank.grad, on purpose
+                        warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+                        loss.backward()
                 step_loss += terms
             bank.route(None)
             on = torch.zeros(bank.k, dtype=torch.bool)
