@@ -38,4 +38,4 @@ def test_a_library_run_saves_the_task_ids_of_its_task_list_file(tiny_dir, tmp_pa
     listed.write_text("66e6c45b\n00576224\n")
     again = seal.resume(run.path)
     assert again.config.data.eval_ids == ["66e6c45b"] and again.config.data.train_ids == ["5582e5ca"]
-    assert again.meta["inputs"]["pinned"] == {"data.eval_ids": str(listed)}
+    assert again.meta["inputs"]["pinned"] == {"data.eval_ids": str(listed), "model.precision": "auto"}

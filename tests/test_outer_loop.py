@@ -424,6 +424,28 @@ def test_resume_may_change_scheduling_only(tiny_config):
     assert change["changes"] == {"inner_loop.max_batch_seconds": [120.0, 300.0]}
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_run_keeps_the_precision_auto_chose_where_it_started(tiny_config, monkeypatch, native):
+    """`model.precision: auto` means bf16 autocast on a CPU with bf16 instructions and fp32 on one without:
+    a run saves what it meant where the run started, and a resume on another CPU keeps it."""
+    import seal.core.generation
+    import seal.core.models
+
+    cpu = lambda has: [monkeypatch.setattr(m, "native_bf16_cpu", lambda: has) for m in (seal.core.generation, seal.core.models)]
+    cpu(native)
+    args = [*overrides(tiny_config), "--set", "model.precision=auto", "--set", "restem.rounds=0"]
+    assert runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *args]).exit_code == 0
+    [run_dir] = list(Path(tiny_config.runs_dir).iterdir())
+    run = Run.resume(run_dir)
+    assert run.config.model.precision == ("bf16" if native else "fp32")
+    assert run.meta["inputs"]["pinned"] == {"model.precision": "auto"}
+    cpu(not native)  # the same run resumed on the other kind of CPU
+    again = runner.invoke(app, ["knowledge", "restem", "--no-eval", "--resume", str(run_dir)])
+    assert again.exit_code == 0, again.output
+    assert Run.resume(run_dir).config.model.precision == ("bf16" if native else "fp32")
+    assert ("without bf16 instructions" in again.output) == native  # bf16 kept where it is slow: said so
+
+
 def test_watched_reward_table_equals_a_hand_computation(tiny_config):
     """One context, three self-edits, two repeats; each choice is scored on the repeat it was not made on."""
     from seal.core.noise import watched_rows

@@ -29,10 +29,10 @@ def start(config: Section, command: str = "restem", policy: str | Path | None = 
           allow_overlap: bool = False) -> Run:
     """Check `config` for `command` ("restem", "evaluate", or a domain's own command) as the command
     line does (data, model layers, the domain's checks, `policy`), then create a new run directory."""
-    from seal.core.commands import check_run
+    from seal.core.commands import check_run, pinned_config
 
     p = plugin(config.domain)
-    config, pinned = p.pin(config)  # a task-list file's ids as they are now
+    config, pinned = pinned_config(p, config)  # a task-list file's ids as they are now, precision as it resolves here
     check_run(p, command, config, Path(policy) if policy else None, allow_overlap)
     inputs = dict(policy=[str(policy)] if policy else [], allow_overlap=allow_overlap, reuse_round1=None, pinned=pinned)
     return Run.create(config, p.run_prefix + command, inputs=inputs)

@@ -96,7 +96,7 @@ def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path | lis
     """Every check a command needs before its run directory may exist (`policy`: one restem run
     directory, or several); returns (training contexts, held-out contexts, the domain's inner loop)."""
     from seal.core.config import InnerLoopBase
-    from seal.core.models import meta_model, pick_device, resolve_checkpoint, resolve_dtype
+    from seal.core.models import meta_model, native_bf16_cpu, pick_device, resolve_checkpoint, resolve_dtype
     from seal.core.multi_lora import check_memory_budget
     from seal.core.training import check_targets, linear_names
 
@@ -105,6 +105,9 @@ def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path | lis
     names = linear_names(shape)
     device = pick_device(config.model.device)
     resolve_dtype(config.model.dtype, device, resolve_checkpoint(config.model.name))
+    if config.model.precision == "bf16" and device.type == "cpu" and not native_bf16_cpu():
+        console.print("[yellow]model.precision bf16 on a CPU without bf16 instructions: the same numbers, much slower "
+                      "than fp32 (a run keeps the precision it started with)[/yellow]")
     for field, recipe in p.lora_sections(config, command):
         check_targets(names, recipe, f"{field}.target_modules")
         if isinstance(recipe, InnerLoopBase):
@@ -157,9 +160,14 @@ def reuse_level(p: DomainPlugin, config, source: Path) -> str:
     """--reuse-round1: "all" when `source` (a restem run of this domain) made round 1's E-step with the
     settings of `config`, "samples" when only its inner loop, answering or reward differ (the same
     self-edits, evaluated again); anything else is refused."""
+    from seal.core.generation import resolve_precision
+    from seal.core.models import pick_device
+
     where = f"--reuse-round1 {source}"
     other = restem_run(p, source, where)
     mine, theirs = (_flat(c.model_dump(mode="json")) for c in (config, other.config))
+    if theirs.get("model.precision") == "auto":  # a run from before precision was pinned: as it would resolve here
+        theirs["model.precision"] = resolve_precision("auto", pick_device(other.config.model.device))
     under = lambda name, fields: any(name == f or name.startswith(f + ".") for f in fields)
     differ = sorted(n for n in set(mine) | set(theirs) if not under(n, ROUND1_FREE) and mine.get(n) != theirs.get(n))
     refused = [n for n in differ if not under(n, SAMPLES_FREE)]
@@ -204,7 +212,7 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
         config, changes = rescheduled(run, overrides or [], p if command == "evaluate" else None)
         policies, allow_overlap, reuse = resumed_inputs(run, policies, allow_overlap, reuse)
     else:
-        config, pinned = p.pin(load_config(config_file, overrides or [], domain=p.name))
+        config, pinned = pinned_config(p, load_config(config_file, overrides or [], domain=p.name))
     train, held, domain = check_run(p, command, config, policies, allow_overlap, reuse)
     if resume is None:
         inputs = dict(policy=[str(one) for one in policies], allow_overlap=allow_overlap, reuse_round1=str(reuse) if reuse else None,
@@ -219,6 +227,22 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
             record_change(run, config, changes)
         console.print(f"resuming [bold]{run.path}[/bold] ({len(run.records())} records done)")
     return Started(run, train, held, domain, p, policies, reuse)
+
+
+def pinned_config(p: DomainPlugin, config) -> tuple[Any, dict[str, str]]:
+    """The configuration a new run saves: the domain's task-list files replaced by the ids they hold now
+    (`DomainPlugin.pin`), and `model.precision: auto` by what it means on this machine (bf16 autocast
+    where the CPU or GPU has native bf16, else fp32), so that a resume elsewhere computes the same
+    numbers; with what each pinned field was given as ({field: value}), for meta.json."""
+    from seal.core.generation import resolve_precision
+    from seal.core.models import pick_device
+
+    config, pinned = p.pin(config)
+    if config.model.precision == "auto":
+        config = config.model_copy(deep=True)
+        config.model.precision = resolve_precision("auto", pick_device(config.model.device))
+        pinned = {**pinned, "model.precision": "auto"}
+    return config, pinned
 
 
 def resumed_inputs(run, policies: list[Path], allow_overlap: bool,

