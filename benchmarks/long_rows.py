@@ -61,7 +61,8 @@ def child(args) -> None:
     seeds = list(range(args.k))
     start = time.perf_counter()
     with adapter_bank(lm, cfg, seeds) as bank:
-        stats = train_bank(lm, bank, datasets, cfg, seeds=seeds, max_tokens=n if args.variant == "a" else None)
+        stats = train_bank(lm, bank, datasets, cfg, seeds=seeds, precision=args.precision,
+                           max_tokens=n if args.variant == "a" else None)
     seconds = time.perf_counter() - start
     print(json.dumps(dict(first_loss=sum(s.first_loss for s in stats) / len(stats), seconds_per_step=seconds / args.steps,
                           tokens_per_s=args.k * args.steps * n / seconds, loaded=loaded, peak=rss(peak=True))))
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", help="model.dtype")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="autocast")
     parser.add_argument("--k", type=int, default=4, help="adapters in the batch")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=3000, help="tokens in each row")
@@ -92,7 +94,7 @@ def main() -> None:
             raise SystemExit(out.stderr[-2000:])
         rows.append(dict(variant=VARIANTS[v], **json.loads(out.stdout.strip().splitlines()[-1])))
     print(f"\nK = {args.k} adapters (rank {args.rank}), one row of {args.tokens} tokens each a step, {args.steps} steps, "
-          f"{args.threads} threads\n")
+          f"{args.threads} threads, autocast {args.precision}\n")
     print("| variant | peak memory GiB | over the loaded model GiB | s / step | tokens/s | first loss |")
     print("|---|---|---|---|---|---|")
     for r in rows:
