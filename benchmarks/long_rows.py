@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_memory import rss
+from train_memory import rss, run_variants, save
 
 VARIANTS = {"a": "(a) one pass a row, not checkpointed", "b": "(b) default tokens_per_forward: long rows checkpointed",
             "c": "(c) gradient_checkpointing everywhere"}
@@ -86,13 +85,7 @@ def main() -> None:
     if args.variant:
         child(args)
         return
-    rows = []
-    for v in args.variants:
-        print(f"running {VARIANTS[v]} ...", flush=True)
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--variant", v], capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(out.stderr[-2000:])
-        rows.append(dict(variant=VARIANTS[v], **json.loads(out.stdout.strip().splitlines()[-1])))
+    rows = run_variants(__file__, VARIANTS, args.variants)
     print(f"\nK = {args.k} adapters (rank {args.rank}), one row of {args.tokens} tokens each a step, {args.steps} steps, "
           f"{args.threads} threads, autocast {args.precision}\n")
     print("| variant | peak memory GiB | over the loaded model GiB | s / step | tokens/s | first loss |")
@@ -100,9 +93,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['variant']} | {r['peak'] / 2**30:.2f} | {(r['peak'] - r['loaded']) / 2**30:.2f} | "
               f"{r['seconds_per_step']:.1f} | {r['tokens_per_s']:.0f} | {r['first_loss']:.4f} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(dict(args=vars(args), rows=rows), indent=1))
-    print(f"written {args.out}")
+    save(args, rows)
 
 
 if __name__ == "__main__":

@@ -91,14 +91,7 @@ def main() -> None:
     if args.variant:
         child(args)
         return
-    rows = []
-    for v in args.variants:
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", v]
-        print(f"running {VARIANTS[v]} ...", flush=True)
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(out.stderr[-2000:])
-        rows.append(dict(variant=VARIANTS[v], **json.loads(out.stdout.strip().splitlines()[-1])))
+    rows = run_variants(__file__, VARIANTS, args.variants)
     print(f"\n{args.update} update, batch {args.batch} x {args.tokens} tokens, {args.steps} steps, "
           f"dtype {args.dtype}, autocast {args.precision}\n")
     print("| loss | peak memory GiB | over the loaded model GiB | s / step | first loss |")
@@ -106,6 +99,23 @@ def main() -> None:
     for r in rows:
         print(f"| {r['variant']} | {r['peak'] / 2**30:.2f} | {(r['peak'] - r['loaded']) / 2**30:.2f} | "
               f"{r['seconds_per_step']:.1f} | {r['first_loss']:.4f} |")
+    save(args, rows)
+
+
+def run_variants(script: str, names: dict[str, str], chosen: str) -> list[dict]:
+    """Run `script` with this command line plus `--variant V` for each chosen variant, each in a fresh
+    process (so that its peak memory is its own); its last line of output is its row, as JSON."""
+    rows = []
+    for v in chosen:
+        print(f"running {names[v]} ...", flush=True)
+        out = subprocess.run([sys.executable, script, *sys.argv[1:], "--variant", v], capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(out.stderr[-2000:])
+        rows.append(dict(variant=names[v], **json.loads(out.stdout.strip().splitlines()[-1])))
+    return rows
+
+
+def save(args, rows: list[dict]) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(dict(args=vars(args), rows=rows), indent=1))
     print(f"written {args.out}")
