@@ -3,6 +3,7 @@ without a copy of the weights."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -292,3 +293,58 @@ def test_a_row_longer_than_a_forward_pass_trains_alone_with_checkpointing(tiny):
     for k in range(2):
         for name, value in adapters[4096][k].items():
             assert torch.allclose(adapters[64][k][name], value, atol=1e-6), (k, name)
+
+
+def test_bf16_weights_are_cast_once_a_call_with_the_numbers_autocast_gives(tiny, monkeypatch):
+    """Under bf16 autocast, generation, scoring and both training paths run on bf16 copies of the frozen
+    linear weights, cast once a call: the same numbers as autocast casting at every matmul, the model's
+    own parameters (and its tied embedding) back afterwards, and no gradient for a base weight."""
+    from seal.core import generation, multi_lora
+    from seal.core.generation import completion_logprobs, generate
+
+    model = tiny.model
+    assert not any(p.requires_grad for p in model.parameters())  # a loaded model is trained through adapters
+    before = {n: p for n, p in model.named_parameters()}
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    prompts = ["The keeper of the lighthouse was", "Quill moss turns"]
+    data = [lm_examples(tiny.tokenizer, texts, 64) for texts in TEXTS]
+    cfg = _cfg(epochs=1)
+
+    def run():
+        out = dict(text=[g.text for g in generate(tiny, prompts, max_new_tokens=6, precision="bf16")],
+                   logp=completion_logprobs(tiny, prompts, ["Ida Morrow.", "red in frost."], precision="bf16"))
+        with adapter_bank(tiny, cfg, [1, 2]) as bank:
+            stats = train_bank(tiny, bank, data, cfg, seeds=[1, 2], precision="bf16")
+            out["bank"] = [(s.first_loss, s.last_loss) for s in stats] + [bank.adapter_state(k) for k in range(2)]
+        with fresh_adapter(tiny, cfg, seed=1) as wrapped:
+            s = train(wrapped, data[0], cfg, seed=1, pad_id=tiny.tokenizer.pad_token_id, device=CPU, precision="bf16")
+            out["alone"] = [(s.first_loss, s.last_loss), _lora_state(wrapped)]
+        return out
+
+    shapes = [list(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+    def casts_of(out: dict) -> int:  # conversions of a tensor shaped like a linear weight, autocast's among them
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+            out.update(run())
+        return sum(e.count for e in prof.key_averages(group_by_input_shape=True)
+                   if e.key == "aten::_to_copy" and e.input_shapes and e.input_shapes[0] in shapes)
+
+    cast_once, every_time = {}, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 on a CPU without bf16 instructions warns once
+        n_cast_once = casts_of(cast_once)
+        for module in (generation, multi_lora, training):  # autocast alone, casting at every matmul
+            monkeypatch.setattr(module, "half_weights", lambda model, precision: contextlib.nullcontext())
+        n_every_time = casts_of(every_time)
+    for key in ("text", "logp"):
+        assert cast_once[key] == every_time[key], key
+    for key in ("bank", "alone"):
+        for got, want in zip(cast_once[key], every_time[key]):
+            if isinstance(want, dict):
+                assert all(torch.equal(got[n], want[n]) for n in want), key
+            else:
+                assert got == want, key
+    assert n_cast_once < n_every_time / 2, (n_cast_once, n_every_time)
+    assert {n: p for n, p in model.named_parameters()} == before  # the same Parameter objects
+    assert all(p.dtype == torch.float32 and p.grad is None for p in model.parameters())
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight

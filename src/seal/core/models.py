@@ -204,7 +204,7 @@ def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto") 
         tokenizer = load_tokenizer(name)
     except OSError as err:
         raise ModelLoadError(f"could not load model '{name}': {err}") from err
-    model.to(dev).eval()
+    model.to(dev).eval().requires_grad_(False)  # trained through adapters; a full update unfreezes what it trains
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, device=dev, dtype=chosen)
 
@@ -246,6 +246,6 @@ def model_from_config(config: AutoConfig, tokenizer: PreTrainedTokenizerBase, se
                       dtype: str = "fp32", device: str = "cpu") -> LoadedModel:
     """A randomly initialised model (for tests, and for benchmarks of real architectures without their weights)."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype]).to(pick_device(device)).eval()
+    model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype]).to(pick_device(device)).eval().requires_grad_(False)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(model=model, tokenizer=tokenizer, name="random", device=pick_device(device), dtype=dtype)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from seal.core import training
 from seal.core.config import ConfigError, LoraTrainConfig
-from seal.core.generation import autocast
+from seal.core.generation import autocast, half_weights
 from seal.core.models import LoadedModel
 from seal.core.training import (
     Example,
@@ -284,7 +284,7 @@ def train_bank(lm: LoadedModel, bank: AdapterBank, datasets: list[list[Example]]
     start = time.perf_counter()
     model.train()
     everywhere = cfgs[0].gradient_checkpointing if cfgs else False
-    with checkpointing(model, everywhere):
+    with checkpointing(model, everywhere), half_weights(model, precision):
         for t in range(n_steps):
             active = [k for k, p in enumerate(plans) if t < len(p)]
             packed = [pack([datasets[k][i] for i in plans[k][t]], k) for k in active]

@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from seal.core.config import ConfigError, LoraTrainConfig
 from seal.core.examples import Example
 from seal.core.faults import crash_point
-from seal.core.generation import autocast
+from seal.core.generation import autocast, half_weights
 from seal.core.models import LoadedModel
 
 
@@ -264,15 +264,16 @@ def clipped_weighted_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]
 def reference_nll(model: torch.nn.Module, examples: list[Example], pad_id: int, device: torch.device,
                   precision: str = "fp32", batch_size: int = 8) -> None:
     """Record in each example's `reference` its target tokens' NLL under `model` as it is now."""
-    for start in range(0, len(examples), batch_size):
-        chosen = examples[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate(chosen, pad_id).items()}
-        with autocast(precision, device):
-            hidden, targets, rows, head = _targets(model, batch)
-            nll = target_nll(head, hidden, targets).float().cpu()
-        rows = rows.cpu()
-        for i, example in enumerate(chosen):
-            example.reference = nll[rows == i].tolist()
+    with half_weights(model, precision):
+        for start in range(0, len(examples), batch_size):
+            chosen = examples[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in collate(chosen, pad_id).items()}
+            with autocast(precision, device):
+                hidden, targets, rows, head = _targets(model, batch)
+                nll = target_nll(head, hidden, targets).float().cpu()
+            rows = rows.cpu()
+            for i, example in enumerate(chosen):
+                example.reference = nll[rows == i].tolist()
 
 
 @contextmanager
@@ -312,7 +313,7 @@ def train(model: torch.nn.Module, examples: Sequence[Example], cfg: LoraTrainCon
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warm))
     model.train()
     losses, extras, tokens, start = [], [], 0, time.perf_counter()
-    with checkpointing(model, cfg.gradient_checkpointing):
+    with checkpointing(model, cfg.gradient_checkpointing), half_weights(model, precision):
         for indices in plan:
             chosen = [examples[i] for i in indices]
             batch = {k: v.to(device) for k, v in collate(chosen, pad_id).items()}
