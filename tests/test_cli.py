@@ -161,3 +161,28 @@ def test_several_prompt_styles_in_one_table(tiny_config):
     assert "Rewrite this passage" in prompts["passage + base self-edits (rewrite)"]
     assert "question-answer pairs" in prompts["passage + base self-edits (self-qa)"]
     assert "implications" in prompts["passage + base self-edits"]
+
+
+def test_a_resume_keeps_no_eval_unless_told_otherwise(tiny_config):
+    def eval_records(run_dir):
+        lines = (run_dir / "records.jsonl").read_text().splitlines()
+        return [r for r in map(json.loads, lines) if r["key"].startswith("eval/")]
+
+    assert runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *overrides(tiny_config)]).exit_code == 0
+    [run_dir] = list(Path(tiny_config.runs_dir).iterdir())
+    assert json.loads((run_dir / "meta.json").read_text())["inputs"]["flags"] == {"eval": False}
+    resumed = runner.invoke(app, ["knowledge", "restem", "--quiet", "--resume", str(run_dir)])
+    assert resumed.exit_code == 0, resumed.output
+    assert eval_records(run_dir) == [] and not (run_dir / "table.md").exists()
+
+    # a run from before the flags were recorded: its command line says --no-eval
+    meta = json.loads((run_dir / "meta.json").read_text())
+    del meta["inputs"]["flags"]
+    meta["argv"] = ["seal", "knowledge", "restem", "--no-eval"]
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    assert runner.invoke(app, ["knowledge", "restem", "--quiet", "--resume", str(run_dir)]).exit_code == 0
+    assert eval_records(run_dir) == []
+
+    told = runner.invoke(app, ["knowledge", "restem", "--quiet", "--eval", "--resume", str(run_dir)])
+    assert told.exit_code == 0, told.output
+    assert eval_records(run_dir) and "passage + SEAL round 1 self-edits" in (run_dir / "table.md").read_text()

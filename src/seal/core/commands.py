@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -84,6 +85,7 @@ class Started:
     plugin: DomainPlugin
     policies: list[Path]  # the --policy run directories, as given when the run started
     reuse: Optional[Path]  # the --reuse-round1 run directory, as given when the run started
+    flags: dict = dataclass_field(default_factory=dict)  # the command's own options as the run started (open_run's flags)
 
     @property
     def policy(self) -> Optional[Path]:
@@ -197,8 +199,10 @@ def reuse_round1_copy(run, source: Path) -> int:
 
 def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrides: Optional[list[str]],
              resume: Optional[Path], policy: Optional[Path | list[Path]] = None, allow_overlap: bool = False,
-             reuse: Optional[Path] = None) -> Started:
-    """Check everything (see the module's docstring), then create the run directory or reopen it."""
+             reuse: Optional[Path] = None, flags: Optional[dict] = None) -> Started:
+    """Check everything (see the module's docstring), then create the run directory or reopen it.
+    `flags`: the command's own options that a resume must keep ({name: value}); a new run records them
+    in meta.json, and `Started.flags` gives them back, those of the run's start on a resume."""
     from seal.core.runs import Run
 
     run_command = p.run_prefix + command
@@ -216,7 +220,7 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
     train, held, domain = check_run(p, command, config, policies, allow_overlap, reuse)
     if resume is None:
         inputs = dict(policy=[str(one) for one in policies], allow_overlap=allow_overlap, reuse_round1=str(reuse) if reuse else None,
-                      pinned=pinned)
+                      pinned=pinned, flags=dict(flags or {}))
         run = Run.create(config, run_command, inputs=inputs)
         _fresh.append(run.path)
         console.print(f"run directory: [bold]{run.path}[/bold]")
@@ -226,7 +230,18 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
                 kept_contexts(run, domain, held, p.contexts_word)
             record_change(run, config, changes)
         console.print(f"resuming [bold]{run.path}[/bold] ({len(run.records())} records done)")
-    return Started(run, train, held, domain, p, policies, reuse)
+    return Started(run, train, held, domain, p, policies, reuse, started_flags(run, flags or {}))
+
+
+def started_flags(run, defaults: dict) -> dict:
+    """The command options a run started with: as meta.json recorded them, else (a run from before they
+    were recorded) as its command line gave them (`--no-NAME` for a boolean NAME), else `defaults`."""
+    recorded = (run.meta.get("inputs") or {}).get("flags")
+    if recorded is not None:
+        return {**defaults, **recorded}
+    argv = run.meta.get("argv", [])
+    return {name: (False if f"--no-{name}" in argv else True if f"--{name}" in argv else value)
+            if isinstance(value, bool) else value for name, value in defaults.items()}
 
 
 def pinned_config(p: DomainPlugin, config) -> tuple[Any, dict[str, str]]:
@@ -404,14 +419,19 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
     @app.command("restem")
     @guard
     def restem(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None, reuse_round1: ReuseOpt = None,
-               eval: Annotated[bool, typer.Option(help="Evaluate the comparison table on held-out contexts after the rounds.")] = True,
+               eval: Annotated[Optional[bool], typer.Option(
+                   "--eval/--no-eval", show_default=False,
+                   help="Evaluate the comparison table on held-out contexts after the rounds [default: yes; "
+                        "with --resume: as the run started]")] = None,
                workers: WorkersOpt = None, quiet: QuietOpt = False):
         """Run ReST-EM rounds on the training contexts, then print the comparison table on the held-out ones."""
         from seal.core.distributed import load_run_model
         from seal.core.restem import reset_to_base
         from seal.core.restem import restem as run_restem
 
-        s = open_run(p, "restem", config, with_workers(set, workers), resume, reuse=reuse_round1)
+        s = open_run(p, "restem", config, with_workers(set, workers), resume, reuse=reuse_round1,
+                     flags=dict(eval=True if eval is None else eval))
+        evaluate_after = s.flags["eval"] if eval is None else eval
         cfg = s.run.config
         if s.reuse is not None:  # again on --resume: a kill may have cut the copy short (it keeps what is there)
             console.print(f"round 1: {reuse_round1_copy(s.run, s.reuse)} records taken from {s.reuse}")
@@ -424,7 +444,7 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
             console.print(f"{cfg.restem.algorithm}: {cfg.restem.rounds} round(s) on {len(s.train)} {word} done "
                           f"in {time.perf_counter() - start:.0f} s")
             print_curve(s.run, s.domain, s.train)
-            if not (eval and s.held):
+            if not (evaluate_after and s.held):
                 return
             reset_to_base(lm)  # the table's first rows are the base model's
             table = p.evaluate(s.run, s.domain, s.held, progress, policy_runs=[s.run.path], lm=lm)
