@@ -215,6 +215,7 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
             raise ConfigError(f"--resume {resume}: that is a '{run.command}' run, not '{run_command}'")
         config, changes = rescheduled(run, overrides or [], p if command == "evaluate" else None)
         policies, allow_overlap, reuse = resumed_inputs(run, policies, allow_overlap, reuse)
+        flags = started_flags(run, flags or {})
     else:
         config, pinned = pinned_config(p, load_config(config_file, overrides or [], domain=p.name))
     train, held, domain = check_run(p, command, config, policies, allow_overlap, reuse)
@@ -230,7 +231,7 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
                 kept_contexts(run, domain, held, p.contexts_word)
             record_change(run, config, changes)
         console.print(f"resuming [bold]{run.path}[/bold] ({len(run.records())} records done)")
-    return Started(run, train, held, domain, p, policies, reuse, started_flags(run, flags or {}))
+    return Started(run, train, held, domain, p, policies, reuse, dict(flags or {}))
 
 
 def started_flags(run, defaults: dict) -> dict:
