@@ -206,6 +206,7 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
     from seal.core.runs import Run
 
     run_command = p.run_prefix + command
+    flags = dict(flags or {})
     policies = [policy] if isinstance(policy, Path) else list(policy or [])
     if resume is not None:
         if config_file:
@@ -215,13 +216,13 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
             raise ConfigError(f"--resume {resume}: that is a '{run.command}' run, not '{run_command}'")
         config, changes = rescheduled(run, overrides or [], p if command == "evaluate" else None)
         policies, allow_overlap, reuse = resumed_inputs(run, policies, allow_overlap, reuse)
-        flags = started_flags(run, flags or {})
+        flags = started_flags(run, flags)
     else:
         config, pinned = pinned_config(p, load_config(config_file, overrides or [], domain=p.name))
     train, held, domain = check_run(p, command, config, policies, allow_overlap, reuse)
     if resume is None:
         inputs = dict(policy=[str(one) for one in policies], allow_overlap=allow_overlap, reuse_round1=str(reuse) if reuse else None,
-                      pinned=pinned, flags=dict(flags or {}))
+                      pinned=pinned, flags=flags)
         run = Run.create(config, run_command, inputs=inputs)
         _fresh.append(run.path)
         console.print(f"run directory: [bold]{run.path}[/bold]")
@@ -231,7 +232,7 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
                 kept_contexts(run, domain, held, p.contexts_word)
             record_change(run, config, changes)
         console.print(f"resuming [bold]{run.path}[/bold] ({len(run.records())} records done)")
-    return Started(run, train, held, domain, p, policies, reuse, dict(flags or {}))
+    return Started(run, train, held, domain, p, policies, reuse, flags)
 
 
 def started_flags(run, defaults: dict) -> dict:
