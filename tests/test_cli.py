@@ -41,8 +41,8 @@ def test_restem_then_table_then_resume(tiny_config):
 
     again = runner.invoke(app, ["knowledge", "table", str(run_dir)])
     assert again.exit_code == 0 and "passage only" in again.output
-    # 2 E-steps (round 1, then the new policy) x 2 passages x (k=2 + the passage alone), then 3 rows x 2 in eval
-    assert "self-edit evaluations: 18, wall time mean" in again.output
+    # 2 E-steps (round 1, then the new policy) x 2 passages x (k=2 + the passage alone), then 4 rows x 2 in eval
+    assert "self-edit evaluations: 20, wall time mean" in again.output
     assert "round 1: " in again.output and "kept 2 self-edits" in again.output
 
     resumed = runner.invoke(app, ["knowledge", "restem", "--quiet", "--resume", str(run_dir)])
@@ -155,7 +155,7 @@ def test_several_prompt_styles_in_one_table(tiny_config):
 
     run = Run.resume(run_dir)
     names = [row["condition"] for row in table(run).rows]
-    assert names[3:] == ["passage + base self-edits", "passage + base self-edits (rewrite)",
+    assert names[4:] == ["passage + base self-edits", "passage + base self-edits (rewrite)",
                          "passage + base self-edits (self-qa)"]
     prompts = {r["condition"]: r["prompt"] for r in run.records("samples")}
     assert "Rewrite this passage" in prompts["passage + base self-edits (rewrite)"]

@@ -58,19 +58,21 @@ def test_cpt_command_table_and_resume(tiny_config):
     assert result.exit_code == 0, result.output
     [run_dir] = list(Path(tiny_config.runs_dir).iterdir())
     table = (run_dir / "table.md").read_text()
-    for row in ["base model, no update", "passage only", "passage + base self-edits"]:
+    for row in ["base model, no update", "passage only", "passage sentences", "passage + base self-edits"]:
         assert f"| {row} |" in table
     records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["key"].startswith("eval/eval/")]
-    assert len(evals) == 2 * 3 and {r["condition"] for r in evals} == {"passage only", "passage + base self-edits"}
+    assert len(evals) == 3 * 3 and {r["condition"] for r in evals} == {"passage only", "passage sentences",
+                                                                       "passage + base self-edits"}
     data = {r["condition"]: r for r in records if r["kind"] == "cpt_data"}
     # pooled: passage only trains on the three passages; with self-edits, on more sequences
     assert data["passage only"]["sequences"] == 3
+    assert data["passage sentences"]["sequences"] > 3  # one per sentence
     assert data["passage + base self-edits"]["sequences"] >= 3
     store = TokenStore(run_dir / "cpt" / "passage-base-self-edits" / "sequences")
     assert len(store) == data["passage + base self-edits"]["sequences"]
     train = [r for r in records if r["kind"] == "cpt_train"]
-    assert len(train) == 2 and all(r["train"]["steps"] >= 1 for r in train)
+    assert len(train) == 3 and all(r["train"]["steps"] >= 1 for r in train)
 
     # resume: nothing redone
     n = len(records)
@@ -86,7 +88,7 @@ def test_cpt_command_table_and_resume(tiny_config):
     assert again.exit_code == 0, again.output
     after = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
     assert len(after) == n
-    assert len([r for r in after if r["kind"] == "cpt_train"]) == 2
+    assert len([r for r in after if r["kind"] == "cpt_train"]) == 3
 
 
 def test_cpt_full_finetuning(tiny_config):

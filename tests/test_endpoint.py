@@ -83,7 +83,7 @@ def test_teacher_row_from_an_endpoint(tiny_config, tmp_path):
     try:
         cfg = tiny_config.model_copy(deep=True)
         cfg.teacher.base_url = url
-        cfg.eval.base_self_edits = False
+        cfg.eval.base_self_edits = cfg.eval.passage_sentences = False
         run = Run.create(cfg, "evaluate")
         with Progress(enabled=False) as progress:
             rows = evaluate(run, KnowledgeDomain(cfg), load_builtin()[:2], progress).rows
@@ -103,7 +103,7 @@ def teacher_failing_on_one(tiny_config):
     server, url = serve(lambda prompt: (500, "down") if failing in prompt else (200, "A fact is here.\nAnother one."))
     cfg = tiny_config.model_copy(deep=True)
     cfg.teacher.base_url, cfg.teacher.retries = url, 0
-    cfg.eval.base_self_edits = cfg.eval.passage_only = False
+    cfg.eval.base_self_edits = cfg.eval.passage_only = cfg.eval.passage_sentences = False
     return passages, server, cfg
 
 

@@ -14,7 +14,7 @@ def test_evaluate_self_edit_records_everything_and_restores_base(tiny, tiny_conf
     result = domain.evaluate(tiny, passage, "It was built long ago.\nIt is famous.", seed=0, pre=pre)
     assert result["valid"] and result["n_lines"] == 2 and result["n_sequences"] == 3
     assert result["train"]["steps"] == 1 and result["train"]["tokens"] > 0
-    assert set(result["means"]) == {"em", "f1", "contains", "loglik", "judge"}
+    assert set(result["means"]) == {"em", "f1", "contains", "loglik", "judge", "discrimination"}
     assert result["gain"] == result["reward"] - pre["reward"]
     after = tiny.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

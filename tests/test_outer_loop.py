@@ -19,10 +19,11 @@ from seal.core.curves import coverage, degenerate, distinct_2, learning_curve
 from seal.core.examples import Example
 from seal.core.models import load_model
 from seal.core.noise import flip_share, noise_rows
+from seal.core.objectives import make_objective
 from seal.core.progress import Progress
 from seal.core.restem import restem, rloo_weights, select
 from seal.core.runs import Run
-from seal.core.training import clipped_weighted_loss, collate, reference_nll, sft_and_merge, target_nll, weighted_loss
+from seal.core.training import collate, objective_loss, reference_nll, sft_and_merge, target_nll
 from seal.knowledge.data import load_builtin
 from test_cli import overrides
 from test_restem import CountingDomain
@@ -68,7 +69,11 @@ def test_weighted_loss_is_linear_in_the_weights(tiny):
            tok("a tower of stone on the hill", add_special_tokens=False)["input_ids"]]
     examples = [Example(i, [-100] + i[1:]) for i in ids]
     batch = collate(examples, tok.pad_token_id)
-    loss = lambda w: weighted_loss(model, batch, torch.tensor(w)).item()
+
+    def loss(w):
+        for e, x in zip(examples, w):
+            e.weight = x
+        return objective_loss(model, batch, examples, make_objective("weighted")).item()
     a, b = loss([2.0, 0.0]), loss([0.0, 2.0])  # (2 x its mean token loss) / 2 examples
     alone = model(**collate(examples[:1], tok.pad_token_id)).loss.item()
     assert a == pytest.approx(alone, rel=1e-5)  # the example's own mean token loss, padding or not
@@ -88,23 +93,23 @@ def test_clipped_loss_starts_with_the_weighted_losss_gradient_and_stops_past_the
     examples = _two_examples(tok)
     reference_nll(model, examples, tok.pad_token_id, tiny.device)
     batch = collate(examples, tok.pad_token_id)
-    weights = torch.tensor([0.7, -0.4])
-    reference = torch.tensor([v for e in examples for v in e.reference])
-    assert len(reference) == sum(len(e.labels) - 1 for e in examples)  # one per target token
+    examples[0].weight, examples[1].weight = 0.7, -0.4
+    assert sum(len(e.reference) for e in examples) == sum(len(e.labels) - 1 for e in examples)  # one per target token
     head = model.lm_head.weight
     head.requires_grad_(True)
     try:
         grads = []
-        for loss in (weighted_loss(model, batch, weights),
-                     clipped_weighted_loss(model, batch, weights, reference, 0.2)):
+        for loss in (objective_loss(model, batch, examples, make_objective("weighted")),
+                     objective_loss(model, batch, examples, make_objective("clipped", clip=0.2))):
             head.grad = None
             loss.backward()
             grads.append(head.grad.clone())
         torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)  # r = 1: the same step
         # every token's probability already fell by more than the clip: the negative example teaches nothing
         head.grad = None
-        loss = clipped_weighted_loss(model, collate(examples[1:], tok.pad_token_id), weights[1:],
-                                     torch.tensor(examples[1].reference) - 0.5, 0.2)  # r = e^-0.5 < 0.8
+        examples[1].reference = [v - 0.5 for v in examples[1].reference]  # r = e^-0.5 < 0.8
+        loss = objective_loss(model, collate(examples[1:], tok.pad_token_id), examples[1:],
+                              make_objective("clipped", clip=0.2))
         loss.backward()
         assert loss.item() == pytest.approx(0.4 * 0.8)  # -min(r A, 0.8 A) with A = -0.4: the clipped value
         assert head.grad.abs().max().item() == 0.0
@@ -124,7 +129,8 @@ def test_a_clipped_rloo_update_lowers_a_negative_sample_less(tiny_dir):
         [example] = _two_examples(lm.tokenizer)[1:]
         example.weight = -1.0
         before = _mean_nll(lm, example)
-        sft_and_merge(lm, [example], cfg, seed=0, precision="fp32", weighted=True, clip=clip)
+        objective = make_objective("clipped", clip=clip) if clip else make_objective("weighted")
+        sft_and_merge(lm, [example], cfg, seed=0, precision="fp32", objective=objective)
         rise[clip] = _mean_nll(lm, example) - before
         assert (example.reference is not None) == (clip is not None)  # the sampling policy's NLLs, when clipped
     assert rise[None] > 0.3

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from seal.core import models, training
+from seal.core import models, objectives, training
 from seal.core.config import LoraTrainConfig
 from seal.core.models import ModelLoadError, load_model, resolve_dtype
 from seal.core.multi_lora import adapter_bank, train_bank
-from seal.core.training import collate, fresh_adapter, lm_examples, lm_loss, stashed, train, weighted_loss
+from seal.core.objectives import make_objective
+from seal.core.training import collate, fresh_adapter, lm_examples, lm_loss, objective_loss, stashed, train
 
 TEXTS = [
     ["The lighthouse of Varn was lit in 1821.", "Its keeper was Ida Morrow.", "It stands on basalt."],
@@ -43,7 +44,7 @@ def test_chunked_loss_equals_the_models_own_loss_and_gradient(tiny, monkeypatch)
     seen = []
     head = tiny.model.get_output_embeddings()
     hook = head.register_forward_hook(lambda m, i, o: seen.append(o.shape[0] if o.dim() == 2 else o.shape[0] * o.shape[1]))
-    monkeypatch.setattr(training, "LOGIT_CHUNK", 7)  # several chunks of target positions
+    monkeypatch.setattr(objectives, "LOGIT_CHUNK", 7)  # several chunks of target positions
     grads = []
     for use_chunks in (False, True):
         with fresh_adapter(tiny, cfg, seed=3) as wrapped:
@@ -65,7 +66,7 @@ def test_weighted_loss_with_unit_weights_is_the_mean_of_per_example_means(tiny):
     examples = lm_examples(tiny.tokenizer, TEXTS[0], 64)
     batch = collate(examples, tiny.tokenizer.pad_token_id)
     one = [lm_loss(tiny.model, collate([e], tiny.tokenizer.pad_token_id)).item() for e in examples]
-    got = weighted_loss(tiny.model, batch, torch.ones(len(examples))).item()
+    got = objective_loss(tiny.model, batch, examples, make_objective("weighted")).item()
     assert got == pytest.approx(sum(one) / len(one), rel=1e-5)
 
 

@@ -55,7 +55,7 @@ def restem(run: Run, lm: LoadedModel | None = None, progress: Progress | None = 
     train, _ = p.contexts(run.config)
     lm = lm or load_configured(run.config.model)
     with _progress(run, progress) as bars:
-        run_restem(run, lm, p.domain(run.config), p.training_contexts(run, lm, train, bars), bars)
+        run_restem(run, lm, run_domain(run), p.training_contexts(run, lm, train, bars), bars)
     return lm
 
 
@@ -68,9 +68,18 @@ def evaluate(run: Run, policy: str | Path | list[str | Path] | None = None, lm: 
     _, held = p.contexts(run.config)
     policies = [] if policy is None else [Path(x) for x in policy] if isinstance(policy, (list, tuple)) else [Path(policy)]
     with _progress(run, progress) as bars:
-        result = p.evaluate(run, p.domain(run.config), held, bars, policy_runs=policies, lm=lm)
+        result = p.evaluate(run, run_domain(run), held, bars, policy_runs=policies, lm=lm)
     result.write(run.path)
     return result
+
+
+def run_domain(run: Run):
+    """The run's domain, caching its distillation teachers in the run directory."""
+    from seal.core.inner_loop import teacher_cache
+
+    domain = plugin(run.config.domain).domain(run.config)
+    domain.teacher_cache = teacher_cache(run.path)
+    return domain
 
 
 def table(run: Run) -> Table:

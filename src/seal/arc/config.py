@@ -164,6 +164,13 @@ class ArcConfig(RunConfig):
     curate: ArcCurateConfig = Field(default_factory=ArcCurateConfig)
 
     @model_validator(mode="after")
+    def _no_in_context_teacher(self) -> ArcConfig:
+        if self.inner_loop.objective != "lm":
+            raise ValueError(f"inner_loop.objective '{self.inner_loop.objective}': the arc domain has no in-context "
+                             "teacher to distil (at 135M it solves no task in context); use lm")
+        return self
+
+    @model_validator(mode="after")
     def _oracles_are_configurations(self) -> ArcConfig:
         unknown = [o for o in self.curate.oracles if o not in self.curate.configurations]
         if unknown:

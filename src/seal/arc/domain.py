@@ -1,10 +1,9 @@
 """The ARC domain's inner loop: test-time training with the configuration a self-edit chose.
 
-`evaluate` parses the self-edit, builds the TTT set from the task's demonstrations, trains a fresh
-LoRA with the chosen learning rate and epochs, predicts the test outputs by voting over views, and
-removes the adapter. The reward is 1 when every test output is among the attempts. `evaluate_batch`
-trains many self-edits' adapters together in one adapter bank (core/multi_lora.py), each with its
-own recipe, and predicts through all of them in shared batches.
+`prepare` parses the self-edit and builds the TTT set from the task's demonstrations with the chosen
+learning rate and epochs; core/inner_loop.py trains it (one adapter at a time, or many in one adapter
+bank, each with its own recipe); `score_updated` predicts the test outputs by voting over views. The
+reward is 1 when every test output is among the attempts.
 """
 
 from __future__ import annotations
@@ -16,9 +15,8 @@ from seal.arc.predict import predict
 from seal.arc.tasks import Task
 from seal.core.domain import Domain
 from seal.core.generation import resolve_precision
+from seal.core.inner_loop import Update
 from seal.core.models import LoadedModel
-from seal.core.multi_lora import adapter_bank, train_bank
-from seal.core.training import fresh_adapter, train
 
 
 class ArcDomain(Domain):
@@ -57,37 +55,19 @@ class ArcDomain(Domain):
         result = predict(lm, [(task, None)], self.config.predict, precision=self.precision(lm))[0]
         return dict(reward=float(result["solved"]), **result)
 
-    def evaluate(self, lm: LoadedModel, task: Task, self_edit: str | None, seed: int, pre: dict) -> dict:
-        base, cfg, examples = self._prepare(lm, task, self_edit, seed, pre)
-        if examples is None:
-            return base
-        with fresh_adapter(lm, cfg, seed) as wrapped:
-            stats = train(wrapped, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id,
-                          device=lm.device, precision=self.precision(lm))
-            result = predict(lm, [(task, None)], self.config.predict, precision=self.precision(lm))[0]
-        return self._trained(base, stats, result)
+    # --- the inner loop's parts (core/inner_loop.py trains) ---------------------------------------
+    def prepare(self, lm: LoadedModel, task: Task, text: str | None, seed: int, pre: dict) -> Update:
+        """The TTT examples of the self-edit's configuration and its recipe (lr, epochs), or an unusable
+        record (a zero reward with the reason)."""
+        base, cfg, examples = self._prepare(lm, task, text, seed, pre)
+        return Update(base) if examples is None else Update(base, examples, cfg)
 
-    def evaluate_batch(self, lm: LoadedModel, items: list[tuple]) -> list[dict]:
-        """`evaluate` for several (task, self_edit, seed, pre) at once, one adapter each in one bank."""
-        results: list[dict | None] = [None] * len(items)
-        usable = []
-        for i, (task, text, seed, pre) in enumerate(items):
-            base, cfg, examples = self._prepare(lm, task, text, seed, pre)
-            if examples is None:
-                results[i] = base
-            else:
-                usable.append((i, base, cfg, examples))
-        if usable:
-            seeds = [items[i][2] for i, *_ in usable]
-            with adapter_bank(lm, self.config.inner_loop, seeds) as bank:
-                stats = train_bank(lm, bank, [ex for *_, ex in usable], [cfg for _, _, cfg, _ in usable],
-                                   seeds=seeds, precision=self.precision(lm),
-                                   max_tokens=self.config.inner_loop.tokens_per_forward)
-                predicted = predict(lm, [(items[i][0], k) for k, (i, *_) in enumerate(usable)],
-                                    self.config.predict, precision=self.precision(lm))
-            for (i, base, _, _), st, res in zip(usable, stats, predicted):
-                results[i] = self._trained(base, st, res)
-        return results
+    def score_updated(self, lm: LoadedModel, tasks: list[Task], adapters: list[int] | None) -> list[dict]:
+        routed = [(t, None) for t in tasks] if adapters is None else list(zip(tasks, adapters))
+        return predict(lm, routed, self.config.predict, precision=self.precision(lm))
+
+    def finish(self, record: dict, stats, result: dict, pre: dict) -> dict:
+        return self._trained(record, stats, result)
 
     # --- the pieces -----------------------------------------------------------------------------
     def _prepare(self, lm: LoadedModel, task: Task, text: str | None, seed: int, pre: dict):

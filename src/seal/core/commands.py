@@ -203,6 +203,7 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
     """Check everything (see the module's docstring), then create the run directory or reopen it.
     `flags`: the command's own options that a resume must keep ({name: value}); a new run records them
     in meta.json, and `Started.flags` gives them back, those of the run's start on a resume."""
+    from seal.core.inner_loop import teacher_cache
     from seal.core.runs import Run
 
     run_command = p.run_prefix + command
@@ -232,6 +233,7 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
                 kept_contexts(run, domain, held, p.contexts_word)
             record_change(run, config, changes)
         console.print(f"resuming [bold]{run.path}[/bold] ({len(run.records())} records done)")
+    domain.teacher_cache = teacher_cache(run.path)  # distillation teachers, kept for a resume
     return Started(run, train, held, domain, p, policies, reuse, flags)
 
 

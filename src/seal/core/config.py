@@ -52,8 +52,22 @@ class LoraTrainConfig(Section):
     gradient_checkpointing: bool = Field(False, description="keep only each decoder layer's input for the backward pass and compute the rest again there: less activation memory (about a layer's worth instead of all layers'), about a third more compute")
 
 
+class DistillConfig(Section):
+    """Context distillation (`inner_loop.objective: distill | mix`): the frozen model the inner loop starts
+    from reads the context (a passage) before each training item and is the teacher; the student is the
+    same weights with the fresh adapter, reading the item alone (core/objectives.py)."""
+
+    top_k: int = Field(20, ge=1, description="teacher tokens kept per target position; the rest of the vocabulary is one bucket (a top_k of the vocabulary size is the full KL)")
+    temperature: float = Field(1.0, gt=0, le=10, description="both distributions are softmax(logits / temperature); the loss is scaled by temperature squared")
+    mix: float = Field(0.5, ge=0, description="objective mix: the LM loss's weight added to the KL")
+    skip_tokens: int = Field(0, ge=0, description="target tokens at the start of each item that are not trained on (e.g. the key a line follows)")
+
+
 class InnerLoopBase(LoraTrainConfig):
-    """What the core's inner loop (restem.evaluate_jobs) reads, shared by every domain."""
+    """What the core's inner loop (core/inner_loop.py, restem.evaluate_jobs) reads, shared by every domain."""
+
+    objective: Literal["lm", "distill", "mix"] = Field("lm", description="the update's loss: lm = next-token log-likelihood of the training items; distill = KL from the teacher (the model with the context in its prompt) to the student on every target token; mix = distill + distill.mix x lm")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="the distill and mix objectives' settings")
 
     eval_times: int = Field(1, ge=1, le=100, description="independent trainings per self-edit; the reward is their mean")
     common_seeds: bool = Field(True, description="common random numbers: every self-edit of one context (a round's k samples; a table's rows) trains, in repeat t, from the same LoRA initialisation and data-order seed, so that their rewards differ by their text; false: a seed per self-edit")

@@ -1,7 +1,9 @@
 """How a domain plugs into the core: two declared interfaces, and the registry of domains.
 
-- `Domain` is the inner loop the ReST-EM core drives (core/restem.py): what a context is called, the
-  prompt that asks for a self-edit, the score before any update, and the evaluation of a self-edit.
+- `Domain` is what the ReST-EM core (core/restem.py) and the inner loop (core/inner_loop.py) ask of a
+  domain: what a context is called, the prompt that asks for a self-edit, the score before any update,
+  what a self-edit becomes as training examples (`prepare`), and how updated models are scored
+  (`score_updated`). Training, with every objective and on both paths, is the core's.
   Optional capabilities are declared as class attributes (`batched`, `checks_self_edits`), never
   probed for.
 - `DomainPlugin` is everything else a domain owns: its root configuration, how contexts are loaded,
@@ -23,7 +25,9 @@ if TYPE_CHECKING:
     import typer
 
     from seal.core.config import LoraTrainConfig, Section
+    from seal.core.inner_loop import Update
     from seal.core.models import LoadedModel
+    from seal.core.objectives import Objective, TeacherCache
     from seal.core.progress import Progress
     from seal.core.runs import Run
     from seal.core.tables import Table
@@ -64,15 +68,60 @@ class Domain(ABC):
     def pre_update(self, lm: LoadedModel, context: Any) -> dict:
         """The model's score on the context before any update; the result has a "reward"."""
 
+    # --- the inner loop (core/inner_loop.py drives it; a domain supplies what is its own) -------
+    teacher_cache: TeacherCache | None = None  # where distillation teachers are cached (set per run)
+
+    @property
+    def inner_loop_config(self):
+        """The inner-loop section (recipe, objective, batching) of the domain's configuration."""
+        return self.config.inner_loop
+
+    @property
+    def objective(self) -> Objective:
+        """The loss every update trains with (inner_loop.objective and inner_loop.distill)."""
+        from seal.core.inner_loop import objective_of
+
+        return objective_of(self.inner_loop_config)
+
     @abstractmethod
+    def prepare(self, lm: LoadedModel, context: Any, self_edit: str | None, seed: int, pre: dict) -> Update:
+        """What the self-edit becomes (None: the context alone): its training examples and recipe, or an
+        unusable record (a zero reward with the reason). Never raises for bad model output."""
+
+    @abstractmethod
+    def score_updated(self, lm: LoadedModel, contexts: list, adapters: list[int] | None) -> list[dict]:
+        """Score each updated model on its context: with `adapters`, context i through adapter i of the
+        installed adapter bank; None: the one adapter `lm.model` carries now."""
+
+    def finish(self, record: dict, stats, scored: dict, pre: dict) -> dict:
+        """The result of a trained update: its record, the training stats and the score."""
+        return dict(record, valid=True, train=stats.as_dict(), **scored)
+
+    def teacher_prefix(self, lm: LoadedModel, context: Any) -> list[int]:
+        """Token ids the distillation teacher reads before each training item: the context as the model
+        sees it in context. Domains without one refuse distilling objectives."""
+        raise NotImplementedError(f"the {self.name} domain has no in-context teacher: use inner_loop.objective lm")
+
+    def precision(self, lm: LoadedModel) -> str:
+        from seal.core.generation import resolve_precision
+
+        return resolve_precision(self.config.model.precision, lm.device)
+
     def evaluate(self, lm: LoadedModel, context: Any, self_edit: str | None, seed: int, pre: dict) -> dict:
         """Train a fresh adapter on the self-edit (None: the context alone), score, remove the adapter.
         Never raises for bad model output: an unusable self-edit is a recorded zero reward."""
+        from seal.core.inner_loop import train_updates
+
+        return train_updates(lm, self, [(context, self_edit, seed, pre)], batched=False)[0]
 
     def evaluate_batch(self, lm: LoadedModel, items: list[tuple]) -> list[dict]:
-        """`evaluate` for many (context, self_edit, seed, pre) at once, results equal to one at a time.
-        Implemented when `batched` is declared."""
-        raise NotImplementedError(f"the {self.name} domain does not declare batched evaluation")
+        """`evaluate` for many (context, self_edit, seed, pre) at once, results equal to one at a time:
+        their adapters trained together in one adapter bank (`batched` domains)."""
+        if not self.batched:
+            raise NotImplementedError(f"the {self.name} domain does not declare batched evaluation")
+        from seal.core.inner_loop import train_updates
+
+        return train_updates(lm, self, items, batched=True)
 
     def self_edit_ok(self, text: str) -> bool:
         """Whether a sampled self-edit is usable at all (used when `checks_self_edits` is declared)."""

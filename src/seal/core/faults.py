@@ -3,7 +3,8 @@
 `SEAL_CRASH_AT="name:n"` (an environment variable, unset in normal use) makes the n-th time this
 process reaches `crash_point(name)` kill the process on the spot, with SIGKILL, so no cleanup runs.
 Named points: `record` (just after a record is on disk), `record-write` (half of a record written),
-`adapter-save` (an adapter written to its temporary folder, not yet renamed into place).
+`adapter-save` (an adapter written to its temporary folder, not yet renamed into place), `teacher-save`
+(a teacher distribution written to its temporary file, not yet renamed into place).
 """
 
 from __future__ import annotations

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from seal.core import training
+from seal.core import objectives
 from seal.core.config import ConfigError, LoraTrainConfig
 from seal.core.generation import autocast, half_weights
 from seal.core.models import LoadedModel
+from seal.core.objectives import LanguageModelling, Objective, Targets, coefficients, target_count
 from seal.core.training import (
     Example,
     TrainStats,
@@ -40,7 +41,6 @@ from seal.core.training import (
     epoch_batches,
     init_lora_a,
     lr_factor,
-    target_nll,
     warmup_steps,
 )
 
@@ -196,15 +196,18 @@ class PackedRow:
     labels: list[int]
     positions: list[int]
     adapter: int
+    examples: list[Example]  # in the order they are packed (what the objective reads: weights, teachers)
+    coefficients: list[float]  # each target token's weight in its adapter's step loss (objectives.coefficients)
 
 
-def pack(examples: list[Example], adapter: int) -> PackedRow:
+def pack(examples: list[Example], adapter: int, objective: Objective | None = None) -> PackedRow:
     ids, labels, positions = [], [], []
     for e in examples:
         ids += e.input_ids
         labels += [-100] + e.labels[1:]  # an example's first token is never a target, as in its own row
         positions += range(len(e.input_ids))
-    return PackedRow(ids, labels, positions, adapter)
+    per_example = objective.per_example if objective is not None else False
+    return PackedRow(ids, labels, positions, adapter, list(examples), coefficients(examples, per_example))
 
 
 def collate_packed(rows: list[PackedRow], pad_id: int) -> dict[str, torch.Tensor]:
@@ -221,20 +224,27 @@ def collate_packed(rows: list[PackedRow], pad_id: int) -> dict[str, torch.Tensor
     return {"input_ids": input_ids, "labels": labels, "position_ids": positions}
 
 
-def per_adapter_loss(model, batch: dict[str, torch.Tensor], rows: torch.Tensor,
-                     norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ_k (sum of adapter k's token losses) / norm[k], and its K terms (detached). Logits are computed
-    only where a label is, never for padding, and a chunk at a time (`training.target_nll`): the
-    vocabulary projection is the largest activation of a small model."""
+def per_adapter_loss(model, batch: dict[str, torch.Tensor], part: list[PackedRow], objective: Objective,
+                     k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ over the pass's target tokens of the objective's token loss times its coefficient (so each
+    adapter's share is its step loss, as `training.objective_loss` computes it alone), and the K
+    adapters' shares (detached). Logits are computed only where a label is, never for padding, and a
+    chunk at a time (`objectives.chunked`): the vocabulary projection is the largest activation of a
+    small model."""
     # No attention mask and no cache: transformers then reads segment boundaries from position_ids.
     hidden = model.get_decoder()(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                                  use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != -100
-    token_loss = target_nll(model.get_output_embeddings(), hidden[:, :-1][keep], targets[keep])
-    owner = rows.unsqueeze(1).expand_as(targets)[keep]
-    weighted = token_loss / norm[owner]
-    return weighted.sum(), torch.zeros_like(norm).index_add_(0, owner, weighted.detach())
+    examples = [e for row in part for e in row.examples]
+    # each target token's example, in row-major order: a row's examples are packed one after another
+    which = torch.tensor([i for i, e in enumerate(examples) for _ in range(target_count(e))], dtype=torch.long,
+                         device=hidden.device)
+    t = Targets(hidden[:, :-1][keep], targets[keep], which, examples, model.get_output_embeddings())
+    coef = torch.tensor([c for row in part for c in row.coefficients], device=hidden.device)
+    owner = torch.tensor([row.adapter for row in part for _ in row.coefficients], device=hidden.device)
+    weighted = objective.token_loss(t).float() * coef
+    return weighted.sum(), torch.zeros(k, device=hidden.device).index_add_(0, owner, weighted.detach())
 
 
 def micro_batches(rows: list[PackedRow], max_tokens: int, pass_cost: int = 64) -> list[list[PackedRow]]:
@@ -262,11 +272,13 @@ def micro_batches(rows: list[PackedRow], max_tokens: int, pass_cost: int = 64) -
 
 def train_bank(lm: LoadedModel, bank: AdapterBank, datasets: list[list[Example]],
                cfg: LoraTrainConfig | list[LoraTrainConfig], *, seeds: list[int], precision: str = "fp32",
-               max_tokens: int | None = None, on_step=None) -> list[TrainStats]:
-    """Train adapter k of the bank on datasets[k], as `training.train` would with seed seeds[k]. `cfg`
-    may be one recipe per adapter (their own lr, epochs, batch size, step cap; the adapter shape and
-    weight decay are the bank's and the first recipe's). `max_tokens` per forward pass: see
-    `forward_tokens`. `on_step(step, steps)` after each step (default: `lm.on_train_step`)."""
+               max_tokens: int | None = None, on_step=None, objective: Objective | None = None) -> list[TrainStats]:
+    """Train adapter k of the bank on datasets[k], as `training.train` would with seed seeds[k] and the
+    same `objective` (default `lm`). `cfg` may be one recipe per adapter (their own lr, epochs, batch
+    size, step cap; the adapter shape and weight decay are the bank's and the first recipe's).
+    `max_tokens` per forward pass: see `forward_tokens`. `on_step(step, steps)` after each step (default:
+    `lm.on_train_step`)."""
+    objective = objective or LanguageModelling()
     max_tokens = forward_tokens(max_tokens, lm.device)
     on_step = on_step or lm.on_train_step
     cfgs = cfg if isinstance(cfg, list) else [cfg] * len(datasets)
@@ -287,13 +299,11 @@ def train_bank(lm: LoadedModel, bank: AdapterBank, datasets: list[list[Example]]
     with checkpointing(model, everywhere), half_weights(model, precision):
         for t in range(n_steps):
             active = [k for k, p in enumerate(plans) if t < len(p)]
-            packed = [pack([datasets[k][i] for i in plans[k][t]], k) for k in active]
-            # Each adapter's loss is the mean over the tokens of its own batch, as when trained alone.
-            norm = torch.ones(bank.k, device=lm.device)
+            # each adapter's batch of this step in one row, its tokens weighted as when trained alone
+            packed = [pack([datasets[k][i] for i in plans[k][t]], k, objective) for k in active]
             for row in packed:
-                norm[row.adapter] = max(1, sum(1 for label in row.labels[1:] if label != -100))
                 tokens[row.adapter] += len(row.input_ids)
-            step_loss = torch.zeros_like(norm)
+            step_loss = torch.zeros(bank.k, device=lm.device)
             for part in micro_batches(packed, max_tokens):
                 batch = {key: v.to(lm.device) for key, v in collate_packed(part, pad_id).items()}
                 bank.route([row.adapter for row in part])
@@ -301,7 +311,7 @@ def train_bank(lm: LoadedModel, bank: AdapterBank, datasets: list[list[Example]]
                 # stay within what max_tokens promises (an ARC row of 20x20 grids can hold 4,000 tokens)
                 with checkpointing(model, not everywhere and batch["input_ids"].numel() > max_tokens):
                     with autocast(precision, lm.device):
-                        loss, terms = per_adapter_loss(model, batch, bank.rows, norm)
+                        loss, terms = per_adapter_loss(model, batch, part, objective, bank.k)
                     with warnings.catch_warnings():  # gradients land in strided views of bank.grad, on purpose
                         warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
                         loss.backward()
@@ -338,9 +348,9 @@ def bytes_per_token(model, checkpointed: bool = False) -> int:
 
 
 def logit_bytes(model) -> int:
-    """The vocabulary logits alive at one time in training (one chunk of `training.target_nll`: the
+    """The vocabulary logits alive at one time in training (one chunk of `objectives.chunked`: the
     logits, their fp32 copy and the softmax), whatever the number of tokens."""
-    return training.LOGIT_CHUNK * model.config.vocab_size * 12
+    return objectives.LOGIT_CHUNK * model.config.vocab_size * 12
 
 
 # Tokens per forward pass of the batched inner loop (`tokens_per_forward` unset). On this project's

@@ -27,6 +27,7 @@ from seal.core.domain import Domain
 from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
 from seal.core.models import LoadedModel, load_model, release_memory
 from seal.core.multi_lora import adapters_per_batch, widest_batch
+from seal.core.objectives import Objective, make_objective
 from seal.core.progress import Progress
 from seal.core.runs import Run
 from seal.core.training import has_target, merge_saved_adapter, sft_and_merge, sft_example
@@ -367,8 +368,7 @@ def restem(run: Run, lm: LoadedModel, domain: Domain, contexts: list, progress: 
             progress.start("sft", f"round {r}: policy fine-tuning ({cfg.restem.algorithm})",
                            cfg.restem.sft.epochs * -(-len(examples) // cfg.restem.sft.batch_size))
             stats = sft_and_merge(lm, examples, cfg.restem.sft, seed=derive_seed(cfg.seed, "sft", r),
-                                  precision=precision, save_dir=folder, weighted=cfg.restem.algorithm == "rloo",
-                                  clip=cfg.restem.rloo_clip,
+                                  precision=precision, save_dir=folder, objective=m_step_objective(cfg),
                                   on_step=lambda s, total: progress.advance("sft"))
             release_memory()
             if stats.problem is None:  # saved (complete, or not at all) and merged
@@ -381,6 +381,14 @@ def restem(run: Run, lm: LoadedModel, domain: Domain, contexts: list, progress: 
                    mean_kept_reward=sum(rewards) / len(rewards) if rewards else None)
     if cfg.restem.evaluate_policy:
         e_step(run, lm, domain, contexts, cfg.restem.rounds + 1, progress, final=True)
+
+
+def m_step_objective(cfg) -> Objective:
+    """The loss of the policy update: `lm` on the kept self-edits (rest-em); rloo: each sample's loss
+    weighted by its advantage (`weighted`), clipped when restem.rloo_clip is set (`clipped`)."""
+    if cfg.restem.algorithm != "rloo":
+        return make_objective("lm")
+    return make_objective("clipped", clip=cfg.restem.rloo_clip) if cfg.restem.rloo_clip else make_objective("weighted")
 
 
 def e_step(run: Run, lm: LoadedModel, domain: Domain, contexts: list, r: int, progress: Progress,

@@ -18,15 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
-from torch.utils.checkpoint import checkpoint
 
 from seal.core.config import ConfigError, LoraTrainConfig
 from seal.core.examples import Example
 from seal.core.faults import crash_point
 from seal.core.generation import autocast, half_weights
 from seal.core.models import LoadedModel
+from seal.core.objectives import Clipped, LanguageModelling, Objective, Targets, coefficients, target_nll
 
 
 @dataclass
@@ -179,33 +178,6 @@ def epoch_batches(n: int, cfg: LoraTrainConfig, seed: int) -> list[list[int]]:
     return out[:cfg.max_steps] if cfg.max_steps else out
 
 
-LOGIT_CHUNK = 1024  # target positions whose vocabulary logits exist at one time, in training
-
-
-def _chunk_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(hidden).float(), targets, reduction="none")
-
-
-def target_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-               chunk: int | None = None) -> torch.Tensor:
-    """Negative log-likelihood of each of `targets` (N) from the hidden states that predict them (N x H),
-    through the output layer `head`, `chunk` rows at a time. Under autograd each chunk is checkpointed:
-    its vocabulary logits are freed after the forward pass and computed again in the backward pass, so
-    at most one chunk of logits (chunk x vocabulary) is ever alive. At batch 8 x 512 tokens the whole
-    logits of the embedded model would be 0.8 GB, and their softmax as much again."""
-    if not len(targets):
-        return hidden[:, 0].float() * 0  # empty, but part of the graph
-    chunk = chunk or LOGIT_CHUNK
-    parts = []
-    for i in range(0, len(targets), chunk):
-        h, y = hidden[i:i + chunk], targets[i:i + chunk]
-        if torch.is_grad_enabled() and h.requires_grad:
-            parts.append(checkpoint(_chunk_nll, head, h, y, use_reentrant=False))
-        else:
-            parts.append(_chunk_nll(head, h, y))
-    return torch.cat(parts)
-
-
 def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
     """The Hugging Face model inside a PEFT wrapper (the model itself when it is not wrapped)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -222,42 +194,25 @@ def _targets(model: torch.nn.Module, batch: dict[str, torch.Tensor]):
     return hidden[rows, cols], labels[rows, cols], rows, inner.get_output_embeddings()
 
 
+def objective_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], examples: Sequence[Example],
+                   objective: Objective) -> torch.Tensor:
+    """One step's loss on a padded batch of `examples` (row i = examples[i], `collate`d): the objective's
+    per-token losses weighted by `objectives.coefficients`, exactly as the adapter bank weights them; NaN
+    for a batch without targets (as Hugging Face's loss is), so that the step is counted as non-finite."""
+    hidden, tokens, rows, head = _targets(model, batch)
+    if not len(tokens):
+        return hidden.sum().float() * math.nan
+    t = Targets(hidden, tokens, rows, examples, head)
+    coef = torch.tensor(coefficients(examples, objective.per_example), device=hidden.device)
+    return (objective.token_loss(t).float() * coef).sum()
+
+
 def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The mean negative log-likelihood over every target token of the batch: what the model's own
     `.loss` is (Hugging Face's causal-LM loss; NaN for a batch without targets), without the whole
     batch's vocabulary logits."""
     hidden, targets, _, head = _targets(model, batch)
     return target_nll(head, hidden, targets).sum() / len(targets)
-
-
-def weighted_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
-    """The mean over the batch of each example's weight times its mean token loss (negative log-likelihood
-    of its target tokens). A per-example mean, so that a long example is not worth more than a short
-    one; with weights that are advantages, this is a policy-gradient step on the targets."""
-    hidden, targets, rows, head = _targets(model, batch)
-    return (_per_example_mean(target_nll(head, hidden, targets), rows, len(weights)) * weights).mean()
-
-
-def _per_example_mean(per_token: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
-    """The mean of `per_token` values over each of the batch's n examples (`rows`: each token's example)."""
-    total = torch.zeros(n, device=per_token.device, dtype=torch.float32).index_add(0, rows, per_token.float())
-    return total / torch.bincount(rows, minlength=n).clamp(min=1)
-
-
-def clipped_weighted_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], weights: torch.Tensor,
-                          reference: torch.Tensor, clip: float) -> torch.Tensor:
-    """PPO's clipped surrogate with each example's weight as its advantage A: per target token, with
-    r = p / p_ref its probability over that under the policy that wrote it (`reference`: the NLLs, in
-    the batch's row-major target order), the loss is -min(r A, clip(r, 1 - clip, 1 + clip) A), averaged
-    per example, then over the batch. At r = 1 its gradient is `weighted_loss`'s; a token whose ratio
-    left [1 - clip, 1 + clip] in the direction its advantage pushes gives no gradient, so a negative
-    weight lowers a token's probability by at most that factor instead of without bound."""
-    hidden, targets, rows, head = _targets(model, batch)
-    nll = target_nll(head, hidden, targets)
-    ratio = torch.exp(reference - nll)
-    advantage = weights[rows]
-    per_token = -torch.minimum(ratio * advantage, ratio.clamp(1 - clip, 1 + clip) * advantage)
-    return _per_example_mean(per_token, rows, len(weights)).mean()
 
 
 @torch.no_grad()
@@ -297,14 +252,14 @@ def checkpointing(model: torch.nn.Module, on: bool):
 
 def train(model: torch.nn.Module, examples: Sequence[Example], cfg: LoraTrainConfig, *, seed: int,
           pad_id: int, device: torch.device, precision: str = "fp32", on_step=None,
-          extra_loss: Callable[[int], torch.Tensor] | None = None, weighted: bool = False,
-          clip: float | None = None) -> TrainStats:
+          extra_loss: Callable[[int], torch.Tensor] | None = None,
+          objective: Objective | None = None) -> TrainStats:
     """AdamW with an optional linear warmup, then linear decay, over `cfg.epochs` passes (shuffled each
-    epoch with a seeded generator), the gradient clipped to `cfg.max_grad_norm`.
-    `extra_loss(step)` is added to each step's language-modelling loss (the last loss reported is the
-    language-modelling loss alone). `weighted`: each example's loss is multiplied by its `weight`
-    (`weighted_loss`; with `clip`, `clipped_weighted_loss` against each example's `reference`).
-    `examples` may be any sequence, e.g. a TokenStore on disk."""
+    epoch with a seeded generator), the gradient clipped to `cfg.max_grad_norm`, on the loss of
+    `objective` (core/objectives.py; default `lm`). `extra_loss(step)` is added to each step's loss (the
+    last loss reported is the objective's alone). `examples` may be any sequence, e.g. a TokenStore on
+    disk."""
+    objective = objective or LanguageModelling()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     plan = epoch_batches(len(examples), cfg, seed)
@@ -318,14 +273,7 @@ def train(model: torch.nn.Module, examples: Sequence[Example], cfg: LoraTrainCon
             chosen = [examples[i] for i in indices]
             batch = {k: v.to(device) for k, v in collate(chosen, pad_id).items()}
             with autocast(precision, device):
-                weights = torch.tensor([e.weight for e in chosen], device=device) if weighted else None
-                if weighted and clip is not None:
-                    reference = torch.tensor([v for e in chosen for v in e.reference], device=device)
-                    loss = clipped_weighted_loss(model, batch, weights, reference, clip)
-                elif weighted:
-                    loss = weighted_loss(model, batch, weights)
-                else:
-                    loss = lm_loss(model, batch)
+                loss = objective_loss(model, batch, chosen, objective)
                 extra = extra_loss(len(losses)) if extra_loss is not None else None
             (loss if extra is None else loss + extra).backward()
             clip_gradients(params, cfg)
@@ -346,20 +294,18 @@ def train(model: torch.nn.Module, examples: Sequence[Example], cfg: LoraTrainCon
 
 
 def sft_and_merge(lm: LoadedModel, examples: list[Example], cfg: LoraTrainConfig, *, seed: int,
-                  precision: str, save_dir=None, on_step=None, weighted: bool = False,
-                  clip: float | None = None) -> TrainStats:
-    """Fine-tune the policy with a LoRA adapter, save it (optionally), and merge it in place; `weighted`:
-    each example's loss carries its `weight` (`weighted_loss`), and with `clip` its tokens' probability
-    ratios to the policy as it was are clipped (`clipped_weighted_loss`). An update
-    whose loss or weights are not finite is neither saved nor merged: the model stays as it was, and
-    the returned stats say why (`problem`)."""
+                  precision: str, save_dir=None, on_step=None, objective: Objective | None = None) -> TrainStats:
+    """Fine-tune the policy with a LoRA adapter on `objective`'s loss (default `lm`; the M-step of RLOO
+    uses `weighted` or `clipped`, whose reference NLLs are taken here first), save it (optionally), and
+    merge it in place. An update whose loss or weights are not finite is neither saved nor merged: the
+    model stays as it was, and the returned stats say why (`problem`)."""
     check_targets(lm.model, cfg)
-    if weighted and clip is not None:
+    if isinstance(objective, Clipped):
         reference_nll(lm.model, examples, lm.tokenizer.pad_token_id, lm.device, precision, cfg.batch_size)
     torch.manual_seed(seed)
     wrapped = get_peft_model(lm.model, peft_config(cfg))
     stats = train(wrapped, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=lm.device,
-                  precision=precision, on_step=on_step, weighted=weighted, clip=clip)
+                  precision=precision, on_step=on_step, objective=objective)
     bad = [n for n, p in wrapped.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
     if stats.nonfinite or bad:
         stats.problem = (f"not merged: {stats.nonfinite} of {stats.steps} steps had a non-finite loss"

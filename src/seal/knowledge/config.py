@@ -23,6 +23,28 @@ class InnerLoopConfig(InnerLoopBase):
     split_lines: bool = Field(True, description="one training sequence per self-edit line (else the whole self-edit is one sequence)")
     include_passage: bool = Field(True, description="add the passage itself as one more training sequence")
     max_lines: int = Field(64, ge=1, description="self-edit lines used at most; the rest are dropped and recorded")
+    item_format: str = Field("title", description="how each training item is keyed: title = '{title}\\n{line}'; topic = 'Topic: {title}\\n{line}', the key the answer prompt asks after; or a template with {title} and {line}")
+    self_edit_items: Literal["lines", "probes"] = Field("lines", description="what a self-edit's lines become: lines = each line a training item after its key (item_format); probes = each line a question, trained as the answer prompt followed by the teacher's own greedy answer with the passage in its prompt, the loss on the answer only (the question-shaped input context distillation is usually given)")
+    passage_items: Literal["whole", "sentences"] = Field("whole", description="the passage as one training item, or as one item per sentence (each keyed by item_format)")
+    distill_context: str = Field("Topic: {title}\n{passage}\n", description="objective distill or mix: what the teacher reads before each training item (a template with {title} and {passage}); the student reads the item alone")
+
+    @model_validator(mode="after")
+    def _templates_have_their_fields(self):
+        import string
+
+        for field, text, needs in (("item_format", self.item_format, {"title", "line"}),
+                                   ("distill_context", self.distill_context, {"passage"})):
+            if field == "item_format" and text in ("title", "topic"):
+                continue
+            try:
+                names = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+            except ValueError as err:
+                raise ValueError(f"inner_loop.{field} {text!r}: not a template ({err})") from None
+            allowed = needs | {"title"}
+            if not needs <= names or not names <= allowed:
+                raise ValueError(f"inner_loop.{field} {text!r}: needs the placeholders {sorted(needs)}"
+                                 f" and no others than {sorted(allowed)}")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -45,10 +67,11 @@ class AnswerConfig(Section):
     max_new_tokens: int = Field(32, ge=1, le=512, description="answer length limit; an answer that hits it is recorded as such")
     batch_size: int = Field(64, ge=1, description="questions answered together (batched inner loop: across the K updated models)")
     max_questions: int | None = Field(None, ge=1, description="questions per passage at most (None: all)")
+    distractors: int = Field(8, ge=0, le=64, description="answer discrimination: per question, the gold answer's likelihood is compared with up to this many distractor spans of the same passage (the answers of its other questions, then numbers, dates and names from its text); the share it beats is the question's `discrimination` grade, which priming every token of the passage cannot raise. 0: not measured")
 
 
 class RewardConfig(RewardBase):
-    metric: Literal["em", "f1", "contains", "loglik", "judge"] = Field("f1", description="the score of the updated model that is the self-edit's reward, averaged over the passage's questions; em, f1, contains: SQuAD-normalised, max over gold answers; loglik: the geometric-mean per-token probability of a gold answer (exp of its mean token log-probability after the question), max over gold answers; judge: the judge's yes/no")
+    metric: Literal["em", "f1", "contains", "loglik", "judge", "discrimination"] = Field("f1", description="the score of the updated model that is the self-edit's reward, averaged over the passage's questions; em, f1, contains: SQuAD-normalised, max over gold answers; loglik: the geometric-mean per-token probability of a gold answer (exp of its mean token log-probability after the question), max over gold answers; judge: the judge's yes/no; discrimination: the share of distractor spans the best gold answer is more likely than (answer.distractors)")
     baseline: Literal["none", "pre_update", "passage"] = Field("passage", description="what a self-edit is compared with: passage = the model trained on the passage alone, with the same seed in each repeat (one more inner-loop training per passage and repeat, cached); pre_update = the model before any update; none")
     questions: Literal["gold", "self"] = Field("gold", description="the questions a training passage's self-edits are rewarded on in ReST-EM: gold = the data's; self = the selection half of questions the passage writes itself (the `questions` section), recorded once per passage; held-out tables always use the gold questions")
     watch_gold: bool = Field(False, description="with questions: self, also ask a training passage's gold questions after every update and record their reward beside the reward (`watched`), never used to select: `seal knowledge noise` then shows how well the self-written questions rank self-edits by the gold ones")
@@ -98,11 +121,15 @@ class DataConfig(Section):
 class EvalConfig(Section):
     open_book: bool = Field(True, description="row: the model with no update, each question asked with its passage in the prompt: the ceiling a self-edit is measured against ('gap closed')")
     passage_only: bool = Field(True, description="row: trained on the passage alone")
+    passage_sentences: bool = Field(True, description="row: trained on the passage's sentences, one item each, keyed by inner_loop.item_format; the rule-based baseline (nothing written by a model) that self-edits must beat")
+    probes: bool = Field(False, description="rows: passage + probes, the base model's questions about the passage (self_edit.prompt probes) and the cloze writer's questions (no model), each trained as question -> the teacher's greedy open-book answer (inner_loop.self_edit_items probes)")
+    objectives: list[Literal["lm", "distill", "mix"]] = Field(default_factory=list, description="every trained row once per objective listed, on the same passages, seeds and self-edits, so that rows pair across objectives (the first's rows keep their names, the others' are named '[objective]'); empty: inner_loop.objective alone")
     base_self_edits: bool = Field(True, description="row: passage + the base model's self-edits")
     policy_passage_only: bool = Field(False, description="row per SEAL round: that round's policy trained on the passage alone (one more training per passage and round); its self-edit row minus this one is what the self-edits add, apart from what the policy's weights learned")
     policy_rounds: int = Field(0, ge=0, description="rows for the first N finished rounds of each --policy run (0: all of them), e.g. 1 to compare round-1 policies of runs with different numbers of rounds")
     more_prompts: list[str] = Field(default_factory=list, description="one more row per prompt style (or template file): passage + the base model's self-edits written with it, on the same passages as the self_edit.prompt row, to compare styles in one table")
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples (over passages) for the 95% interval")
+    split: Literal["held", "train"] = Field("held", description="the passages a table is made on: held = the held-out passages (data.eval_passages); train = the training passages (data.train_passages), to tune a recipe (steps, lr, objective) without ever scoring on the held-out ones")
 
 
 class CptConfig(LoraTrainConfig):
@@ -185,6 +212,8 @@ class KnowledgeConfig(RunConfig):
         if self.reward.metric == "judge" and not self.judge.base_url:
             # every reward would be missing: no self-edit kept, nothing trained, and nothing said
             raise ValueError("reward.metric 'judge' needs judge.base_url (an OpenAI-compatible endpoint)")
+        if self.reward.metric == "discrimination" and not self.answer.distractors:
+            raise ValueError("reward.metric 'discrimination' needs answer.distractors > 0")
         return self
 
 

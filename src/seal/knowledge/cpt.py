@@ -89,7 +89,8 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
     # Rebuilt on every (re)start: tokenizing is cheap, and a store cut short by a kill is never reused.
     problems: dict[str, str] = {}
     store = TokenStore.write(folder / "sequences", lm.tokenizer,
-                             _sequences(run, config, passages, name, write is not None, problems),
+                             _sequences(run, config, passages, c.samples or name, write is not None, problems,
+                                        c.inner.get("passage_items", config.inner_loop.passage_items)),
                              config.cpt.max_seq_len)
     info = run.cached("cpt_data", f"cpt/{slug(name)}/data", lambda: dict(
         condition=name, sequences=len(store), tokens=store.n_tokens, passages=len(passages),
@@ -109,15 +110,15 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
 
 
 def _sequences(run: Run, config: KnowledgeConfig, passages: list[Passage], name: str, with_self_edits: bool,
-               problems: dict[str, str]) -> Iterator[str]:
+               problems: dict[str, str], passage_items: str = "whole") -> Iterator[str]:
     """Each passage's training sequences in turn (read from its recorded self-edit); a passage whose
     self-edit is unusable contributes its passage sequence only, and the reason is noted in `problems`."""
     cfg = config.inner_loop
     for p in passages:
         text = run.get(f"eval/samples/{name}/{p.id}")["self_edits"][0] if with_self_edits else None
         data = training_set(p, text, split_lines=cfg.split_lines, include_passage=cfg.include_passage,
-                            max_lines=cfg.max_lines)
+                            max_lines=cfg.max_lines, item_format=cfg.item_format, passage_items=passage_items)
         if data.problem:
             problems[p.id] = data.problem
-            data = training_set(p, None, include_passage=True)
+            data = training_set(p, None, item_format=cfg.item_format, passage_items=passage_items)
         yield from data.sequences

@@ -1,9 +1,10 @@
-"""The knowledge domain's inner loop: score a model on a passage's questions, and evaluate a self-edit.
+"""The knowledge domain's parts of the inner loop: a self-edit as training items, and the score of a
+model on a passage's questions.
 
-`evaluate` trains a fresh LoRA on the self-edit's sequences, answers the passage's questions without
-the passage, grades them, and removes the adapter again. `evaluate_batch` does the same for many
-self-edits at once: their adapters trained together in one adapter bank (core/multi_lora.py), their
-questions answered in shared batches, each row through its own adapter.
+`prepare` turns a self-edit into training items (each line after its key, and the passage);
+core/inner_loop.py trains them with the configured objective (one adapter at a time, or many in one
+adapter bank); `score_updated` answers each passage's questions without the passage through its
+updated model, in shared batches, and grades them.
 """
 
 from __future__ import annotations
@@ -14,18 +15,19 @@ import time
 
 from seal.core.domain import Domain
 from seal.core.endpoint import Judge
+from seal.core.examples import Example
 from seal.core.generation import completion_logprobs, format_prompt, generate, resolve_precision
+from seal.core.inner_loop import Update
 from seal.core.models import LoadedModel
-from seal.core.multi_lora import adapter_bank, train_bank
 from seal.core.stats import mean
-from seal.core.training import fresh_adapter, lm_examples, train
+from seal.core.training import lm_examples
 from seal.knowledge.config import KnowledgeConfig
 from seal.knowledge.data import Passage
-from seal.knowledge.grading import contains_answer, exact_match, token_f1
+from seal.knowledge.grading import contains_answer, discrimination, distractors, exact_match, token_f1
 from seal.knowledge.prompts import answer_prompt, load_template, self_edit_prompt
-from seal.knowledge.self_edit import training_set
+from seal.knowledge.self_edit import item_template, training_set
 
-METRICS = ("em", "f1", "contains", "loglik", "judge")
+METRICS = ("em", "f1", "contains", "loglik", "judge", "discrimination")
 
 
 class KnowledgeDomain(Domain):
@@ -61,63 +63,83 @@ class KnowledgeDomain(Domain):
     def pre_update(self, lm: LoadedModel, passage: Passage) -> dict:
         return self.score(lm, passage)
 
-    def evaluate(self, lm: LoadedModel, passage: Passage, self_edit: str | None, seed: int, pre: dict) -> dict:
-        """Train a fresh adapter on the self-edit (None: the passage alone), then score. Never raises
-        for bad model output: an unusable self-edit is a zero reward with the reason recorded."""
-        base, data = self._prepare(passage, self_edit, pre)
-        if data.problem:
-            return self._unusable(passage, base, data.problem)
-        cfg = self.config.inner_loop
-        examples = lm_examples(lm.tokenizer, data.sequences, cfg.max_seq_len)
-        with fresh_adapter(lm, cfg, seed) as wrapped:
-            stats = train(wrapped, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id,
-                          device=lm.device, precision=self.precision(lm))
-            scored = self.score(lm, passage)  # lm.model is the wrapped model while the adapter lives
-        return self._trained(base, stats, scored, pre)
+    def with_objective(self, objective: str) -> KnowledgeDomain:
+        """The same domain training every update with another objective (inner_loop.objective)."""
+        return self.with_inner_loop(objective=objective)
 
-    def evaluate_batch(self, lm: LoadedModel, items: list[tuple[Passage, str | None, int, dict]]) -> list[dict]:
-        """`evaluate` for several (passage, self_edit, seed, pre) at once: one adapter each, all trained
-        together in one adapter bank, and all their questions answered in shared generation batches."""
-        cfg = self.config.inner_loop
-        results: list[dict | None] = [None] * len(items)
-        usable = []
-        for i, (passage, self_edit, _seed, pre) in enumerate(items):
-            base, data = self._prepare(passage, self_edit, pre)
-            if data.problem:
-                results[i] = self._unusable(passage, base, data.problem)
-            else:
-                usable.append((i, base, lm_examples(lm.tokenizer, data.sequences, cfg.max_seq_len)))
-        if usable:
-            seeds = [items[i][2] for i, _, _ in usable]
-            with adapter_bank(lm, cfg, seeds) as bank:
-                stats = train_bank(lm, bank, [examples for _, _, examples in usable], cfg, seeds=seeds,
-                                   precision=self.precision(lm), max_tokens=cfg.tokens_per_forward)
-                scored = self.score_many(lm, [items[i][0] for i, _, _ in usable], adapters=list(range(len(usable))))
-            for (i, base, _), st, sc in zip(usable, stats, scored):
-                results[i] = self._trained(base, st, sc, items[i][3])
-        return results
+    def with_inner_loop(self, **fields) -> KnowledgeDomain:
+        """The same domain with other inner-loop settings (e.g. passage_items), for one table row."""
+        other = copy.copy(self)
+        other.config = self.config.model_copy(update=dict(inner_loop=self.config.inner_loop.model_copy(update=fields)))
+        return other
 
-    def _prepare(self, passage: Passage, self_edit: str | None, pre: dict):
+    # --- the inner loop's parts (core/inner_loop.py trains) ---------------------------------------
+    def prepare(self, lm: LoadedModel, passage: Passage, self_edit: str | None, seed: int, pre: dict) -> Update:
+        """The self-edit's training items (None: the passage alone), each keyed by inner_loop.item_format;
+        an unusable self-edit is a zero reward with the reason recorded."""
         cfg = self.config.inner_loop
-        data = training_set(passage, self_edit, split_lines=cfg.split_lines,
-                            include_passage=cfg.include_passage, max_lines=cfg.max_lines)
+        probing = cfg.self_edit_items == "probes" and self_edit is not None
+        data = training_set(passage, self_edit, split_lines=cfg.split_lines, include_passage=cfg.include_passage,
+                            max_lines=cfg.max_lines, item_format="{line}" if probing else cfg.item_format,
+                            passage_items=cfg.passage_items)
         base = dict(passage_id=passage.id, n_sequences=len(data.sequences), n_lines=data.n_lines,
                     dropped=data.dropped, pre_reward=pre["reward"])
-        return base, data
+        if data.problem:
+            return Update(self._unusable(passage, base, data.problem))
+        if not probing:
+            return Update(base, lm_examples(lm.tokenizer, data.sequences, cfg.max_seq_len))
+        questions, rest = data.sequences[:data.n_lines], data.sequences[data.n_lines:]
+        probes = self.probe_examples(lm, passage, questions)
+        base["dropped"] = dict(base["dropped"], **({"no teacher answer": len(questions) - len(probes)}
+                                                   if len(probes) < len(questions) else {}))
+        if not probes:
+            return Update(self._unusable(passage, base, "no probe has a teacher answer"))
+        keyed = [item_template(cfg.item_format).format(title=passage.title, line=p) for p in rest]  # the passage
+        return Update(base, probes + lm_examples(lm.tokenizer, keyed, cfg.max_seq_len))
+
+    def probe_examples(self, lm: LoadedModel, passage: Passage, questions: list[str]) -> list:
+        """Each question as the closed-book answer prompt followed by the teacher's answer (the model as it
+        is, greedy, with the passage in its prompt), the loss on the answer tokens only; a question the
+        teacher answers with nothing is dropped."""
+        cfg = self.config.answer
+        chat = cfg.prompt_style == "chat"
+        open_book = [format_prompt(lm, answer_prompt(cfg.prompt_style, passage.title, q, passage.context), chat=chat)
+                     for q in questions]
+        answers = generate(lm, open_book, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                           stop_at_newline=not chat, precision=self.precision(lm))
+        out = []
+        for q, a in zip(questions, answers):
+            if not a.text.strip():
+                continue
+            prompt = lm.tokenizer(format_prompt(lm, answer_prompt(cfg.prompt_style, passage.title, q), chat=chat),
+                                  add_special_tokens=False)["input_ids"]
+            answer = lm.tokenizer(" " + a.text.strip(), add_special_tokens=False)["input_ids"]
+            ids = (prompt + answer)[-self.config.inner_loop.max_seq_len:]
+            out.append(Example(ids, [-100] * (len(ids) - len(answer)) + ids[len(ids) - len(answer):]))
+        return out
+
+    def score_updated(self, lm: LoadedModel, passages: list[Passage], adapters: list[int] | None) -> list[dict]:
+        return self.score_many(lm, passages, adapters=adapters)
+
+    def finish(self, record: dict, stats, scored: dict, pre: dict) -> dict:
+        gain = scored["reward"] - pre["reward"] if scored["reward"] is not None and pre["reward"] is not None else None
+        return dict(record, valid=True, problem=None, train=stats.as_dict(), gain=gain, **scored)
+
+    def teacher_prefix(self, lm: LoadedModel, passage: Passage) -> list[int]:
+        """The passage as the open-book answer prompt gives it; the training item follows."""
+        text = self.config.inner_loop.distill_context.format(title=passage.title, passage=passage.context)
+        return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _unusable(self, passage: Passage, base: dict, problem: str) -> dict:
         # Counted as no answer to every question: zero on the accuracy metrics, no likelihood.
         n = len(self.questions(passage))
         grades = dict(em=[0.0] * n, f1=[0.0] * n, contains=[0.0] * n, loglik=[None] * n, judge=[None] * n)
+        if self.config.answer.distractors:
+            grades["discrimination"] = [None] * n
         result = dict(base, valid=False, problem=problem, reward=0.0, gain=None, answers=[""] * n, grades=grades)
         if passage.watched:
             result["watched"] = dict(reward=0.0, means=None)
         return result
-
-    @staticmethod
-    def _trained(base: dict, stats, scored: dict, pre: dict) -> dict:
-        gain = scored["reward"] - pre["reward"] if scored["reward"] is not None and pre["reward"] is not None else None
-        return dict(base, valid=True, problem=None, train=stats.as_dict(), gain=gain, **scored)
 
     def precision(self, lm: LoadedModel) -> str:
         return resolve_precision(self.config.model.precision, lm.device)
@@ -163,20 +185,31 @@ class KnowledgeDomain(Domain):
         for gs in golds:
             loglik.append(max(flat[at:at + len(gs)]))
             at += len(gs)
+        # answer discrimination: the best gold answer against spans of the same passage that do not answer
+        spans = [distractors(p.context, list(q.answers), [o.answers[0] for o in qs if o is not q and o.answers],
+                             cfg.distractors) for p, qs in zip(passages, questions) for q in qs]
+        versus = completion_logprobs(
+            lm, [p for p, ds in zip(prompts, spans) for _ in ds], [d for ds in spans for d in ds],
+            batch_size=cfg.batch_size, precision=precision,
+            adapter_rows=None if rows is None else [r for r, ds in zip(rows, spans) for _ in ds]) if cfg.distractors else []
+        discriminated, at = [], 0
+        for best, ds in zip(loglik, spans):
+            discriminated.append(discrimination(best, versus[at:at + len(ds)]))
+            at += len(ds)
         seconds = round((time.perf_counter() - start) / max(1, len(passages)), 2)  # each passage's share
         out, at = [], 0
         for qs, ws in zip(own, seen):
             mine = slice(at, at + len(qs))
             at += len(qs)
-            out.append(self._grade(qs, answers[mine], loglik[mine], seconds))
+            out.append(self._grade(qs, answers[mine], loglik[mine], seconds, discriminated[mine]))
             if ws:
                 theirs = slice(at, at + len(ws))
                 at += len(ws)
-                graded = self._grade(ws, answers[theirs], loglik[theirs], seconds)
+                graded = self._grade(ws, answers[theirs], loglik[theirs], seconds, discriminated[theirs])
                 out[-1]["watched"] = dict(reward=graded["reward"], means=graded["means"])
         return out
 
-    def _grade(self, questions, answers, loglik: list[float], seconds: float) -> dict:
+    def _grade(self, questions, answers, loglik: list[float], seconds: float, discriminated: list) -> dict:
         grades = {
             "em": [exact_match(a.text, list(q.answers)) for a, q in zip(answers, questions)],
             "f1": [token_f1(a.text, list(q.answers)) for a, q in zip(answers, questions)],
@@ -184,6 +217,8 @@ class KnowledgeDomain(Domain):
             "loglik": loglik,
             "judge": [None] * len(questions),
         }
+        if self.config.answer.distractors:
+            grades["discrimination"] = discriminated
         judge_errors = []
         if self.judge is not None:
             for i, (a, q) in enumerate(zip(answers, questions)):

@@ -10,7 +10,7 @@ Each (row, passage) is a record in the run, written as it finishes, carrying the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from seal.core.distributed import load_run_model
@@ -29,20 +29,32 @@ from seal.knowledge.domain import KnowledgeDomain
 REFERENCES = {"vs base": "base model, no update", "vs passage only": "passage only"}
 OPEN_BOOK = "open book (passage in the prompt), no update"
 OWN = "vs own passage only"
+DISCRIM_VS_BASE = "discrim vs base"
+VS_BEST_LM = "vs best lm row"
+BASE = "base model, no update"
 
 
 def columns(metric: str) -> list[Column]:
-    """missing: passages left out of the row because their self-edit could not be written (an endpoint
-    error); gap closed: (row - base) / (open book - base) of the mean rewards, the share of the way from
-    the closed-book base model to the open-book ceiling; vs ...: the row's reward minus the reference
-    row's, passage by passage (repeats averaged); vs own passage only: a self-edit row minus the
-    passage-only row of the model that is trained (the base model's, or with eval.policy_passage_only
-    its round's policy's): what the self-edits add, apart from what the model's weights bring."""
+    """discrim: answer discrimination, the share of distractor spans of the passage that the best gold
+    answer is more likely than (answer.distractors), which priming every token of the passage cannot
+    raise; steps: optimiser steps per update (the step budget); missing: passages left out of the row
+    because their self-edit could not be written (an endpoint error); gap closed: (row - base) / (open
+    book - base) of the mean rewards, the share of the way from the closed-book base model to the
+    open-book ceiling (discrim gap closed: the same on discrimination); vs ...: the row's reward minus
+    the reference row's, passage by passage (repeats averaged); vs own passage only: a self-edit row
+    minus the passage-only row of the model that is trained (the base model's, or with
+    eval.policy_passage_only its round's policy's) with the same objective: what the self-edits add;
+    discrim vs base: the paired difference on discrimination; vs best lm row: the reward minus that of
+    the best trained row under the lm objective, when a table has several objectives."""
     return [Column("condition", kind="text"), Column("EM"), Column("F1"), Column("contains"), Column("loglik"),
-            Column("judge"), Column("questions", kind="int"), Column("missing", kind="int"),
+            Column("discrim"), Column("judge"), Column("questions", kind="int"), Column("missing", kind="int"),
+            Column("steps", digits=1),
             Column("reward", f"reward ({metric})"), Column("95% CI", kind="ci"), Column("gap closed"),
+            Column("discrim gap closed"),
             *[Column(key, f"{key} (paired, 95% CI)", kind="diff") for key in REFERENCES],
-            Column(OWN, f"{OWN} (paired, 95% CI)", kind="diff")]
+            Column(OWN, f"{OWN} (paired, 95% CI)", kind="diff"),
+            Column(DISCRIM_VS_BASE, f"{DISCRIM_VS_BASE} (paired, 95% CI)", kind="diff"),
+            Column(VS_BEST_LM, f"{VS_BEST_LM} (paired, 95% CI)", kind="diff")]
 
 
 Writer = Callable[[list[Passage], int], list[dict]]  # (passages, seed) -> one sample record each
@@ -68,6 +80,14 @@ def _teacher_writer(config: KnowledgeConfig, domain: KnowledgeDomain) -> Writer 
     return None
 
 
+def _cloze_writer(passages: list[Passage], seed: int) -> list[dict]:
+    """The cloze writer's questions about each passage as a self-edit, one per line (no model)."""
+    from seal.knowledge.questions import cloze_questions
+
+    return [dict(prompt="cloze questions", self_edits=["\n".join(q.question for q in cloze_questions(p).questions)],
+                 error=None) for p in passages]
+
+
 @dataclass
 class Condition:
     """One row of the table: `name` (None: only the no-update row of its model, `model_row`), what is
@@ -82,6 +102,10 @@ class Condition:
     write: Writer | None = None
     open_book: bool = False  # the no-update row asks each question with its passage in the prompt
     policy: str = ""  # which restem run wrote the policy, when a table has several (see policy_series)
+    objective: str | None = None  # the update's objective (inner_loop.objective), for trained rows
+    inner: dict = field(default_factory=dict)  # other inner-loop settings of this row (passage_items)
+    samples: str | None = None  # the row whose self-edits it trains (its own when None): rows that differ
+    #                             only by objective train the same self-edits
 
 
 def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: list[Passage], c: Condition,
@@ -90,10 +114,12 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
     pre-update score, recorded once per model under its no-update row, then an update on the passage
     only (write=None) or on the self-edit that `c.write` produces."""
     name, write = c.name, c.write
+    trained = dict(objective=c.objective) if c.objective else {}
     tags = lambda pid: dict(condition=name, context_id=pid, row=c.kind, round=c.round, **policy_tag(c))
+    sampled = c.samples or name
     if name is not None and write is not None:
-        record_samples(run, [(f"eval/samples/{name}/{p.id}", p, tags(p.id)) for p in passages],
-                       write, run.config.self_edit.batch_size, ("eval", name), progress)
+        record_samples(run, [(f"eval/samples/{sampled}/{p.id}", p, tags(p.id)) for p in passages],
+                       write, run.config.self_edit.batch_size, ("eval", sampled), progress)
     repeats = run.config.inner_loop.eval_times if name is not None else 1
     progress.start("eval", f"eval: {name or c.model_row}", len(passages) * repeats)
     pre_key = lambda pid: f"eval/pre/{c.model_row}/{pid}"
@@ -106,7 +132,7 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
     for passage in passages:
         pid = passage.id
         pre = pres[pre_key(pid)]
-        sample = run.get(f"eval/samples/{name}/{pid}") if write is not None else None
+        sample = run.get(f"eval/samples/{sampled}/{pid}") if write is not None else None
         if sample is not None and sample.get("error"):
             progress.skip("eval", repeats)
             continue  # the writer failed (an endpoint error): no self-edit to evaluate
@@ -114,7 +140,8 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
         jobs.append(EvalJob(f"eval/eval/{name}/{pid}", passage, text, pre, ("eval", name, pid), tags(pid),
                             common_parts=("eval", pid)))
     if jobs:
-        evaluate_jobs(run, lm, domain, jobs, progress, bar="eval")
+        updating = domain.with_inner_loop(**c.inner, **trained) if (c.inner or trained) else domain
+        evaluate_jobs(run, lm, updating, jobs, progress, bar="eval")
 
 
 def policy_tag(c: Condition) -> dict:
@@ -127,30 +154,45 @@ def no_update_tags(c: Condition) -> dict:
 
 
 def conditions(config: KnowledgeConfig, lm: LoadedModel, domain: KnowledgeDomain, policy_runs: list[Path] = ()):
-    """The table's rows in order. A SEAL round's rows come while `lm` is that round's policy. Shared by
-    the single-passage table and CPT."""
+    """The table's rows in order. A SEAL round's rows come while `lm` is that round's policy. Every
+    trained row comes once per objective of eval.objectives (the first's rows unnamed, the others' named
+    "[objective]"), trained with the same seeds on the same passages, so that they pair. Shared by the
+    single-passage table and CPT."""
     own = self_edit_writer(lm, domain, 1, config)  # follows lm as policy adapters are merged into it
-    base = "base model, no update"
-    yield Condition(None, "no-update", 0, base, 0)
+    objectives = config.eval.objectives or [config.inner_loop.objective]
+    yield Condition(None, "no-update", 0, BASE, 0)
     if config.eval.open_book:
         yield Condition(None, "open-book", None, OPEN_BOOK, 0, open_book=True)
+
+    def trained(name, kind, round_, model_row, model_round, write=None, inner=None, **kw):
+        for n, objective in enumerate(objectives):
+            yield Condition(name if n == 0 else f"{name} [{objective}]", kind, round_, model_row, model_round, write,
+                            objective=objective, inner=inner or {}, samples=name, **kw)
+
     if config.eval.passage_only:
-        yield Condition("passage only", "passage", None, base, 0)
+        yield from trained("passage only", "passage", None, BASE, 0)
+    if config.eval.passage_sentences:
+        yield from trained("passage sentences", "sentences", None, BASE, 0, inner=dict(passage_items="sentences"))
     if config.eval.base_self_edits:
-        yield Condition("passage + base self-edits", "self-edits", 0, base, 0, own)
+        yield from trained("passage + base self-edits", "self-edits", 0, BASE, 0, own)
     for style in config.eval.more_prompts:  # no round: these rows are not the policy's own style
-        yield Condition(f"passage + base self-edits ({style})", "self-edits", None, base, 0,
-                        self_edit_writer(lm, domain.with_prompt(style), 1, config))
+        yield from trained(f"passage + base self-edits ({style})", "self-edits", None, BASE, 0,
+                           self_edit_writer(lm, domain.with_prompt(style), 1, config))
+    if config.eval.probes:
+        probing = dict(self_edit_items="probes")
+        yield from trained("passage + base probes", "probes", 0, BASE, 0,
+                           self_edit_writer(lm, domain.with_prompt("probes"), 1, config), inner=probing)
+        yield from trained("passage + cloze probes", "probes", None, BASE, 0, _cloze_writer, inner=probing)
     teacher = _teacher_writer(config, domain)
     if teacher is not None:
-        yield Condition("passage + teacher self-edits", "teacher", None, base, 0, teacher)
+        yield from trained("passage + teacher self-edits", "teacher", None, BASE, 0, teacher)
     for label, r in policy_series(lm, list(policy_runs), config.eval.policy_rounds):
         which = f" ({label})" if label else ""
         no_update = f"SEAL round {r}{which}, no update"
         yield Condition(None, "no-update", r, no_update, r, policy=label)
         if config.eval.policy_passage_only:
-            yield Condition(f"SEAL round {r}{which}, passage only", "passage", r, no_update, r, policy=label)
-        yield Condition(f"passage + SEAL round {r}{which} self-edits", "self-edits", r, no_update, r, own, policy=label)
+            yield from trained(f"SEAL round {r}{which}, passage only", "passage", r, no_update, r, policy=label)
+        yield from trained(f"passage + SEAL round {r}{which} self-edits", "self-edits", r, no_update, r, own, policy=label)
 
 
 def evaluate(run: Run, domain: KnowledgeDomain, passages: list[Passage], progress: Progress,
@@ -171,8 +213,9 @@ def table(run: Run) -> Table:
     """
     config = run.config
     rows: dict[str, dict] = {}
-    new_row = lambda record: {"grades": {}, "rewards": {}, "questions": {}, "missing": 0,
-                              "kind": record.get("row"), "round": record.get("round"), "policy": record.get("policy", "")}
+    new_row = lambda record: {"grades": {}, "rewards": {}, "discrim": {}, "questions": {}, "missing": 0, "steps": [],
+                              "kind": record.get("row"), "round": record.get("round"), "policy": record.get("policy", ""),
+                              "objective": (record.get("objective") or {}).get("name")}
     for record in run.records():
         if record["key"].startswith("eval/samples/") and record.get("error"):
             rows.setdefault(record["condition"], new_row(record))["missing"] += 1
@@ -181,44 +224,77 @@ def table(run: Run) -> Table:
         row = rows.setdefault(record["condition"], new_row(record))
         pid = record["context_id"]
         row["rewards"].setdefault(pid, []).append(record["reward"])
+        row["discrim"].setdefault(pid, []).append(mean(record["grades"].get("discrimination", [])))
         row["questions"][pid] = len(record["answers"])
+        if record.get("train"):
+            row["steps"].append(record["train"]["steps"])
         for metric, values in record["grades"].items():
             row["grades"].setdefault(metric, []).extend(values)
     # A passage whose every answer went ungraded (a failed judge) is left out, not counted as 0.
-    by_passage = {name: {pid: m for pid, rs in row["rewards"].items() if (m := mean(rs)) is not None}
-                  for name, row in rows.items()}
+    per = lambda field: {name: {pid: m for pid, vs in row[field].items() if (m := mean(vs)) is not None}
+                         for name, row in rows.items()}
+    by_passage, discrim = per("rewards"), per("discrim")
+    pair = lambda values, name, ref: (paired_difference(values[name], values[ref], config.eval.bootstrap, config.seed)
+                                      if ref in values and ref != name else None)
+    lm_rows = [name for name, row in rows.items() if row["objective"] == "lm" and row["kind"] != "no-update"]
+    several = len({row["objective"] for row in rows.values() if row["objective"]}) > 1
+    best_lm = max(lm_rows, key=lambda n: mean(by_passage[n].values()) or 0.0, default=None) if several else None
     out = []
     for name, row in rows.items():
         per_passage = list(by_passage[name].values())
         g = row["grades"]
         out.append({
             "condition": name, "kind": row["kind"], "round": row["round"], "policy": row["policy"],
+            "objective": row["objective"],
             "EM": mean(g.get("em", [])), "F1": mean(g.get("f1", [])), "contains": mean(g.get("contains", [])),
-            "loglik": mean(g.get("loglik", [])), "judge": mean(g.get("judge", [])),
-            "questions": sum(row["questions"].values()), "missing": row["missing"],
+            "loglik": mean(g.get("loglik", [])), "discrim": mean(g.get("discrimination", [])),
+            "judge": mean(g.get("judge", [])),
+            "questions": sum(row["questions"].values()), "missing": row["missing"], "steps": mean(row["steps"]),
             "reward": mean(per_passage), "95% CI": bootstrap_ci(per_passage, config.eval.bootstrap, config.seed),
-            **{key: paired_difference(by_passage[name], by_passage[ref], config.eval.bootstrap, config.seed)
-               if ref in by_passage and ref != name else None
-               for key, ref in {**REFERENCES, OWN: _own_passage_row(row, rows)}.items()},
+            **{key: pair(by_passage, name, ref) for key, ref in {**REFERENCES, OWN: _own_passage_row(row, rows)}.items()},
+            DISCRIM_VS_BASE: pair(discrim, name, BASE),
+            VS_BEST_LM: pair(by_passage, name, best_lm) if best_lm else None,
         })
-    base, ceiling = (next((r["reward"] for r in out if r["condition"] == name), None)
-                     for name in ("base model, no update", OPEN_BOOK))
-    for r in out:
-        r["gap closed"] = (None if None in (base, ceiling, r["reward"]) or ceiling == base
-                           else (r["reward"] - base) / (ceiling - base))
+    for key, gap in (("reward", "gap closed"), ("discrim", "discrim gap closed")):
+        base, ceiling = (next((r[key] for r in out if r["condition"] == name), None) for name in (BASE, OPEN_BOOK))
+        for r in out:
+            r[gap] = (None if None in (base, ceiling, r[key]) or ceiling == base
+                      else (r[key] - base) / (ceiling - base))
     shown = columns(config.reward.metric)
     if not any(r["kind"] == "passage" and r["round"] for r in out):  # no policy's passage-only row: the column
         shown = [c for c in shown if c.key != OWN]                    # would repeat "vs passage only"
-    return Table(shown, out, "reward", score_label(config))
+    if best_lm is None:
+        shown = [c for c in shown if c.key != VS_BEST_LM]
+    if not any(r["discrim"] is not None for r in out):
+        shown = [c for c in shown if c.key not in ("discrim", "discrim gap closed", DISCRIM_VS_BASE)]
+    if not any(r["judge"] is not None for r in out):
+        shown = [c for c in shown if c.key != "judge"]
+    return Table(shown, out, "reward", score_label(config), notes=teacher_signal(by_passage, discrim))
+
+
+def teacher_signal(by_passage: dict, discrim: dict) -> list[str]:
+    """Per passage, whether the teacher (the open book) beats the student before any update (the closed
+    book): distillation can only carry what the teacher knows."""
+    if BASE not in by_passage or OPEN_BOOK not in by_passage:
+        return []
+    lines = []
+    for what, values in (("reward", by_passage), ("discrimination", discrim)):
+        both = sorted(set(values.get(BASE, {})) & set(values.get(OPEN_BOOK, {})))
+        if both:
+            ahead = sum(values[OPEN_BOOK][p] > values[BASE][p] for p in both)
+            lines.append(f"teacher signal ({what}): the open book beats the closed book before any update on "
+                         f"{ahead} of {len(both)} passages")
+    return lines
 
 
 def _own_passage_row(row: dict, rows: dict[str, dict]) -> str | None:
     """The name of the passage-only row trained on the same model as a self-edit row: its round's
     policy's (same round and policy run), or the base model's for rows of round 0 or none."""
-    if row["kind"] not in ("self-edits", "teacher"):
+    if row["kind"] not in ("self-edits", "teacher", "probes"):
         return None
     policy_round = row["round"] or None
     return next((name for name, r in rows.items() if r["kind"] == "passage" and r["round"] == policy_round
+                 and r["objective"] == row["objective"]
                  and (r["policy"] == row["policy"] or policy_round is None)), None)
 
 

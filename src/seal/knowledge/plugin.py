@@ -27,7 +27,9 @@ class KnowledgePlugin(DomainPlugin):
             load_template(style)  # a bad prompt style or template file stops here
         d = config.data
         passages = load_passages(d.source, d.path, d.hub_split)
-        return split_passages(passages, d.train_passages, d.eval_passages, config.seed, d.split_by_article)
+        train, held = split_passages(passages, d.train_passages, d.eval_passages, config.seed, d.split_by_article)
+        # eval.split train: tables on the training passages, to tune a recipe without seeing the held-out ones
+        return train, (train if config.eval.split == "train" else held)
 
     def domain(self, config):
         from seal.core.endpoint import ChatEndpoint, Judge
@@ -66,6 +68,10 @@ class KnowledgePlugin(DomainPlugin):
         return sections
 
     def check(self, config, command, held):
+        distilled = [o for o in [config.inner_loop.objective, *config.eval.objectives] if o != "lm"]
+        if distilled and command in ("cpt", "continual", "learn"):
+            raise ConfigError(f"objective '{distilled[0]}' (inner_loop.objective / eval.objectives): `{command}` trains "
+                              "its updates with the lm objective only so far; set lm")
         if command == "cpt" and not held:
             raise ConfigError("no passages: set data.eval_passages (the passages pooled for continued pretraining)")
         if command == "continual" and config.continual.steps > len(held):

@@ -33,6 +33,11 @@ SELF_EDIT_TEMPLATES: dict[str, str] = {
         "Rewrite this passage in several different ways, keeping every fact. Put each "
         "version on its own line."
     ),
+    "probes": (
+        "Read the passage below.\n\nTitle: {title}\n{passage}\n\n"
+        "Write short questions that this passage answers, one per line, each about one of its facts "
+        "and naming its subject."
+    ),
     "self-qa": (
         "Read the passage below.\n\nTitle: {title}\n{passage}\n\n"
         "Turn this passage into question-answer pairs that cover all of its facts. Write each pair "

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from seal.knowledge.data import Passage
+from seal.knowledge.documents import sentences
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)]|\(\d+\))\s*")
 
@@ -34,17 +35,39 @@ def is_repetitive(line: str, max_share: float = 0.5, min_words: int = 8) -> bool
     return Counter(words).most_common(1)[0][1] / len(words) > max_share
 
 
+# How a training item is keyed: the text before each line (inner_loop.item_format).
+ITEM_FORMATS = {
+    "title": "{title}\n{line}",  # the title on a line of its own
+    "topic": "Topic: {title}\n{line}",  # the key the answer prompt asks questions after
+}
+
+
+def item_template(item_format: str) -> str:
+    """A built-in item format's template, or the format itself (a template with {title} and {line})."""
+    return ITEM_FORMATS.get(item_format, item_format)
+
+
+def passage_sequences(passage: Passage, item_format: str = "title", passage_items: str = "whole") -> list[str]:
+    """The passage as training items: one sequence, or one per sentence (`passage_items`), keyed."""
+    template = item_template(item_format)
+    parts = [passage.context] if passage_items == "whole" else sentences(passage.context)
+    return [template.format(title=passage.title, line=part) for part in parts]
+
+
 def training_set(passage: Passage, self_edit: str | None, *, split_lines: bool = True,
-                 include_passage: bool = True, max_lines: int = 64, min_chars: int = 8) -> TrainingSet:
-    """The inner loop's training sequences for one self-edit (None: the passage alone)."""
-    passage_seq = [f"{passage.title}\n{passage.context}"] if include_passage else []
+                 include_passage: bool = True, max_lines: int = 64, min_chars: int = 8,
+                 item_format: str = "title", passage_items: str = "whole") -> TrainingSet:
+    """The inner loop's training sequences for one self-edit (None: the passage alone): each line after
+    its key (`item_format`), then the passage (`passage_items`: whole, or its sentences)."""
+    passage_seq = passage_sequences(passage, item_format, passage_items) if include_passage or self_edit is None else []
+    template = item_template(item_format)
     if self_edit is None:
         return TrainingSet(sequences=passage_seq)
     text = self_edit.strip()
     if not text:
         return TrainingSet(sequences=[], problem="empty self-edit")
     if not split_lines:
-        return TrainingSet(sequences=[f"{passage.title}\n{text}"] + passage_seq, n_lines=1)
+        return TrainingSet(sequences=[template.format(title=passage.title, line=text)] + passage_seq, n_lines=1)
 
     dropped: Counter[str] = Counter()
     kept: list[str] = []
@@ -67,5 +90,5 @@ def training_set(passage: Passage, self_edit: str | None, *, split_lines: bool =
     if not kept:
         reason = ", ".join(f"{n} {r}" for r, n in dropped.items()) or "no text"
         return TrainingSet(sequences=[], dropped=dict(dropped), problem=f"no usable line ({reason})")
-    return TrainingSet(sequences=[f"{passage.title}\n{line}" for line in kept] + passage_seq,
+    return TrainingSet(sequences=[template.format(title=passage.title, line=line) for line in kept] + passage_seq,
                        n_lines=len(kept), dropped=dict(dropped))

@@ -1,0 +1,290 @@
+"""The update objectives (core/objectives.py) and context distillation, on a tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from seal.cli import app
+from seal.core.config import DistillConfig, LoraTrainConfig, load_config
+from seal.core.models import load_model
+from seal.core.multi_lora import adapter_bank, train_bank
+from seal.core.objectives import TeacherCache, make_objective, skip_first_targets, teacher_targets
+from seal.core.training import collate, fresh_adapter, lm_examples, objective_loss, train
+from seal.knowledge.data import load_builtin
+from seal.knowledge.documents import sentences
+from seal.knowledge.domain import KnowledgeDomain
+from seal.knowledge.grading import discrimination, distractors
+from seal.knowledge.self_edit import training_set
+from test_cli import overrides
+
+TEXTS = ["The lighthouse of Varn was lit in 1821.", "Its keeper was Ida Morrow.", "Barges pay a toll of three coins."]
+PREFIX = "Topic: Varn\nThe lighthouse of Varn was lit in 1821 by Ida Morrow, its first keeper.\n"
+
+
+@pytest.fixture
+def sharp(tiny):
+    """The tiny model with its output layer scaled up: a random model's next-token distributions are
+    nearly uniform, and the KL between two of them (~1e-7) would be float noise."""
+    with torch.no_grad():
+        tiny.model.get_output_embeddings().weight.mul_(40)
+    return tiny
+
+
+def _cfg(**kw) -> LoraTrainConfig:
+    base = dict(rank=4, alpha=8, lr=5e-3, epochs=2, batch_size=2, target_modules=["q_proj", "v_proj", "down_proj"])
+    return LoraTrainConfig(**{**base, **kw})
+
+
+def _distill(**kw):
+    return make_objective(kw.pop("name", "distill"), distill=DistillConfig(**kw))
+
+
+def _with_teacher(lm, objective, prefix=PREFIX, texts=TEXTS):
+    examples = lm_examples(lm.tokenizer, texts, 64)
+    ids = lm.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    teacher_targets(lm, examples, [ids] * len(examples), objective)
+    return examples, ids
+
+
+@torch.no_grad()
+def _full_logits(lm, ids: list[int]) -> torch.Tensor:
+    return lm.model(input_ids=torch.tensor([ids])).logits[0].double()
+
+
+def test_distill_loss_equals_a_hand_computation(sharp, tiny_dir):
+    """Top-k plus the tail bucket, on target tokens only, at a temperature: computed token by token. The
+    teacher is another model here (perturbed weights), so that the two distributions differ clearly."""
+    tiny = sharp
+    other = load_model(str(tiny_dir), "cpu")
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in other.model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.5 * p.std())
+        other.model.get_output_embeddings().weight.mul_(40)
+    objective = _distill(top_k=5, temperature=2.0)
+    examples, prefix = _with_teacher(other, objective)
+    got = objective_loss(tiny.model, collate(examples, tiny.tokenizer.pad_token_id), examples, objective).item()
+    assert got > 1e-2
+    per_token = []
+    for e in examples:
+        teacher, student = _full_logits(other, prefix + e.input_ids), _full_logits(tiny, e.input_ids)
+        for j in range(1, len(e.input_ids)):  # label j is predicted at position j - 1
+            p = torch.softmax(teacher[len(prefix) + j - 1] / 2.0, -1)
+            q = torch.softmax(student[j - 1] / 2.0, -1)
+            top = p.topk(5).indices.tolist()
+            rest = [i for i in range(len(p)) if i not in top]
+            kl = sum(p[i] * (p[i].log() - q[i].log()) for i in top)
+            p_tail, q_tail = p[rest].sum(), q[rest].sum()
+            per_token.append(float((kl + p_tail * (p_tail.log() - q_tail.log())) * 4.0))
+    assert got == pytest.approx(sum(per_token) / len(per_token), rel=1e-4)
+
+
+def test_a_top_k_of_the_whole_vocabulary_is_the_full_kl(sharp):
+    tiny = sharp
+    vocab = tiny.model.get_output_embeddings().weight.shape[0]
+    objective = _distill(top_k=vocab)
+    examples, prefix = _with_teacher(tiny, objective, texts=TEXTS[:2])
+    got = objective_loss(tiny.model, collate(examples, tiny.tokenizer.pad_token_id), examples, objective).item()
+    full = []
+    for e in examples:
+        teacher, student = _full_logits(tiny, prefix + e.input_ids), _full_logits(tiny, e.input_ids)
+        n = len(e.input_ids) - 1
+        logp = torch.log_softmax(teacher[len(prefix):len(prefix) + n], -1)
+        logq = torch.log_softmax(student[:n], -1)
+        full += F.kl_div(logq, logp, log_target=True, reduction="none").sum(-1).tolist()
+    assert got == pytest.approx(sum(full) / len(full), rel=1e-4)
+
+
+def test_a_student_equal_to_its_teacher_has_zero_loss_and_zero_gradient(sharp):
+    """The teacher reads nothing more than the student: a fresh adapter (B = 0) changes nothing."""
+    tiny = sharp
+    objective = _distill(top_k=8)
+    examples, _ = _with_teacher(tiny, objective, prefix="")
+    with fresh_adapter(tiny, _cfg(), seed=1) as wrapped:
+        wrapped.train()
+        loss = objective_loss(wrapped, collate(examples, tiny.tokenizer.pad_token_id), examples, objective)
+        loss.backward()
+        grads = [p.grad for n, p in wrapped.named_parameters() if "lora_" in n]
+    assert abs(loss.item()) < 1e-6
+    assert grads and max(g.abs().max().item() for g in grads) < 1e-6
+
+
+def test_mix_is_distill_plus_its_weight_times_lm(sharp):
+    tiny = sharp
+    batch_of = lambda examples: collate(examples, tiny.tokenizer.pad_token_id)
+    mix = _distill(name="mix", top_k=6, mix=0.3)
+    examples, _ = _with_teacher(tiny, mix)
+    def loss(name):
+        objective = make_objective(name, distill=DistillConfig(top_k=6))
+        return objective_loss(tiny.model, batch_of(examples), examples, objective).item()
+    assert objective_loss(tiny.model, batch_of(examples), examples, mix).item() == pytest.approx(
+        loss("distill") + 0.3 * loss("lm"), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["distill", "mix"])
+def test_batched_training_equals_one_at_a_time_under_distillation(sharp, name):
+    tiny = sharp
+    objective = _distill(name=name, top_k=4)
+    cfg = _cfg()
+    seeds = [5, 6]
+    datasets = [_with_teacher(tiny, objective, texts=TEXTS[:2])[0], _with_teacher(tiny, objective, texts=TEXTS)[0]]
+    alone = []
+    for data, seed in zip(datasets, seeds):
+        with fresh_adapter(tiny, cfg, seed) as wrapped:
+            st = train(wrapped, data, cfg, seed=seed, pad_id=tiny.tokenizer.pad_token_id, device=tiny.device,
+                       objective=objective)
+            alone.append((st, {n.removeprefix("base_model.model.").replace(".default", ""): p.detach().clone()
+                               for n, p in wrapped.named_parameters() if "lora_" in n}))
+    with adapter_bank(tiny, cfg, seeds) as bank:
+        stats = train_bank(tiny, bank, datasets, cfg, seeds=seeds, max_tokens=40, objective=objective)
+        batched = [bank.adapter_state(k) for k in range(2)]
+    for (st, state), got, bst in zip(alone, batched, stats):
+        assert bst.first_loss == pytest.approx(st.first_loss, rel=1e-4) and bst.steps == st.steps
+        for n, expected in state.items():
+            torch.testing.assert_close(got[n], expected, atol=1e-5, rtol=1e-5)
+        assert any(v.abs().max() > 0 for n, v in got.items() if "lora_B" in n)
+
+
+def test_teacher_distributions_are_cached_and_read_back(tiny, tmp_path, monkeypatch):
+    objective = _distill(top_k=3)
+    cache = TeacherCache(tmp_path / "teacher")
+    first = lm_examples(tiny.tokenizer, TEXTS, 64)
+    prefix = tiny.tokenizer(PREFIX, add_special_tokens=False)["input_ids"]
+    teacher_targets(tiny, first, [prefix] * 3, objective, cache=cache)
+    assert len(list((tmp_path / "teacher").rglob("*.pt"))) == 3
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the teacher ran again")
+    monkeypatch.setattr(tiny.model.get_decoder(), "forward", no_forward)
+    again = lm_examples(tiny.tokenizer, TEXTS, 64)  # as a resumed run builds them
+    teacher_targets(tiny, again, [prefix] * 3, objective, cache=cache)
+    for a, b in zip(first, again):
+        assert torch.equal(a.teacher.ids, b.teacher.ids) and torch.equal(a.teacher.logp, b.teacher.logp)
+    other = lm_examples(tiny.tokenizer, TEXTS[:1], 64)  # another top_k is another key: computed, not read
+    with pytest.raises(AssertionError, match="ran again"):
+        teacher_targets(tiny, other, [prefix], _distill(top_k=4), cache=cache)
+
+
+def test_skip_tokens_drops_the_first_targets_of_each_item(tiny):
+    [e] = lm_examples(tiny.tokenizer, TEXTS[:1], 64)
+    skipped = skip_first_targets(e, 3)
+    assert skipped.labels[:4] == [e.labels[0], -100, -100, -100] and skipped.labels[4:] == e.labels[4:]
+
+
+def test_the_teacher_reads_the_passage_and_never_a_question(tiny, tiny_config, monkeypatch):
+    """Every row the teacher computes is the passage context followed by a training item; no question
+    the passage is scored on appears in it."""
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.inner_loop.objective = "distill"
+    domain = KnowledgeDomain(cfg)
+    passage = load_builtin()[0]
+    seen = []
+    decoder = tiny.model.get_decoder()
+    original = decoder.forward
+
+    def spy(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            seen.extend(tiny.tokenizer.batch_decode(kwargs["input_ids"], skip_special_tokens=True))
+        return original(*args, **kwargs)
+    monkeypatch.setattr(decoder, "forward", spy)
+    pre = dict(reward=0.0)
+    result = domain.evaluate(tiny, passage, "It was built long ago.\nIt is famous.", seed=0, pre=pre)
+    monkeypatch.setattr(decoder, "forward", original)
+    assert result["valid"] and result["objective"]["name"] == "distill"
+    teacher_rows = [t for t in seen if t.startswith(f"Topic: {passage.title}\n{passage.context}")]
+    assert len(teacher_rows) == 3  # two lines and the passage
+    for row in teacher_rows:
+        assert not any(q.question in row for q in passage.questions)
+
+
+def test_sentences_and_item_formats():
+    assert sentences("It opened in 1903. Locks raise boats 3.5 m. \"Yes,\" he said! Why? No.") == [
+        "It opened in 1903.", "Locks raise boats 3.5 m.", "\"Yes,\" he said!", "Why?", "No."]
+    passage = load_builtin()[0]
+    data = training_set(passage, None, item_format="topic", passage_items="sentences")
+    assert len(data.sequences) == len(sentences(passage.context)) > 1
+    assert all(s.startswith(f"Topic: {passage.title}\n") for s in data.sequences)
+    edit = training_set(passage, "A fact about it here.", item_format="Q {title}: {line}")
+    assert edit.sequences[0] == f"Q {passage.title}: A fact about it here."
+    with pytest.raises(Exception, match="item_format"):
+        load_config(None, ["inner_loop.item_format=no placeholders"])
+    with pytest.raises(Exception, match=r"inner_loop\.objective"):
+        load_config(None, ["domain=arc", "inner_loop.objective=distill"])
+
+
+def test_distractors_are_spans_of_the_passage_that_do_not_answer():
+    text = "The Hollis canal opened in 1903 under Mara Quill. It cost 40,000 crowns and reached Lake Ivel in 1911."
+    got = distractors(text, ["1903"], ["Mara Quill"], 4)
+    assert got[0] == "Mara Quill"  # the other questions' answers come first
+    assert got[1:] == ["40,000", "1911", "The Hollis"][:3] or got[1:3] == ["40,000", "1911"]
+    assert "1903" not in got
+    assert not any("Quill" in d for d in distractors(text, ["Mara Quill"], [], 8))
+    assert discrimination(-1.0, [-2.0, -0.5, -3.0, -1.0]) == 0.5
+    assert discrimination(-1.0, []) is None
+
+
+runner = CliRunner()
+
+
+def test_a_table_with_both_objectives_pairs_their_rows(tiny_config):
+    result = runner.invoke(app, ["knowledge", "evaluate", "--quiet", *overrides(tiny_config),
+                                 "--set", "eval.objectives=[lm, distill]", "--set", "inner_loop.item_format=topic"])
+    assert result.exit_code == 0, result.output
+    [run_dir] = list(Path(tiny_config.runs_dir).iterdir())
+    from seal.core.runs import Run
+    from seal.knowledge.evaluate import table
+
+    run = Run.resume(run_dir)
+    t = table(run)
+    rows = {r["condition"]: r for r in t.rows}
+    for name in ("passage only", "passage sentences", "passage + base self-edits"):
+        assert rows[name]["objective"] == "lm" and rows[f"{name} [distill]"]["objective"] == "distill"
+        assert rows[name]["steps"] >= 1 and rows[f"{name} [distill]"]["steps"] == rows[name]["steps"]
+        assert rows[f"{name} [distill]"]["vs best lm row"] is not None  # paired, passage by passage
+        assert rows[name]["discrim"] is not None
+    keys = {c.key for c in t.columns}
+    assert {"discrim", "steps", "vs best lm row", "discrim vs base", "discrim gap closed"} <= keys
+    # both objectives trained the same self-edit of each passage
+    samples = [r for r in run.records("samples")]
+    assert len(samples) == 2  # one per passage, shared by the lm and distill rows
+    evals = {(r["condition"], r["context_id"]): r for r in run.records("self_edit_eval")}
+    for (cond, pid), r in evals.items():
+        if cond.endswith("[distill]"):
+            twin = evals[(cond.removesuffix(" [distill]"), pid)]
+            assert r["self_edit"] == twin["self_edit"] and r["seed"] == twin["seed"]
+            assert r["objective"]["name"] == "distill" and twin["objective"]["name"] == "lm"
+    assert list((run_dir / "cache" / "teacher").rglob("*.pt"))  # the teachers' distributions, for a resume
+    resumed = runner.invoke(app, ["knowledge", "evaluate", "--quiet", "--resume", str(run_dir)])
+    assert resumed.exit_code == 0, resumed.output
+    assert len(Run.resume(run_dir).records()) == len(run.records())  # nothing redone
+
+
+def test_commands_that_train_with_lm_only_refuse_another_objective(tiny_config):
+    result = runner.invoke(app, ["knowledge", "cpt", "--quiet", *overrides(tiny_config),
+                                 "--set", "inner_loop.objective=distill"])
+    assert result.exit_code != 0 and "lm objective only" in result.output
+
+
+def test_probes_train_the_teachers_open_book_answer_after_the_question(tiny, tiny_config):
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.inner_loop.self_edit_items = "probes"
+    domain = KnowledgeDomain(cfg)
+    passage = load_builtin()[0]
+    update = domain.prepare(tiny, passage, "Who keeps the lighthouse?\nWhen was it built?", seed=0, pre=dict(reward=0.0))
+    assert update.examples is not None and update.record["n_lines"] == 2
+    *probes, whole = update.examples
+    assert len(probes) == 2 - update.record["dropped"].get("no teacher answer", 0)
+    for e, q in zip(probes, ["Who keeps the lighthouse?", "When was it built?"]):
+        text = tiny.tokenizer.decode(e.input_ids)
+        assert text.startswith(f"Topic: {passage.title}\nQuestion: {q}\nAnswer:")
+        targets = [t for t in e.labels if t != -100]
+        assert 0 < len(targets) <= cfg.answer.max_new_tokens  # the answer only
+        assert passage.context not in text  # the student never reads the passage
+    assert tiny.tokenizer.decode(whole.input_ids) == f"{passage.title}\n{passage.context}"
+    result = domain.evaluate(tiny, passage, "Who keeps the lighthouse?", seed=0, pre=dict(reward=0.0))
+    assert result["valid"]
