@@ -288,3 +288,23 @@ def test_probes_train_the_teachers_open_book_answer_after_the_question(tiny, tin
     assert tiny.tokenizer.decode(whole.input_ids) == f"{passage.title}\n{passage.context}"
     result = domain.evaluate(tiny, passage, "Who keeps the lighthouse?", seed=0, pre=dict(reward=0.0))
     assert result["valid"]
+
+
+def test_distillation_runs_under_bf16_on_both_paths(sharp):
+    """The teacher pass and both training loops under bf16 autocast (on bf16 copies of the weights)."""
+    import warnings
+
+    objective = _distill(top_k=4)
+    cfg = _cfg(epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 on a CPU without bf16 instructions warns once
+        examples = lm_examples(sharp.tokenizer, TEXTS, 64)
+        prefix = sharp.tokenizer(PREFIX, add_special_tokens=False)["input_ids"]
+        teacher_targets(sharp, examples, [prefix] * 3, objective, precision="bf16")
+        with fresh_adapter(sharp, cfg, 1) as wrapped:
+            alone = train(wrapped, examples, cfg, seed=1, pad_id=sharp.tokenizer.pad_token_id, device=sharp.device,
+                          precision="bf16", objective=objective)
+        with adapter_bank(sharp, cfg, [1]) as bank:
+            [batched] = train_bank(sharp, bank, [examples], cfg, seeds=[1], precision="bf16", objective=objective)
+    assert torch.isfinite(examples[0].teacher.logp).all()
+    assert alone.first_loss == pytest.approx(batched.first_loss, rel=0.05) and alone.first_loss > 0

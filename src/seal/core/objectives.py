@@ -40,7 +40,7 @@ from seal.core.faults import crash_point
 
 LOGIT_CHUNK = 1024  # target positions whose vocabulary logits exist at one time, in training
 TAIL_FLOOR = -1e4  # the log of an empty tail bucket (exp gives exactly 0 in fp32)
-MASKED = -1e30  # stands for -inf where a logsumexp over no entries must stay finite (and its gradient too)
+TAIL_EPS = 1e-6  # a tail lighter than this is empty
 
 
 @dataclass
@@ -111,9 +111,18 @@ def bucket_kl(logits: torch.Tensor, ids: torch.Tensor, t_logp: torch.Tensor, t_t
     distribution being softmax(logits / temperature) grouped the same way; times temperature²."""
     logq = torch.log_softmax(logits / temperature, dim=-1)
     q_top = logq.gather(-1, ids)
-    q_tail = torch.logsumexp(logq.scatter(-1, ids, MASKED), dim=-1)
+    q_tail = torch.log(-torch.expm1(torch.logsumexp(q_top, dim=-1).clamp(max=-TAIL_EPS)))
     kl = (t_logp.exp() * (t_logp - q_top)).sum(-1) + t_tail.exp() * (t_tail - q_tail)
     return kl * temperature ** 2
+
+
+def tail_log_mass(top_logp: torch.Tensor) -> torch.Tensor:
+    """log(1 - the sum of the top-k probabilities) per row, from their log-probabilities: the mass of the
+    rest of the vocabulary, computed as the student's is (so that equal distributions give a KL of
+    exactly 0), without a copy of the vocabulary row; TAIL_FLOOR where the top-k hold all but TAIL_EPS
+    of it (a top-k of the whole vocabulary: the tail is empty)."""
+    lse = torch.logsumexp(top_logp, dim=-1)
+    return torch.where(lse > -TAIL_EPS, torch.full_like(lse, TAIL_FLOOR), torch.log(-torch.expm1(lse.clamp(max=-TAIL_EPS))))
 
 
 # --- the objectives ---------------------------------------------------------------------------------
@@ -334,10 +343,11 @@ def teacher_targets(lm, examples: list[Example], prefixes: list[list[int]], obje
             for i, (e, prefix, key) in enumerate(part):
                 # label j is predicted at position j - 1 of the example, len(prefix) + j - 1 of the row
                 at = [len(prefix) + j - 1 for j in range(1, len(e.labels)) if e.labels[j] != -100]
-                logits = head(hidden[i, at]).float() / temperature
+                with autocast(precision, lm.device):
+                    logits = head(hidden[i, at]).float() / temperature
                 logp = torch.log_softmax(logits, dim=-1)
                 top = logp.topk(min(k, logp.shape[-1]), dim=-1)
-                tail = torch.logsumexp(logp.scatter(-1, top.indices, MASKED), dim=-1).clamp(min=TAIL_FLOOR)
+                tail = tail_log_mass(top.values)
                 dist = TeacherDist(top.indices.to(torch.int32).cpu(), top.values.cpu(), tail.cpu())
                 e.teacher = dist
                 if cache is not None:

@@ -129,6 +129,7 @@ class EvalConfig(Section):
     policy_rounds: int = Field(0, ge=0, description="rows for the first N finished rounds of each --policy run (0: all of them), e.g. 1 to compare round-1 policies of runs with different numbers of rounds")
     more_prompts: list[str] = Field(default_factory=list, description="one more row per prompt style (or template file): passage + the base model's self-edits written with it, on the same passages as the self_edit.prompt row, to compare styles in one table")
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples (over passages) for the 95% interval")
+    max_passages: int | None = Field(None, ge=1, description="a table on the first N of its passages only (None: all), e.g. a quick recipe sweep")
     split: Literal["held", "train"] = Field("held", description="the passages a table is made on: held = the held-out passages (data.eval_passages); train = the training passages (data.train_passages), to tune a recipe (steps, lr, objective) without ever scoring on the held-out ones")
 
 

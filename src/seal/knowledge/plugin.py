@@ -29,7 +29,8 @@ class KnowledgePlugin(DomainPlugin):
         passages = load_passages(d.source, d.path, d.hub_split)
         train, held = split_passages(passages, d.train_passages, d.eval_passages, config.seed, d.split_by_article)
         # eval.split train: tables on the training passages, to tune a recipe without seeing the held-out ones
-        return train, (train if config.eval.split == "train" else held)
+        table = train if config.eval.split == "train" else held
+        return train, table[:config.eval.max_passages] if config.eval.max_passages else table
 
     def domain(self, config):
         from seal.core.endpoint import ChatEndpoint, Judge
