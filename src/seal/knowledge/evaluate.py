@@ -37,8 +37,9 @@ BASE = "base model, no update"
 def columns(metric: str) -> list[Column]:
     """discrim: answer discrimination, the share of distractor spans of the passage that the best gold
     answer is more likely than (answer.distractors), which priming every token of the passage cannot
-    raise; steps: optimiser steps per update (the step budget); missing: passages left out of the row
-    because their self-edit could not be written (an endpoint error); gap closed: (row - base) / (open
+    raise; steps: optimiser steps per update (the step budget); first loss, last loss: the objective's loss
+    at the first and the last step of an update (the KL to the teacher under distill), mean over updates;
+    missing: passages left out of the row because their self-edit could not be written (an endpoint error); gap closed: (row - base) / (open
     book - base) of the mean rewards, the share of the way from the closed-book base model to the
     open-book ceiling (discrim gap closed: the same on discrimination); vs ...: the row's reward minus
     the reference row's, passage by passage (repeats averaged); vs own passage only: a self-edit row
@@ -48,7 +49,7 @@ def columns(metric: str) -> list[Column]:
     the best trained row under the lm objective, when a table has several objectives."""
     return [Column("condition", kind="text"), Column("EM"), Column("F1"), Column("contains"), Column("loglik"),
             Column("discrim"), Column("judge"), Column("questions", kind="int"), Column("missing", kind="int"),
-            Column("steps", digits=1),
+            Column("steps", digits=1), Column("first loss"), Column("last loss"),
             Column("reward", f"reward ({metric})"), Column("95% CI", kind="ci"), Column("gap closed"),
             Column("discrim gap closed"),
             *[Column(key, f"{key} (paired, 95% CI)", kind="diff") for key in REFERENCES],
@@ -214,6 +215,7 @@ def table(run: Run) -> Table:
     config = run.config
     rows: dict[str, dict] = {}
     new_row = lambda record: {"grades": {}, "rewards": {}, "discrim": {}, "questions": {}, "missing": 0, "steps": [],
+                              "first": [], "last": [],
                               "kind": record.get("row"), "round": record.get("round"), "policy": record.get("policy", ""),
                               "objective": (record.get("objective") or {}).get("name")}
     for record in run.records():
@@ -228,6 +230,8 @@ def table(run: Run) -> Table:
         row["questions"][pid] = len(record["answers"])
         if record.get("train"):
             row["steps"].append(record["train"]["steps"])
+            row["first"].append(record["train"]["first_loss"])
+            row["last"].append(record["train"]["last_loss"])
         for metric, values in record["grades"].items():
             row["grades"].setdefault(metric, []).extend(values)
     # A passage whose every answer went ungraded (a failed judge) is left out, not counted as 0.
@@ -250,10 +254,11 @@ def table(run: Run) -> Table:
             "loglik": mean(g.get("loglik", [])), "discrim": mean(g.get("discrimination", [])),
             "judge": mean(g.get("judge", [])),
             "questions": sum(row["questions"].values()), "missing": row["missing"], "steps": mean(row["steps"]),
+            "first loss": mean(row["first"]), "last loss": mean(row["last"]),
             "reward": mean(per_passage), "95% CI": bootstrap_ci(per_passage, config.eval.bootstrap, config.seed),
             **{key: pair(by_passage, name, ref) for key, ref in {**REFERENCES, OWN: _own_passage_row(row, rows)}.items()},
             DISCRIM_VS_BASE: pair(discrim, name, BASE),
-            VS_BEST_LM: pair(by_passage, name, best_lm) if best_lm else None,
+            VS_BEST_LM: pair(by_passage, name, best_lm) if best_lm and row["objective"] else None,
         })
     for key, gap in (("reward", "gap closed"), ("discrim", "discrim gap closed")):
         base, ceiling = (next((r[key] for r in out if r["condition"] == name), None) for name in (BASE, OPEN_BOOK))
