@@ -47,12 +47,13 @@ from pathlib import Path
 import torch
 
 from seal.core.config import load_config
+from seal.core.examples import Example
 from seal.core.generation import resolve_precision
 from seal.core.models import load_configured
 from seal.core.multi_lora import widest_batch
 from seal.core.restem import derive_seed, sample_self_edits
 from seal.core.runs import Run
-from seal.core.training import TrainStats, epoch_batches, fresh_adapter, lm_examples
+from seal.core.training import TrainStats, epoch_batches, fresh_adapter
 from seal.knowledge.data import load_builtin
 from seal.knowledge.domain import KnowledgeDomain
 from seal.knowledge.self_edit import training_set
@@ -189,10 +190,11 @@ def reference_style(lm, domain: KnowledgeDomain, passage, self_edit: str, seed: 
 
     cfg = domain.config.inner_loop
     pre = domain.pre_update(lm, passage)  # re-evaluated for every self-edit, as the reference does
-    base, data = domain._prepare(passage, self_edit, pre)
-    if data.problem:
-        return domain._unusable(passage, base, data.problem), 0.0, 0, 0
-    examples = lm_examples(lm.tokenizer, data.sequences, min(cfg.max_seq_len, pad_to))
+    update = domain.prepare(lm, passage, self_edit, seed, pre)
+    if update.examples is None:
+        return update.record, 0.0, 0, 0
+    base = update.record
+    examples = [Example(e.input_ids[:pad_to], e.labels[:pad_to]) for e in update.examples]
     one = cfg.model_copy(update=dict(batch_size=1))
     order = [i for batch in epoch_batches(len(examples), one, seed) for i in batch]  # the same order as (b), (c)
     pad = lm.tokenizer.pad_token_id
@@ -213,7 +215,7 @@ def reference_style(lm, domain: KnowledgeDomain, passage, self_edit: str, seed: 
         scored = domain.score(lm, passage)
     real = sum(len(examples[i].input_ids) for i in order)
     stats = TrainStats(steps=len(rows), tokens=real, first_loss=math.nan, last_loss=math.nan, seconds=seconds)
-    return domain._trained(base, stats, scored, pre), seconds, real, len(rows) * pad_to
+    return domain.finish(base, stats, scored, pre), seconds, real, len(rows) * pad_to
 
 
 def careful_user(lm, domain: KnowledgeDomain, passage, self_edit: str, seed: int, pre, workdir: str):
@@ -225,10 +227,10 @@ def careful_user(lm, domain: KnowledgeDomain, passage, self_edit: str, seed: int
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     cfg = domain.config.inner_loop
-    base, data = domain._prepare(passage, self_edit, pre)
-    if data.problem:
-        return domain._unusable(passage, base, data.problem), 0.0, 0
-    examples = lm_examples(lm.tokenizer, data.sequences, cfg.max_seq_len)
+    update = domain.prepare(lm, passage, self_edit, seed, pre)
+    if update.examples is None:
+        return update.record, 0.0, 0
+    base, examples = update.record, update.examples
     rows = [dict(input_ids=e.input_ids, attention_mask=[1] * len(e.input_ids), labels=e.labels) for e in examples]
     tokenizer = copy.copy(lm.tokenizer)
     tokenizer.padding_side = "right"  # training pads on the right; generation keeps the left
@@ -248,7 +250,7 @@ def careful_user(lm, domain: KnowledgeDomain, passage, self_edit: str, seed: int
         scored = domain.score(lm, passage)
     real = sum(len(e.input_ids) for e in examples) * cfg.epochs
     stats = TrainStats(steps=0, tokens=real, first_loss=math.nan, last_loss=math.nan, seconds=seconds)
-    return domain._trained(base, stats, scored, pre), seconds, real
+    return domain.finish(base, stats, scored, pre), seconds, real
 
 
 def run_path(name: str, fn) -> dict:
