@@ -14,7 +14,6 @@ from seal.arc.config import ArcConfig
 from seal.arc.predict import predict
 from seal.arc.tasks import Task
 from seal.core.domain import Domain
-from seal.core.generation import resolve_precision
 from seal.core.inner_loop import Update
 from seal.core.models import LoadedModel
 
@@ -95,5 +94,3 @@ class ArcDomain(Domain):
     def _trained(base: dict, stats, result: dict) -> dict:
         return dict(base, valid=True, train=stats.as_dict(), reward=float(result["solved"]), **result)
 
-    def precision(self, lm: LoadedModel) -> str:
-        return resolve_precision(self.config.model.precision, lm.device)

@@ -16,7 +16,7 @@ import time
 from seal.core.domain import Domain
 from seal.core.endpoint import Judge
 from seal.core.examples import Example
-from seal.core.generation import completion_logprobs, format_prompt, generate, resolve_precision
+from seal.core.generation import completion_logprobs, format_prompt, generate
 from seal.core.inner_loop import Update
 from seal.core.models import LoadedModel
 from seal.core.stats import mean
@@ -141,8 +141,6 @@ class KnowledgeDomain(Domain):
             result["watched"] = dict(reward=0.0, means=None)
         return result
 
-    def precision(self, lm: LoadedModel) -> str:
-        return resolve_precision(self.config.model.precision, lm.device)
 
     # --- answering and grading ----------------------------------------------------------------
     def questions(self, passage: Passage, watched: bool = False):
