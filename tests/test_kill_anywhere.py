@@ -38,6 +38,8 @@ def knowledge_args(tiny_dir, runs: Path, *extra: str) -> list[str]:
 
 COMMANDS = {
     "knowledge restem, 2 rounds": lambda d, runs: ["knowledge", "restem", *knowledge_args(d, runs, "restem.rounds=2")],
+    "knowledge restem, distill, 2 rounds": lambda d, runs: ["knowledge", "restem", *knowledge_args(
+        d, runs, "restem.rounds=2", "inner_loop.objective=distill", "restem.coverage_bonus=0.05")],
     "arc restem": lambda d, runs: ["arc", "restem", *arc_args(d, runs.parent, "inner_loop.adapters_per_batch=2")],
     "knowledge evaluate, lm and distill": lambda d, runs: ["knowledge", "evaluate", *knowledge_args(
         d, runs, "eval.objectives=[lm, distill]", "eval.base_self_edits=false")],

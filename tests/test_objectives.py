@@ -89,15 +89,24 @@ def test_a_top_k_of_the_whole_vocabulary_is_the_full_kl(sharp):
     vocab = tiny.model.get_output_embeddings().weight.shape[0]
     objective = _distill(top_k=vocab)
     examples, prefix = _with_teacher(tiny, objective, texts=TEXTS[:2])
+    teachers = [_full_logits(tiny, prefix + e.input_ids) for e in examples]
+    # a student that differs from its teacher by more than reading the prefix (which the random model
+    # barely does: a KL of ~1e-4, at the level of fp32 rounding over 49k tokens), so that the value tested
+    # is not float noise and the direction of the KL matters
+    with torch.no_grad():
+        tiny.model.get_output_embeddings().weight.mul_(1.5)
     got = objective_loss(tiny.model, collate(examples, tiny.tokenizer.pad_token_id), examples, objective).item()
-    full = []
-    for e in examples:
-        teacher, student = _full_logits(tiny, prefix + e.input_ids), _full_logits(tiny, e.input_ids)
+    full, reverse = [], []
+    for e, teacher in zip(examples, teachers):
+        student = _full_logits(tiny, e.input_ids)
         n = len(e.input_ids) - 1
         logp = torch.log_softmax(teacher[len(prefix):len(prefix) + n], -1)
         logq = torch.log_softmax(student[:n], -1)
         full += F.kl_div(logq, logp, log_target=True, reduction="none").sum(-1).tolist()
+        reverse += F.kl_div(logp, logq, log_target=True, reduction="none").sum(-1).tolist()
+    assert got > 0.01
     assert got == pytest.approx(sum(full) / len(full), rel=1e-4)
+    assert got != pytest.approx(sum(reverse) / len(reverse), rel=1e-2)  # KL(teacher || student), not the reverse
 
 
 def test_a_student_equal_to_its_teacher_has_zero_loss_and_zero_gradient(sharp):
@@ -264,10 +273,131 @@ def test_a_table_with_both_objectives_pairs_their_rows(tiny_config):
     assert len(Run.resume(run_dir).records()) == len(run.records())  # nothing redone
 
 
-def test_commands_that_train_with_lm_only_refuse_another_objective(tiny_config):
+def test_recipe_rows_pair_with_the_tables_own_recipe(tiny_config):
+    recipes = "eval.recipes={lr big: {lr: 0.01}, hot: {objective: distill, distill: {temperature: 2.0}}}"
+    result = runner.invoke(app, ["knowledge", "evaluate", "--quiet", *overrides(tiny_config), "--set", recipes,
+                                 "--set", "eval.passage_only=false", "--set", "eval.base_self_edits=false",
+                                 "--set", "eval.objectives=[lm, distill]"])
+    assert result.exit_code == 0, result.output
+    [run_dir] = list(Path(tiny_config.runs_dir).iterdir())
+    from seal.core.runs import Run
+    from seal.knowledge.evaluate import table
+
+    run = Run.resume(run_dir)
+    rows = {r["condition"]: r for r in table(run).rows}
+    trained = [n for n in rows if n.startswith("passage sentences")]
+    assert trained == ["passage sentences", "passage sentences [distill]", "passage sentences [lm, lr big]",
+                       "passage sentences [distill, lr big]", "passage sentences [distill, hot]"]
+    assert rows["passage sentences [lm, lr big]"]["vs table's recipe"] is not None
+    evals = {(r["condition"], r["context_id"]): r for r in run.records("self_edit_eval")}
+    for (cond, pid), r in evals.items():
+        twin = evals[("passage sentences", pid)]
+        assert r["seed"] == twin["seed"] and r["train"]["steps"] == twin["train"]["steps"]  # paired
+        if cond == "passage sentences [distill, hot]":
+            assert r["objective"] == dict(twin["objective"] | evals[("passage sentences [distill]", pid)]["objective"],
+                                          temperature=2.0)
+            assert r["recipe"] == "hot"
+        if "lr big" in cond:  # a different recipe: a different update, from the same start
+            assert r["train"]["first_loss"] == pytest.approx(evals[(cond.split(" [")[0] + (
+                " [distill]" if "distill" in cond else ""), pid)]["train"]["first_loss"], rel=1e-4)
+            assert r["train"]["last_loss"] != evals[("passage sentences", pid)]["train"]["last_loss"]
+
+
+def test_a_bad_recipe_is_one_line_naming_it(tiny_config):
+    for bad, says in (("{fast: {lr: -1}}", "eval.recipes.fast.lr"), ("{fast: {lrr: 1}}", "eval.recipes.fast.lrr"),
+                      ("{fast: {distill: {top_k: 0}}}", "eval.recipes.fast.distill.top_k")):
+        result = runner.invoke(app, ["knowledge", "evaluate", "--quiet", *overrides(tiny_config),
+                                     "--set", f"eval.recipes={bad}"])
+        assert result.exit_code != 0 and says in result.output, result.output
     result = runner.invoke(app, ["knowledge", "cpt", "--quiet", *overrides(tiny_config),
-                                 "--set", "inner_loop.objective=distill"])
-    assert result.exit_code != 0 and "lm objective only" in result.output
+                                 "--set", "eval.recipes={fast: {lr: 0.01}}"])
+    assert result.exit_code != 0 and "eval.recipes" in result.output
+
+
+def _spy_on_teach(monkeypatch, module):
+    """Record what `teach` is given in `module` (each example's text and the context its teacher reads)."""
+    import seal.core.inner_loop as inner_loop
+
+    seen = []
+
+    def spy(lm, domain, examples, contexts, *args, **kw):
+        seen.extend((lm.tokenizer.decode(e.input_ids), c) for e, c in zip(examples, contexts))
+        return inner_loop.teach(lm, domain, examples, contexts, *args, **kw)
+    monkeypatch.setattr(module, "teach", spy)
+    return seen
+
+
+def test_cpt_trains_every_row_with_each_objective_its_teacher_reading_each_sequences_own_passage(tiny_config, monkeypatch):
+    import seal.knowledge.cpt as cpt
+
+    seen = _spy_on_teach(monkeypatch, cpt)
+    args = overrides(tiny_config) + ["--set", "data.eval_passages=3", "--set", "cpt.epochs=1", "--set", "cpt.rank=4",
+                                     "--set", "cpt.alpha=8", "--set", "eval.objectives=[lm, distill]",
+                                     "--set", "eval.base_self_edits=false"]
+    result = runner.invoke(app, ["knowledge", "cpt", "--quiet", *args])
+    assert result.exit_code == 0, result.output
+    [run_dir] = list(Path(tiny_config.runs_dir).iterdir())
+    from seal.core.runs import Run
+    from seal.knowledge.cpt import table
+
+    run = Run.resume(run_dir)
+    trains = {r["condition"]: r for r in run.records("cpt_train")}
+    assert {n: r["objective"]["name"] for n, r in trains.items()} == {
+        "passage only": "lm", "passage only [distill]": "distill",
+        "passage sentences": "lm", "passage sentences [distill]": "distill"}
+    # the same sequences, another loss: the first step's loss is a KL to the teacher, not an NLL
+    assert trains["passage only [distill]"]["train"]["steps"] == trains["passage only"]["train"]["steps"]
+    assert trains["passage only [distill]"]["train"]["first_loss"] != trains["passage only"]["train"]["first_loss"]
+    rows = {r["condition"]: r for r in table(run).rows}
+    assert rows["passage sentences [distill]"]["vs best lm row"] is not None
+    sentences = [(text, c) for text, c in seen if text.count("\n") == 1 and c.context not in text]
+    assert seen and sentences  # every sequence with the passage it came from
+    assert all(text.split("\n", 1)[1] in c.context and c.title in text for text, c in seen)
+    assert len({c.id for _, c in seen}) == 3
+    n = len(run.records())
+    again = runner.invoke(app, ["knowledge", "cpt", "--quiet", "--resume", str(run_dir)])
+    assert again.exit_code == 0, again.output
+    assert len(Run.resume(run_dir).records()) == n  # nothing redone
+
+
+def test_continual_trains_its_steps_with_the_inner_loops_objective(tiny_config, monkeypatch):
+    import seal.knowledge.continual as continual
+
+    seen = _spy_on_teach(monkeypatch, continual)
+    args = overrides(tiny_config) + ["--set", "data.eval_passages=3", "--set", "continual.steps=2",
+                                     "--set", "continual.sequences=1", "--set", "inner_loop.objective=distill"]
+    result = runner.invoke(app, ["knowledge", "continual", "--quiet", *args, "--remedy", "none", "--remedy", "route"])
+    assert result.exit_code == 0, result.output
+    [run_dir] = list(Path(tiny_config.runs_dir).iterdir())
+    from seal.core.runs import Run
+
+    steps = Run.resume(run_dir).records("continual_step")
+    assert len(steps) == 4 and all(r["objective"]["name"] == "distill" for r in steps)
+    assert any(r["train"] for r in steps)
+    assert all(c.title in text for text, c in seen) and seen
+    assert list((run_dir / "cache" / "teacher").rglob("*.pt"))
+
+
+def test_learn_trains_the_kept_self_edits_with_learn_objective(tiny_config, tmp_path, monkeypatch):
+    import seal.knowledge.learn as learn
+    from test_documents import EXAMPLES
+
+    seen = _spy_on_teach(monkeypatch, learn)
+    args = overrides(tiny_config) + ["--set", "learn.k=1", "--set", "learn.epochs=1", "--set", "learn.rank=4",
+                                     "--set", "learn.alpha=8", "--set", "learn.max_passage_tokens=120",
+                                     "--set", "learn.objective=distill", "--set", "inner_loop.item_format=topic"]
+    out = tmp_path / "learned"
+    result = runner.invoke(app, ["learn", str(EXAMPLES), "--out", str(out), "--quiet", *args])
+    assert result.exit_code == 0, result.output
+    [run_dir] = [p for p in Path(tiny_config.runs_dir).iterdir() if p.name.startswith("learn-")]
+    from seal.core.runs import Run
+
+    [update] = Run.resume(run_dir).records("learn_train")
+    assert update["objective"]["name"] == "distill" and update["sequences"] == len(seen)
+    # the update trains items keyed as the inner loop that selected them, each taught by its own passage
+    assert all(text.startswith(f"Topic: {c.title}\n") for text, c in seen)
+    answer = runner.invoke(app, ["ask", str(out), "Who was the first keeper of the Velmora lighthouse?"])
+    assert answer.exit_code == 0, answer.output
 
 
 def test_probes_train_the_teachers_open_book_answer_after_the_question(tiny, tiny_config):

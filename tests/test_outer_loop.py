@@ -52,6 +52,24 @@ def test_rest_em_keeps_the_best_only_when_it_beats_the_baseline(tiny_config):
     assert select([(0.1, 0), (0.3, 1)], 0.9, cfg) == [(0.3, 1, None)]
 
 
+def test_diversity_options_select_on_coverage_and_drop_repetitive_self_edits(tiny_config):
+    from seal.core.restem import diversity_scores
+
+    source = "The lighthouse keeper Mara Quill rebuilt the northern lantern in 1903 after the storm."
+    texts = ["Mara Quill rebuilt the northern lantern in 1903.", "The keeper rebuilt it.",
+             "the lantern the lantern the lantern the lantern the lantern the lantern"]
+    rewards = {0: 0.30, 1: 0.31, 2: 0.50}
+    cfg = tiny_config.restem.model_copy()
+    assert diversity_scores(rewards, texts, source, cfg) == rewards  # off: the reward alone
+    cfg.coverage_bonus = 0.1
+    scored = diversity_scores(rewards, texts, source, cfg)
+    assert scored[0] == pytest.approx(0.30 + 0.1 * coverage([texts[0]], source))
+    assert scored[0] > scored[1]  # the broader self-edit wins a near tie
+    cfg.min_distinct_2 = 0.5
+    assert distinct_2([texts[2]]) < 0.5 and 2 not in diversity_scores(rewards, texts, source, cfg)
+    assert diversity_scores(rewards, texts, None, cfg).keys() == {0, 1}  # no source text: no bonus, the floor holds
+
+
 def test_improvement_needs_a_baseline(tmp_path):
     from seal.core.config import ConfigError, load_config
 

@@ -37,3 +37,28 @@ def test_a_record_glued_to_a_torn_line_is_recovered(tiny_config):
         f.write('{"kind": "x", "key": "b", "va' + json.dumps({"kind": "x", "key": "c", "value": 3}) + "\n")
     resumed = Run.resume(run.path)
     assert resumed.get("c")["value"] == 3 and resumed.get("b") is None
+
+
+def test_metadata_is_never_torn_by_a_kill_and_a_change_is_recorded_first(tiny_config, tmp_path):
+    """Killed while config.yaml is replaced on a resume's change: the run still loads, with the old
+    configuration whole, and the change is on record (the next resume with it completes it)."""
+    import os
+    import subprocess
+    import sys
+
+    run = Run.create(tiny_config, "restem")
+    before = (run.path / "config.yaml").read_text()
+    assert json.loads((run.path / "meta.json").read_text())["command"] == "restem"
+    code = (f"from seal.core.runs import Run\nfrom seal.core.commands import record_change\n"
+            f"run = Run.resume({str(run.path)!r})\nconfig = run.config.model_copy(deep=True)\n"
+            f"config.inner_loop.adapters_per_batch = 3\n"
+            f"record_change(run, config, {{'inner_loop.adapters_per_batch': [None, 3]}})\n")
+    env = dict(os.environ, SEAL_CRASH_AT="metadata-write:1")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]  # killed at the crash point
+    resumed = Run.resume(run.path)
+    assert (run.path / "config.yaml").read_text() == before  # the old file, whole
+    assert resumed.records("config_change")[0]["changes"] == {"inner_loop.adapters_per_batch": [None, 3]}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)  # the same change again
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert Run.resume(run.path).config.inner_loop.adapters_per_batch == 3

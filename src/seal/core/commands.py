@@ -316,13 +316,15 @@ def rescheduled(run, overrides: list[str], evaluation: DomainPlugin | None = Non
 
 
 def record_change(run, config, changes: dict) -> None:
-    """Write a resumed run's changed configuration to its config.yaml and record the change, so the run
-    says how it was run."""
+    """Record a resumed run's configuration change, then write the changed configuration to its
+    config.yaml (whole or not at all), so the run says how it was run: a kill between the two leaves the
+    change recorded and the old configuration, which the next `--resume` with the same change completes."""
     from seal.core.config import dump_config
+    from seal.core.runs import write_atomic
 
-    (run.path / "config.yaml").write_text(dump_config(config), encoding="utf-8")
-    run.config = config
     run.append("config_change", f"config/{len(run.records('config_change'))}", changes=changes)
+    write_atomic(run.path / "config.yaml", dump_config(config))
+    run.config = config
 
 
 def kept_contexts(run, domain: Domain, held: list, word: str) -> None:

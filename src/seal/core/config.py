@@ -107,6 +107,8 @@ class RestemConfig(Section):
     rloo_clip: float | None = Field(None, gt=0, lt=1, description="rloo: clip each target token's probability ratio to the policy that wrote it at 1 +- this (PPO's clipped surrogate), so that an update stops pushing a token once it moved that far; None = the plain advantage-weighted loss, which lowers the likelihood of negative-weight samples without bound")
     keep: Literal["best", "all"] = Field("best", description="rest-em: per training context, keep its best self-edit, or every self-edit that reaches min_reward")
     min_reward: float | None = Field(None, description="rest-em: a kept self-edit needs at least this reward (None: any)")
+    min_distinct_2: float | None = Field(None, ge=0, le=1, description="diversity: a self-edit whose own distinct word bigrams are fewer than this share of its bigrams (repetitive text) is never kept (rest-em) or weighted (rloo); None: no floor")
+    coverage_bonus: float = Field(0.0, ge=0, description="diversity: the M-step selects on reward + this x the share of the context's content words the self-edit uses (the learning curve's coverage), so that of two equal rewards the broader self-edit is kept; the recorded reward stays the reward. 0: reward alone")
     evaluate_policy: bool = Field(True, description="after the last round's M-step, the new policy samples and evaluates k self-edits for the training contexts too (the last point of the learning curve; each earlier round's E-step is the previous policy's)")
     sft: PolicySftConfig = Field(default_factory=PolicySftConfig,
                                  description="fine-tuning the policy on (prompt -> kept self-edit); merged into the weights after each round")
@@ -145,6 +147,26 @@ class RunConfig(Section):
     runs_dir: str = Field("runs", description="where new run directories are created")
     model: ModelConfig = Field(default_factory=ModelConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+
+def _merged(tree: dict, changes: dict) -> dict:
+    """`tree` with `changes` put in, sections merged field by field (a new dict)."""
+    out = dict(tree)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def with_changes(section: Section, changes: dict, where: str) -> Section:
+    """`section` with some of its fields changed (nested sections field by field), validated as a new
+    one; a bad change is one ConfigError line naming `where` and the field."""
+    try:
+        return type(section).model_validate(_merged(section.model_dump(), changes))
+    except ValidationError as err:
+        e = err.errors()[0]
+        field = ".".join(str(p) for p in e["loc"])
+        what = "unknown field (a typo?)" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{where}{'.' + field if field else ''}: {what}") from None
 
 
 def _set_dotted(tree: dict, dotted: str, raw: str, where: str) -> None:

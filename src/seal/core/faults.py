@@ -4,7 +4,8 @@
 process reaches `crash_point(name)` kill the process on the spot, with SIGKILL, so no cleanup runs.
 Named points: `record` (just after a record is on disk), `record-write` (half of a record written),
 `adapter-save` (an adapter written to its temporary folder, not yet renamed into place), `teacher-save`
-(a teacher distribution written to its temporary file, not yet renamed into place).
+(a teacher distribution written to its temporary file, not yet renamed into place), `metadata-write`
+(a run's config.yaml or meta.json written beside the old one, not yet renamed over it).
 """
 
 from __future__ import annotations

@@ -55,12 +55,10 @@ def train_updates(lm: LoadedModel, domain: Domain, items: list[tuple], batched: 
         return results
     precision = domain.precision(lm)
     if objective.needs_teacher:
+        taught = iter(teach(lm, domain, [e for i in usable for e in updates[i].examples],
+                            [items[i][0] for i in usable for _ in updates[i].examples]))
         for i in usable:
-            updates[i].examples = [skip_first_targets(e, objective.skip_tokens) for e in updates[i].examples]
-        examples = [e for i in usable for e in updates[i].examples]
-        prefixes = [p for i in usable for p in [domain.teacher_prefix(lm, items[i][0])] * len(updates[i].examples)]
-        teacher_targets(lm, examples, prefixes, objective, precision=precision,
-                        batch_size=getattr(cfg, "batch_size", 8) * 2, cache=domain.teacher_cache)
+            updates[i].examples = [next(taught) for _ in updates[i].examples]
     recipes = [updates[i].recipe or cfg for i in usable]
     seeds = [items[i][2] for i in usable]
     contexts = [items[i][0] for i in usable]
@@ -79,6 +77,28 @@ def train_updates(lm: LoadedModel, domain: Domain, items: list[tuple], batched: 
     for i, st, sc in zip(usable, stats, scored):
         results[i] = domain.finish(updates[i].record, st, sc, items[i][3])
     return results
+
+
+def teach(lm: LoadedModel, domain: Domain, examples: list[Example], contexts: list, objective: Objective | None = None,
+          batch_size: int | None = None) -> list[Example]:
+    """The examples ready to train with `objective` (the domain's by default): as they are for one without
+    a teacher; else each without its first `skip_tokens` targets and carrying its teacher's distributions:
+    the model as it is now, with no adapter routed, reading contexts[i] (`Domain.teacher_prefix`) before
+    example i, computed once and kept in the domain's teacher cache (the run's)."""
+    objective = objective or domain.objective
+    if not objective.needs_teacher:
+        return list(examples)
+    examples = [skip_first_targets(e, objective.skip_tokens) for e in examples]
+    prefixes, seen = [], {}
+    for context in contexts:  # one tokenisation per context
+        key = id(context)
+        if key not in seen:
+            seen[key] = domain.teacher_prefix(lm, context)
+        prefixes.append(seen[key])
+    batch_size = batch_size or getattr(domain.inner_loop_config, "batch_size", 8) * 2
+    teacher_targets(lm, examples, prefixes, objective, precision=domain.precision(lm), batch_size=batch_size,
+                    cache=domain.teacher_cache)
+    return examples
 
 
 def teacher_cache(run_path) -> TeacherCache:

@@ -347,7 +347,10 @@ def teacher_targets(lm, examples: list[Example], prefixes: list[list[int]], obje
                     logits = head(hidden[i, at]).float() / temperature
                 logp = torch.log_softmax(logits, dim=-1)
                 top = logp.topk(min(k, logp.shape[-1]), dim=-1)
-                tail = tail_log_mass(top.values)
+                # a top-k of the whole vocabulary leaves nothing out: an empty tail, whatever the rounding
+                # of ~50k fp32 probabilities (their sum can miss 1 by more than TAIL_EPS)
+                tail = (torch.full_like(top.values[:, 0], TAIL_FLOOR) if k >= logp.shape[-1]
+                        else tail_log_mass(top.values))
                 dist = TeacherDist(top.indices.to(torch.int32).cpu(), top.values.cpu(), tail.cpu())
                 e.teacher = dist
                 if cache is not None:

@@ -280,17 +280,37 @@ def restem_round(run: Run, lm: LoadedModel, domain: Domain, contexts: list, roun
     for context in contexts:
         cid = domain.context_id(context)
         samples = run.get(key(context))
-        candidates = []
+        baseline = baseline_reward(cfg.reward.baseline, pres[cid], results.get(f"round{round_idx}/passage/{cid}"))
+        rewards = {}
         for i in range(len(samples["self_edits"])):
             reward = mean_reward(results[f"round{round_idx}/eval/{cid}/{i}"])
             if reward is not None:  # all repeats ungraded (a failed judge): not a candidate, not a zero
-                candidates.append((reward, i))
-        baseline = baseline_reward(cfg.reward.baseline, pres[cid], results.get(f"round{round_idx}/passage/{cid}"))
-        for reward, i, weight in select(candidates, baseline, cfg):
+                rewards[i] = reward
+        if cfg.reward.require_improvement and baseline is not None:  # on the reward itself, before any bonus
+            rewards = {i: r for i, r in rewards.items() if r > baseline}
+        scored = diversity_scores(rewards, samples["self_edits"], domain.source_text(context), cfg.restem)
+        for score, i, weight in select([(v, i) for i, v in scored.items()], baseline, cfg):
             kept.append(dict(context_id=cid, prompt=samples["prompt"], self_edit=samples["self_edits"][i],
-                             reward=reward, baseline=baseline, pre_reward=pres[cid]["reward"], sample=i,
-                             **({} if weight is None else dict(weight=weight))))
+                             reward=rewards[i], baseline=baseline, pre_reward=pres[cid]["reward"], sample=i,
+                             **({} if weight is None else dict(weight=weight)),
+                             **({} if score == rewards[i] else dict(score=score))))
     return kept
+
+
+def diversity_scores(rewards: dict[int, float], texts: list[str], source: str | None, cfg) -> dict[int, float]:
+    """What the M-step selects on, per sample: its reward, plus restem.coverage_bonus times the share of
+    the context's content words its text uses (when the context has a text); samples whose own
+    distinct-2 is below restem.min_distinct_2 (repetitive text) are left out. Both keep the policy from
+    collapsing onto a few repeated phrases, which a reward alone may favour."""
+    from seal.core.curves import coverage, distinct_2
+
+    out = {}
+    for i, reward in rewards.items():
+        if cfg.min_distinct_2 is not None and (distinct_2([texts[i]]) or 0.0) < cfg.min_distinct_2:
+            continue
+        bonus = cfg.coverage_bonus * (coverage([texts[i]], source) or 0.0) if cfg.coverage_bonus and source else 0.0
+        out[i] = reward + bonus
+    return out
 
 
 def mean_reward(records: list[dict | None] | None) -> float | None:

@@ -32,6 +32,18 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write a whole file or nothing: to a temporary file beside it, flushed to disk, then renamed over
+    it (a kill leaves the old file or the new one, never a torn one)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    crash_point("metadata-write")  # tests: killed with the new file written beside the old one
+    os.replace(tmp, path)
+
+
 class Run:
     def __init__(self, path: Path, config: Section):
         self.path = path
@@ -78,10 +90,10 @@ class Run:
                 break
             except FileExistsError:
                 continue
-        (path / "config.yaml").write_text(dump_config(config), encoding="utf-8")
         meta = dict(command=command, argv=sys.argv, seed=config.seed, started=time.strftime("%Y-%m-%dT%H:%M:%S"),
                     host=platform.node(), versions=package_versions(), inputs=inputs or {})
-        (path / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        write_atomic(path / "meta.json", json.dumps(meta, indent=2))
+        write_atomic(path / "config.yaml", dump_config(config))  # last: what makes the folder a run directory
         return cls(path, config)
 
     @classmethod

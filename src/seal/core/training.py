@@ -372,9 +372,11 @@ def stashed(model: torch.nn.Module, names: Sequence[str] | None = None):
 
 @contextmanager
 def temporary_update(lm: LoadedModel, examples: Sequence[Example], cfg: LoraTrainConfig, *, full: bool, seed: int,
-                     precision: str, adapter_dir=None, on_step=None, start_from=None):
+                     precision: str, adapter_dir=None, on_step=None, start_from=None,
+                     objective: Objective | None = None):
     """Yield the training stats (None when a saved adapter was loaded) while `lm.model` carries one update
-    on `examples`: a LoRA adapter, or every weight (`full`); the model is restored afterwards. A LoRA
+    on `examples` with `objective`'s loss (default lm): a LoRA adapter, or every weight (`full`); the
+    model is restored afterwards. A LoRA
     update is saved to `adapter_dir` once trained and loaded from there on a later call (--resume); a
     full update is not saved (a whole model per condition) and is trained again, with the same seed.
     `start_from`: a saved LoRA adapter that goes on training instead of a fresh one."""
@@ -385,7 +387,7 @@ def temporary_update(lm: LoadedModel, examples: Sequence[Example], cfg: LoraTrai
                 p.requires_grad_(True)
             try:
                 stats = train(lm.model, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id,
-                              device=lm.device, precision=precision, on_step=on_step)
+                              device=lm.device, precision=precision, on_step=on_step, objective=objective)
                 yield stats
             finally:
                 for p in lm.model.parameters():
@@ -403,7 +405,7 @@ def temporary_update(lm: LoadedModel, examples: Sequence[Example], cfg: LoraTrai
         return
     with fresh_adapter(lm, cfg, seed, start_from) as wrapped:
         stats = train(wrapped, examples, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=lm.device,
-                      precision=precision, on_step=on_step)
+                      precision=precision, on_step=on_step, objective=objective)
         if saved is not None:
             save_adapter(wrapped, saved)
         yield stats

@@ -8,7 +8,17 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from seal.core.config import InnerLoopBase, LoraTrainConfig, RestemConfig, RewardBase, RunConfig, SamplingBase, Section
+from seal.core.config import (
+    ConfigError,
+    InnerLoopBase,
+    LoraTrainConfig,
+    RestemConfig,
+    RewardBase,
+    RunConfig,
+    SamplingBase,
+    Section,
+    with_changes,
+)
 
 # The inner-loop settings of the paper's reference code, kept by name (`preset: reference`).
 INNER_LOOP_PRESETS: dict[str, dict[str, Any]] = {
@@ -71,13 +81,15 @@ class AnswerConfig(Section):
 
 
 class RewardConfig(RewardBase):
-    metric: Literal["em", "f1", "contains", "loglik", "judge", "discrimination"] = Field("f1", description="the score of the updated model that is the self-edit's reward, averaged over the passage's questions; em, f1, contains: SQuAD-normalised, max over gold answers; loglik: the geometric-mean per-token probability of a gold answer (exp of its mean token log-probability after the question), max over gold answers; judge: the judge's yes/no; discrimination: the share of distractor spans the best gold answer is more likely than (answer.distractors)")
+    metric: Literal["em", "f1", "contains", "loglik", "judge", "discrimination", "teacher"] = Field("f1", description="the score of the updated model that is the self-edit's reward, averaged over the passage's questions; em, f1, contains: SQuAD-normalised, max over gold answers; loglik: the geometric-mean per-token probability of a gold answer (exp of its mean token log-probability after the question), max over gold answers; judge: the judge's yes/no; discrimination: the share of distractor spans the best gold answer is more likely than (answer.distractors); teacher: label-free (needs questions: self): loglik of the open-book model's own greedy answers to the passage's self-written questions, as the share of the closed-book to open-book gap closed (knowledge/label_free.py); held-out tables then report loglik on the gold answers")
     baseline: Literal["none", "pre_update", "passage"] = Field("passage", description="what a self-edit is compared with: passage = the model trained on the passage alone, with the same seed in each repeat (one more inner-loop training per passage and repeat, cached); pre_update = the model before any update; none")
     questions: Literal["gold", "self"] = Field("gold", description="the questions a training passage's self-edits are rewarded on in ReST-EM: gold = the data's; self = the selection half of questions the passage writes itself (the `questions` section), recorded once per passage; held-out tables always use the gold questions")
     watch_gold: bool = Field(False, description="with questions: self, also ask a training passage's gold questions after every update and record their reward beside the reward (`watched`), never used to select: `seal knowledge noise` then shows how well the self-written questions rank self-edits by the gold ones")
 
     @model_validator(mode="after")
     def _watch_needs_self(self):
+        if self.metric == "teacher" and self.questions != "self":
+            raise ValueError("reward.metric 'teacher' needs reward.questions: self (the questions the open-book model answers)")
         if self.watch_gold and self.questions != "self":
             raise ValueError("reward.watch_gold needs reward.questions: self (gold rewards are the reward already)")
         return self
@@ -130,6 +142,7 @@ class EvalConfig(Section):
     more_prompts: list[str] = Field(default_factory=list, description="one more row per prompt style (or template file): passage + the base model's self-edits written with it, on the same passages as the self_edit.prompt row, to compare styles in one table")
     bootstrap: int = Field(2000, ge=100, description="bootstrap resamples (over passages) for the 95% interval")
     max_passages: int | None = Field(None, ge=1, description="a table on the first N of its passages only (None: all), e.g. a quick recipe sweep")
+    recipes: dict[str, dict[str, Any]] = Field(default_factory=dict, description="more inner-loop recipes for one table, each a name and the inner_loop fields it changes, e.g. {'lr 3e-3': {lr: 0.003}, 'T 2': {objective: distill, distill: {temperature: 2}}}: every trained row comes once more per recipe, named '[recipe]' (with its objective when the table has several), on the same passages, seeds and self-edits, so that rows pair; a recipe that sets objective trains with that one alone, else once per objective. A recipe sweep in one run, on training passages with split: train")
     split: Literal["held", "train"] = Field("held", description="the passages a table is made on: held = the held-out passages (data.eval_passages); train = the training passages (data.train_passages), to tune a recipe (steps, lr, objective) without ever scoring on the held-out ones")
 
 
@@ -164,6 +177,7 @@ class LearnConfig(LoraTrainConfig):
     mode: Literal["pooled", "per-document"] = Field("pooled", description="pooled: one adapter for every document (learning more later goes on training it, with replay); per-document: one adapter per document, and `seal ask` routes a question to the adapter of the passage retrieval ranks first (nothing learned before is touched by learning more)")
     replay: float = Field(1.0, ge=0, le=100, description="pooled, learning more later (--add): earlier training sequences replayed per new one, against forgetting")
     k: int = Field(3, ge=1, le=64, description="self-edits sampled per passage; the one whose update best answers the passage's selection questions is kept")
+    objective: Literal["lm", "distill", "mix"] | None = Field(None, description="the learned update's loss (settings: inner_loop.distill); None: inner_loop.objective, the one the self-edits were selected under")
     rank: int = Field(32, ge=1, le=1024, description="LoRA rank r of the learned update")
     alpha: float = Field(64, gt=0, description="LoRA alpha of the learned update")
     epochs: int = Field(3, ge=1, le=1000, description="passes over the pooled sequences of every passage")
@@ -215,6 +229,19 @@ class KnowledgeConfig(RunConfig):
             raise ValueError("reward.metric 'judge' needs judge.base_url (an OpenAI-compatible endpoint)")
         if self.reward.metric == "discrimination" and not self.answer.distractors:
             raise ValueError("reward.metric 'discrimination' needs answer.distractors > 0")
+        for name in self.eval.recipes:
+            try:
+                recipe_inner_loop(self.inner_loop, self.eval.recipes, name)
+            except ConfigError as err:
+                raise ValueError(str(err)) from None
         return self
+
+
+def recipe_inner_loop(inner_loop: InnerLoopConfig, recipes: dict[str, dict], name: str) -> InnerLoopConfig:
+    """The inner loop of eval.recipes[name]: `inner_loop` with the recipe's changes, validated."""
+    changes = recipes[name]
+    if not isinstance(changes, dict):
+        raise ConfigError(f"eval.recipes.{name}: expected the inner_loop fields it changes, got {changes!r}")
+    return with_changes(inner_loop, changes, f"eval.recipes.{name}")
 
 

@@ -28,16 +28,16 @@ from pathlib import Path
 from seal.core.config import ConfigError
 from seal.core.continual import SequentialLora, kl_loss, orthogonal_penalty, project_out, replay_sample
 from seal.core.generation import resolve_precision
+from seal.core.inner_loop import teach
 from seal.core.models import LoadedModel, load_configured
 from seal.core.multi_lora import adapter_bank, train_bank
 from seal.core.progress import Progress
 from seal.core.restem import derive_seed, policy_rounds, record_samples, self_edit_writer
 from seal.core.runs import Run
-from seal.core.training import Example, lm_examples, train
+from seal.core.training import Example, train
 from seal.knowledge.data import Passage
 from seal.knowledge.domain import KnowledgeDomain
 from seal.knowledge.retrieval import TfIdf
-from seal.knowledge.self_edit import training_set
 
 
 def draw_sequences(pool: list[Passage], steps: int, n: int, seed: int) -> list[list[Passage]]:
@@ -66,7 +66,7 @@ def continual(run: Run, domain: KnowledgeDomain, pool: list[Passage], progress: 
     todo = [p for p in used if run.get(f"continual/start/{p.id}") is None]
     for p, scored in zip(todo, domain.score_many(lm, todo) if todo else []):
         run.append("pre_update", f"continual/start/{p.id}", context_id=p.id, **scored)
-    data = {p.id: _training_data(run, lm, p) for p in used}
+    data = {p.id: _training_data(run, lm, domain, p) for p in used}
 
     total = len(c.remedies) * c.sequences * c.steps
     progress.start("steps", "continual steps", total)
@@ -79,13 +79,15 @@ def continual(run: Run, domain: KnowledgeDomain, pool: list[Passage], progress: 
     return summary(run)
 
 
-def _training_data(run: Run, lm: LoadedModel, passage: Passage) -> tuple[list[Example], str | None]:
-    """A passage's training examples from its recorded self-edit, or ([], why) when it is unusable."""
-    cfg = run.config.inner_loop
+def _training_data(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passage: Passage) -> tuple[list[Example], str | None]:
+    """A passage's training examples from its recorded self-edit, made as the inner loop makes them
+    (`Domain.prepare`; for a distilling objective with the teacher's distributions: the starting model,
+    before any step, reading the passage), or ([], why) when the self-edit is unusable."""
     text = run.get(f"continual/samples/{passage.id}")["self_edits"][0]
-    ts = training_set(passage, text, split_lines=cfg.split_lines, include_passage=cfg.include_passage,
-                      max_lines=cfg.max_lines)
-    return lm_examples(lm.tokenizer, ts.sequences, cfg.max_seq_len), ts.problem
+    update = domain.prepare(lm, passage, text, seed=0, pre=dict(reward=None))
+    if update.examples is None:
+        return [], update.record["problem"]
+    return teach(lm, domain, update.examples, [passage] * len(update.examples)), None
 
 
 def _record_step(run: Run, key: str, domain: KnowledgeDomain, lm: LoadedModel, seq: list[Passage], t: int,
@@ -121,7 +123,7 @@ def _sequential(run: Run, lm: LoadedModel, domain: KnowledgeDomain, seq: list[Pa
             earlier = [data[p.id][0] for p in seq[:t - 1]]
             seed = derive_seed(config.seed, "continual", s, t)  # the same for every remedy
             fields = dict(remedy=remedy, mode=c.mode, sequence=s, valid=problem is None, problem=problem,
-                          train=None, adapter=None)
+                          train=None, adapter=None, objective=domain.objective.describe())
             if problem is None:
                 train_on = list(examples)
                 if remedy == "replay":
@@ -139,7 +141,7 @@ def _sequential(run: Run, lm: LoadedModel, domain: KnowledgeDomain, seq: list[Pa
                         project_out(wrapped, name, model.history)
                     extra = lambda step: c.orthogonal_weight * orthogonal_penalty(wrapped, name, model.history)
                 stats = train(wrapped, train_on, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=lm.device,
-                              precision=precision, extra_loss=extra)
+                              precision=precision, extra_loss=extra, objective=domain.objective)
                 model.commit(folder)
                 fields.update(train=stats.as_dict(), adapter=str(folder.relative_to(run.path)))
             _record_step(run, key, domain, lm, seq, t, **fields)
@@ -165,7 +167,7 @@ def _routed(run: Run, lm: LoadedModel, domain: KnowledgeDomain, seq: list[Passag
     index = TfIdf([f"{p.title}\n{p.context}" for p in seq])
     with adapter_bank(lm, cfg, seeds) as bank:
         stats = train_bank(lm, bank, datasets, cfg, seeds=seeds, precision=resolve_precision(config.model.precision, lm.device),
-                           max_tokens=cfg.tokens_per_forward)
+                           max_tokens=cfg.tokens_per_forward, objective=domain.objective)
         for t, passage in enumerate(seq, 1):
             key = f"{prefix}/t{t}"
             if run.get(key) is not None:
@@ -180,6 +182,7 @@ def _routed(run: Run, lm: LoadedModel, domain: KnowledgeDomain, seq: list[Passag
                 total += len(picks)
                 routes.append([k if data[seq[k].id][1] is None else len(seq) for k in picks])
             _record_step(run, key, domain, lm, seq, t, remedy="route", mode="route", sequence=s,
+                         objective=domain.objective.describe(),
                          valid=problem is None, problem=problem,
                          train=stats[t - 1].as_dict() if problem is None else None, adapter=None,
                          routing_accuracy=hits / total if total else None, adapters=routes)

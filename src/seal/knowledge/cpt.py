@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from seal.core.generation import resolve_precision
+from seal.core.inner_loop import teach
 from seal.core.models import LoadedModel, load_configured
 from seal.core.progress import Progress
 from seal.core.restem import derive_seed, record_samples
@@ -88,31 +89,46 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
     folder = run.path / "cpt" / slug(name)
     # Rebuilt on every (re)start: tokenizing is cheap, and a store cut short by a kill is never reused.
     problems: dict[str, str] = {}
-    store = TokenStore.write(folder / "sequences", lm.tokenizer,
-                             _sequences(run, config, passages, c.samples or name, write is not None, problems,
-                                        c.inner.get("passage_items", config.inner_loop.passage_items)),
-                             config.cpt.max_seq_len)
+    owners: list[Passage] = []  # the passage of each sequence: what the teacher reads before it
+
+    def texts():
+        for passage, text in _sequences(run, config, passages, c.samples or name, write is not None, problems,
+                                        c.inner.get("passage_items", config.inner_loop.passage_items)):
+            owners.append(passage)
+            yield text
+    store = TokenStore.write(folder / "sequences", lm.tokenizer, texts(), config.cpt.max_seq_len)
     info = run.cached("cpt_data", f"cpt/{slug(name)}/data", lambda: dict(
         condition=name, sequences=len(store), tokens=store.n_tokens, passages=len(passages),
         unusable_self_edits=problems))
     cfg = config.cpt
     seed = derive_seed(config.seed, "cpt", name)
+    updating = domain.with_objective(c.objective) if c.objective else domain
+    objective = updating.objective
+    adapter = folder / "adapter"
+    examples = store  # on disk; a distilling objective needs each sequence's teacher, so these are in memory
+    if objective.needs_teacher and not (adapter / "adapter_config.json").is_file():
+        progress.log(f"{name}: the teacher's distributions on {len(store)} sequences")
+        examples = teach(lm, updating, [store[i] for i in range(len(store))], owners, objective,
+                         batch_size=cfg.batch_size)
     progress.start("cpt", f"CPT update: {name} ({len(store)} sequences, {store.n_tokens} tokens)",
                    len(epoch_batches(len(store), cfg, seed)))
     precision = resolve_precision(config.model.precision, lm.device)
-    with temporary_update(lm, store, cfg, full=cfg.update == "full", seed=seed, precision=precision,
-                          adapter_dir=folder / "adapter", on_step=lambda s, total: progress.advance("cpt")) as stats:
+    with temporary_update(lm, examples, cfg, full=cfg.update == "full", seed=seed, precision=precision,
+                          adapter_dir=adapter, on_step=lambda s, total: progress.advance("cpt"),
+                          objective=objective) as stats:
         if stats is not None:
             run.append("cpt_train", f"cpt/{slug(name)}/train", condition=name, update=cfg.update,
-                       train=stats.as_dict())
+                       objective=objective.describe(), train=stats.as_dict())
         _answer(run, lm, domain, passages, "self_edit_eval", key, lambda pid: dict(tags(pid), repeat=0),
-                progress, f"answering: {name}", dict(valid=True, n_sequences=info["sequences"]))
+                progress, f"answering: {name}", dict(valid=True, n_sequences=info["sequences"],
+                                                    objective=objective.describe()))
 
 
 def _sequences(run: Run, config: KnowledgeConfig, passages: list[Passage], name: str, with_self_edits: bool,
-               problems: dict[str, str], passage_items: str = "whole") -> Iterator[str]:
-    """Each passage's training sequences in turn (read from its recorded self-edit); a passage whose
-    self-edit is unusable contributes its passage sequence only, and the reason is noted in `problems`."""
+               problems: dict[str, str], passage_items: str = "whole") -> Iterator[tuple[Passage, str]]:
+    """Each passage's training sequences in turn (read from its recorded self-edit), with the passage;
+    a passage whose self-edit is unusable contributes its passage sequence only, and the reason is noted
+    in `problems`."""
     cfg = config.inner_loop
     for p in passages:
         text = run.get(f"eval/samples/{name}/{p.id}")["self_edits"][0] if with_self_edits else None
@@ -121,4 +137,4 @@ def _sequences(run: Run, config: KnowledgeConfig, passages: list[Passage], name:
         if data.problem:
             problems[p.id] = data.problem
             data = training_set(p, None, item_format=cfg.item_format, passage_items=passage_items)
-        yield from data.sequences
+        yield from ((p, text) for text in data.sequences)

@@ -33,6 +33,9 @@ class Passage:
     # asked after every update beside `questions` and recorded as `watched`, never rewarded: the gold
     # questions of a passage rewarded on self-written ones (reward.watch_gold)
     watched: tuple[Question, ...] = field(default=(), compare=False)
+    # reward.metric teacher: the closed-book and open-book rewards of the passage's questions before any
+    # update, between which a reward is the share of the gap closed (label_free.py)
+    anchor: tuple[float, float] | None = field(default=None, compare=False)
 
     @property
     def id(self) -> str:

@@ -13,6 +13,7 @@ import copy
 import math
 import time
 
+from seal.core.config import with_changes
 from seal.core.domain import Domain
 from seal.core.endpoint import Judge
 from seal.core.examples import Example
@@ -68,9 +69,11 @@ class KnowledgeDomain(Domain):
         return self.with_inner_loop(objective=objective)
 
     def with_inner_loop(self, **fields) -> KnowledgeDomain:
-        """The same domain with other inner-loop settings (e.g. passage_items), for one table row."""
+        """The same domain with other inner-loop settings (e.g. passage_items; a section such as distill
+        changed field by field), validated, for one table row."""
         other = copy.copy(self)
-        other.config = self.config.model_copy(update=dict(inner_loop=self.config.inner_loop.model_copy(update=fields)))
+        inner = with_changes(self.config.inner_loop, fields, "inner_loop")
+        other.config = self.config.model_copy(update=dict(inner_loop=inner))
         return other
 
     # --- the inner loop's parts (core/inner_loop.py trains) ---------------------------------------
@@ -196,10 +199,10 @@ class KnowledgeDomain(Domain):
             at += len(ds)
         seconds = round((time.perf_counter() - start) / max(1, len(passages)), 2)  # each passage's share
         out, at = [], 0
-        for qs, ws in zip(own, seen):
+        for p, qs, ws in zip(passages, own, seen):
             mine = slice(at, at + len(qs))
             at += len(qs)
-            out.append(self._grade(qs, answers[mine], loglik[mine], seconds, discriminated[mine]))
+            out.append(self._grade(qs, answers[mine], loglik[mine], seconds, discriminated[mine], p.anchor))
             if ws:
                 theirs = slice(at, at + len(ws))
                 at += len(ws)
@@ -207,7 +210,8 @@ class KnowledgeDomain(Domain):
                 out[-1]["watched"] = dict(reward=graded["reward"], means=graded["means"])
         return out
 
-    def _grade(self, questions, answers, loglik: list[float], seconds: float, discriminated: list) -> dict:
+    def _grade(self, questions, answers, loglik: list[float], seconds: float, discriminated: list,
+               anchor: tuple[float, float] | None = None) -> dict:
         grades = {
             "em": [exact_match(a.text, list(q.answers)) for a, q in zip(answers, questions)],
             "f1": [token_f1(a.text, list(q.answers)) for a, q in zip(answers, questions)],
@@ -228,6 +232,14 @@ class KnowledgeDomain(Domain):
         # loglik is rewarded as the geometric-mean per-token probability of the best gold answer
         # (exp of its mean per-token log-probability), averaged over questions: it lies in [0, 1] like
         # the other metrics, so that a malformed self-edit's reward of 0 is the worst possible.
-        reward = mean(math.exp(v) for v in loglik) if metric == "loglik" else means[metric]
+        # teacher (label-free): the same on the open-book model's own answers, as the share of the way
+        # from the closed-book to the open-book value of the passage (its `anchor`; none: unnormalised)
+        if metric in ("loglik", "teacher"):
+            reward = mean(math.exp(v) for v in loglik)
+            if metric == "teacher" and anchor is not None and reward is not None:
+                closed, opened = anchor
+                reward = (reward - closed) / (opened - closed)
+        else:
+            reward = means[metric]
         return dict(answers=[a.text for a in answers], answers_hit_limit=[a.hit_limit for a in answers],
                     grades=grades, means=means, reward=reward, judge_errors=judge_errors, answer_seconds=seconds)

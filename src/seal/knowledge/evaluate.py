@@ -31,6 +31,7 @@ OPEN_BOOK = "open book (passage in the prompt), no update"
 OWN = "vs own passage only"
 DISCRIM_VS_BASE = "discrim vs base"
 VS_BEST_LM = "vs best lm row"
+VS_RECIPE = "vs table's recipe"
 BASE = "base model, no update"
 
 
@@ -46,7 +47,8 @@ def columns(metric: str) -> list[Column]:
     minus the passage-only row of the model that is trained (the base model's, or with
     eval.policy_passage_only its round's policy's) with the same objective: what the self-edits add;
     discrim vs base: the paired difference on discrimination; vs best lm row: the reward minus that of
-    the best trained row under the lm objective, when a table has several objectives."""
+    the best trained row under the lm objective, when a table has several objectives; vs table's recipe: an
+    eval.recipes row minus the same row under the table's own inner_loop (same objective)."""
     return [Column("condition", kind="text"), Column("EM"), Column("F1"), Column("contains"), Column("loglik"),
             Column("discrim"), Column("judge"), Column("questions", kind="int"), Column("missing", kind="int"),
             Column("steps", digits=1), Column("first loss"), Column("last loss"),
@@ -55,7 +57,8 @@ def columns(metric: str) -> list[Column]:
             *[Column(key, f"{key} (paired, 95% CI)", kind="diff") for key in REFERENCES],
             Column(OWN, f"{OWN} (paired, 95% CI)", kind="diff"),
             Column(DISCRIM_VS_BASE, f"{DISCRIM_VS_BASE} (paired, 95% CI)", kind="diff"),
-            Column(VS_BEST_LM, f"{VS_BEST_LM} (paired, 95% CI)", kind="diff")]
+            Column(VS_BEST_LM, f"{VS_BEST_LM} (paired, 95% CI)", kind="diff"),
+            Column(VS_RECIPE, f"{VS_RECIPE} (paired, 95% CI)", kind="diff")]
 
 
 Writer = Callable[[list[Passage], int], list[dict]]  # (passages, seed) -> one sample record each
@@ -105,6 +108,7 @@ class Condition:
     policy: str = ""  # which restem run wrote the policy, when a table has several (see policy_series)
     objective: str | None = None  # the update's objective (inner_loop.objective), for trained rows
     inner: dict = field(default_factory=dict)  # other inner-loop settings of this row (passage_items)
+    recipe: str | None = None  # the eval.recipes entry whose inner-loop changes it trains with (None: the table's)
     samples: str | None = None  # the row whose self-edits it trains (its own when None): rows that differ
     #                             only by objective train the same self-edits
 
@@ -115,8 +119,10 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
     pre-update score, recorded once per model under its no-update row, then an update on the passage
     only (write=None) or on the self-edit that `c.write` produces."""
     name, write = c.name, c.write
-    trained = dict(objective=c.objective) if c.objective else {}
-    tags = lambda pid: dict(condition=name, context_id=pid, row=c.kind, round=c.round, **policy_tag(c))
+    changes = run.config.eval.recipes.get(c.recipe, {}) if c.recipe else {}
+    trained = {**changes, **c.inner, **(dict(objective=c.objective) if c.objective else {})}  # the row's own win
+    tags = lambda pid: dict(condition=name, context_id=pid, row=c.kind, round=c.round, **policy_tag(c),
+                            **(dict(recipe=c.recipe) if c.recipe else {}))
     sampled = c.samples or name
     if name is not None and write is not None:
         record_samples(run, [(f"eval/samples/{sampled}/{p.id}", p, tags(p.id)) for p in passages],
@@ -141,7 +147,7 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
         jobs.append(EvalJob(f"eval/eval/{name}/{pid}", passage, text, pre, ("eval", name, pid), tags(pid),
                             common_parts=("eval", pid)))
     if jobs:
-        updating = domain.with_inner_loop(**c.inner, **trained) if (c.inner or trained) else domain
+        updating = domain.with_inner_loop(**trained) if trained else domain
         evaluate_jobs(run, lm, updating, jobs, progress, bar="eval")
 
 
@@ -157,18 +163,25 @@ def no_update_tags(c: Condition) -> dict:
 def conditions(config: KnowledgeConfig, lm: LoadedModel, domain: KnowledgeDomain, policy_runs: list[Path] = ()):
     """The table's rows in order. A SEAL round's rows come while `lm` is that round's policy. Every
     trained row comes once per objective of eval.objectives (the first's rows unnamed, the others' named
-    "[objective]"), trained with the same seeds on the same passages, so that they pair. Shared by the
-    single-passage table and CPT."""
+    "[objective]"), then once per eval.recipes entry ("[recipe]", or "[objective, recipe]" when the table
+    has several objectives), all trained with the same seeds on the same passages and self-edits, so
+    that they pair. Shared by the single-passage table and CPT."""
     own = self_edit_writer(lm, domain, 1, config)  # follows lm as policy adapters are merged into it
     objectives = config.eval.objectives or [config.inner_loop.objective]
+    recipes = config.eval.recipes
+    several = len({*objectives, *(r["objective"] for r in recipes.values() if "objective" in r)}) > 1
+    variants = [(objective, None, objective if n else None) for n, objective in enumerate(objectives)]
+    for recipe, changes in recipes.items():
+        for objective in [changes["objective"]] if "objective" in changes else objectives:
+            variants.append((objective, recipe, f"{objective}, {recipe}" if several else recipe))
     yield Condition(None, "no-update", 0, BASE, 0)
     if config.eval.open_book:
         yield Condition(None, "open-book", None, OPEN_BOOK, 0, open_book=True)
 
     def trained(name, kind, round_, model_row, model_round, write=None, inner=None, **kw):
-        for n, objective in enumerate(objectives):
-            yield Condition(name if n == 0 else f"{name} [{objective}]", kind, round_, model_row, model_round, write,
-                            objective=objective, inner=inner or {}, samples=name, **kw)
+        for objective, recipe, suffix in variants:
+            yield Condition(f"{name} [{suffix}]" if suffix else name, kind, round_, model_row, model_round, write,
+                            objective=objective, inner=inner or {}, samples=name, recipe=recipe, **kw)
 
     if config.eval.passage_only:
         yield from trained("passage only", "passage", None, BASE, 0)
@@ -217,7 +230,7 @@ def table(run: Run) -> Table:
     new_row = lambda record: {"grades": {}, "rewards": {}, "discrim": {}, "questions": {}, "missing": 0, "steps": [],
                               "first": [], "last": [],
                               "kind": record.get("row"), "round": record.get("round"), "policy": record.get("policy", ""),
-                              "objective": (record.get("objective") or {}).get("name")}
+                              "objective": (record.get("objective") or {}).get("name"), "recipe": record.get("recipe")}
     for record in run.records():
         if record["key"].startswith("eval/samples/") and record.get("error"):
             rows.setdefault(record["condition"], new_row(record))["missing"] += 1
@@ -259,22 +272,33 @@ def table(run: Run) -> Table:
             **{key: pair(by_passage, name, ref) for key, ref in {**REFERENCES, OWN: _own_passage_row(row, rows)}.items()},
             DISCRIM_VS_BASE: pair(discrim, name, BASE),
             VS_BEST_LM: pair(by_passage, name, best_lm) if best_lm and row["objective"] else None,
+            VS_RECIPE: pair(by_passage, name, _table_recipe_row(name, row, config)) if row["recipe"] else None,
         })
     for key, gap in (("reward", "gap closed"), ("discrim", "discrim gap closed")):
         base, ceiling = (next((r[key] for r in out if r["condition"] == name), None) for name in (BASE, OPEN_BOOK))
         for r in out:
             r[gap] = (None if None in (base, ceiling, r[key]) or ceiling == base
                       else (r[key] - base) / (ceiling - base))
-    shown = columns(config.reward.metric)
+    shown = columns("loglik" if config.reward.metric == "teacher" else config.reward.metric)  # tables: gold answers
     if not any(r["kind"] == "passage" and r["round"] for r in out):  # no policy's passage-only row: the column
         shown = [c for c in shown if c.key != OWN]                    # would repeat "vs passage only"
     if best_lm is None:
         shown = [c for c in shown if c.key != VS_BEST_LM]
+    if not any(r["recipe"] for r in rows.values()):
+        shown = [c for c in shown if c.key != VS_RECIPE]
     if not any(r["discrim"] is not None for r in out):
         shown = [c for c in shown if c.key not in ("discrim", "discrim gap closed", DISCRIM_VS_BASE)]
     if not any(r["judge"] is not None for r in out):
         shown = [c for c in shown if c.key != "judge"]
     return Table(shown, out, "reward", score_label(config), notes=teacher_signal(by_passage, discrim))
+
+
+def _table_recipe_row(name: str, row: dict, config: KnowledgeConfig) -> str:
+    """The row that a recipe row (`name`, "... [recipe]") varies: the same row with the same objective
+    under the table's own recipe (named as `conditions` names it)."""
+    base = name.rsplit(" [", 1)[0]
+    objectives = config.eval.objectives or [config.inner_loop.objective]
+    return base if row["objective"] == objectives[0] else f"{base} [{row['objective']}]"
 
 
 def teacher_signal(by_passage: dict, discrim: dict) -> list[str]:
@@ -305,4 +329,5 @@ def _own_passage_row(row: dict, rows: dict[str, dict]) -> str | None:
 
 def score_label(config: KnowledgeConfig) -> str:
     metric = config.reward.metric
-    return "gold-answer token probability (geometric mean, best gold)" if metric == "loglik" else f"{metric} (0-1)"
+    return ("gold-answer token probability (geometric mean, best gold)" if metric in ("loglik", "teacher")
+            else f"{metric} (0-1)")

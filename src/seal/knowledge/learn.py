@@ -28,6 +28,7 @@ from pathlib import Path
 
 from seal.core.config import dump_config
 from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
+from seal.core.inner_loop import teach
 from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
 from seal.core.restem import EvalJob, derive_seed, evaluate_jobs, mean_reward, record_samples, self_edit_writer
@@ -274,28 +275,39 @@ def learn(run: Run, lm: LoadedModel, domain: KnowledgeDomain, documents: list[Do
     return items, kept
 
 
-def _update(run: Run, lm: LoadedModel, domain: KnowledgeDomain, config, items: list[Item], sequences: list[str],
-            replay: list[str], folder: str, start_from, progress: Progress, precision: str, name: str,
-            also: list[Item] = ()) -> None:
-    """One update on the items' training `sequences` (and `replay`), then their held-out questions asked
-    with it (and those of `also`, the earlier passages, under "after-add")."""
+def _update(run: Run, lm: LoadedModel, domain: KnowledgeDomain, config, items: list[Item],
+            sequences: list[tuple[Passage, str]], replay: list[tuple[Passage, str]], folder: str, start_from,
+            progress: Progress, precision: str, name: str, also: list[Item] = ()) -> None:
+    """One update on the items' training `sequences` (and `replay`), each (passage, text), with the
+    learn.objective's loss (a distilling one's teacher: the model as it is, reading the sequence's
+    passage), then their held-out questions asked with it (and those of `also`, the earlier passages,
+    under "after-add")."""
     cfg = config.learn
     sequences = sequences + replay
-    store = TokenStore.write(run.path / "learn" / f"sequences-{name}", lm.tokenizer, iter(sequences), cfg.max_seq_len)
+    store = TokenStore.write(run.path / "learn" / f"sequences-{name}", lm.tokenizer, (t for _, t in sequences),
+                             cfg.max_seq_len)
     seed = derive_seed(config.seed, "learn", name)
+    updating = domain.with_objective(cfg.objective) if cfg.objective else domain
+    objective = updating.objective
+    examples = store  # on disk; a distilling objective's examples carry their teacher, in memory
+    if objective.needs_teacher and not (run.path / folder / "adapter_config.json").is_file():
+        progress.log(f"update {name}: the teacher's distributions on {len(store)} sequences")
+        examples = teach(lm, updating, [store[i] for i in range(len(store))], [p for p, _ in sequences], objective,
+                         batch_size=cfg.batch_size)
     progress.start("update", f"update {name} ({len(store)} sequences, {store.n_tokens} tokens)",
                    len(epoch_batches(len(store), cfg, seed)))
-    with temporary_update(lm, store, cfg, full=False, seed=seed, precision=precision, adapter_dir=run.path / folder,
-                          on_step=lambda s, total: progress.advance("update"), start_from=start_from) as stats:
+    with temporary_update(lm, examples, cfg, full=False, seed=seed, precision=precision, adapter_dir=run.path / folder,
+                          on_step=lambda s, total: progress.advance("update"), start_from=start_from,
+                          objective=objective) as stats:
         if stats is not None:
             run.append("learn_train", f"learn/update/{name}", sequences=len(store), replayed=len(replay),
-                       tokens=store.n_tokens, train=stats.as_dict())
+                       tokens=store.n_tokens, objective=objective.describe(), train=stats.as_dict())
         score_held_out(run, lm, domain, items, "after", progress)
         if also:
             score_held_out(run, lm, domain, list(also), "after-add", progress)
 
 
-def replay_sample(config, earlier: Earlier, n_new: int, run: Run) -> list[str]:
+def replay_sample(config, earlier: Earlier, n_new: int, run: Run) -> list[tuple[Passage, str]]:
     """learn.replay x n_new of the earlier passages' training sequences, a seeded sample."""
     import random
 
@@ -318,13 +330,16 @@ def document_slug(n: int, path: str) -> str:
 
 
 def _sequences(config, items: list[Item], kept: dict[str, str]):
+    """Each item's training sequences from its kept self-edit, made as the inner loop that selected it
+    makes them (inner_loop.item_format, passage_items), each with its passage."""
     cfg = config.inner_loop
+    keyed = dict(item_format=cfg.item_format, passage_items=cfg.passage_items)
     for item in items:
         data = training_set(item.selection, kept.get(item.id), split_lines=cfg.split_lines,
-                            include_passage=cfg.include_passage, max_lines=cfg.max_lines)
+                            include_passage=cfg.include_passage, max_lines=cfg.max_lines, **keyed)
         if data.problem:  # an unusable self-edit: the passage alone
-            data = training_set(item.selection, None, include_passage=True)
-        yield from data.sequences
+            data = training_set(item.selection, None, include_passage=True, **keyed)
+        yield from ((item.selection, text) for text in data.sequences)
 
 
 # --- the report and the output folder --------------------------------------------------------------------

@@ -45,7 +45,12 @@ class KnowledgePlugin(DomainPlugin):
             return contexts
         from seal.knowledge.learn import self_questioned
 
-        return self_questioned(run, lm, contexts, progress)
+        passages = self_questioned(run, lm, contexts, progress)
+        if run.config.reward.metric != "teacher":
+            return passages
+        from seal.knowledge.label_free import teacher_probes
+
+        return teacher_probes(run, lm, passages, progress)
 
     def evaluate(self, run, domain, held, progress, policy_runs=(), lm=None):
         from seal.knowledge.evaluate import evaluate
@@ -69,10 +74,9 @@ class KnowledgePlugin(DomainPlugin):
         return sections
 
     def check(self, config, command, held):
-        distilled = [o for o in [config.inner_loop.objective, *config.eval.objectives] if o != "lm"]
-        if distilled and command in ("cpt", "continual", "learn"):
-            raise ConfigError(f"objective '{distilled[0]}' (inner_loop.objective / eval.objectives): `{command}` trains "
-                              "its updates with the lm objective only so far; set lm")
+        if config.eval.recipes and command in ("cpt", "continual", "learn"):
+            raise ConfigError(f"eval.recipes: `{command}` trains with its own section's recipe, not the table's "
+                              "inner-loop recipes; leave eval.recipes empty")
         if command == "cpt" and not held:
             raise ConfigError("no passages: set data.eval_passages (the passages pooled for continued pretraining)")
         if command == "continual" and config.continual.steps > len(held):
