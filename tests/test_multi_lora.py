@@ -192,3 +192,38 @@ def test_lora_dropout_is_off_when_answering(tiny):
         first = completion_logprobs(tiny, prompts, golds, adapter_rows=[0, 1])
         again = completion_logprobs(tiny, prompts, golds, adapter_rows=[0, 1])
     assert first == again
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_packed_examples_never_attend_to_each_other_under_each_attention(tiny, impl):
+    """Two rows of packed examples in one pass (the case transformers' own detection from position_ids
+    misses under flash attention): every example's loss equals its loss alone, and the same tokens
+    without the segment boundaries give other losses, so a leak would show."""
+    from seal.core.multi_lora import collate_packed, per_adapter_loss
+    from seal.core.objectives import LanguageModelling
+    from seal.core.training import collate, lm_loss
+
+    tiny.model.config._attn_implementation = impl
+    with torch.no_grad():  # sharper attention and output: a random model otherwise barely reads its context
+        for name, p in tiny.model.named_parameters():
+            if "q_proj" in name or "lm_head" in name or "embed_tokens" in name:
+                p.mul_(8)
+    examples = [lm_examples(tiny.tokenizer, t, 64) for t in TEXTS[:2]]
+    rows = [pack(e, k) for k, e in enumerate(examples)]
+    batch = collate_packed(rows, tiny.tokenizer.pad_token_id)
+    with torch.no_grad():
+        _, shares = per_adapter_loss(tiny.model, batch, rows, LanguageModelling(), 2)
+        alone = torch.stack([lm_loss(tiny.model, collate(group, tiny.tokenizer.pad_token_id)) for group in examples])
+        assert torch.allclose(shares, alone, rtol=1e-5), impl
+        # the same rows read as one sequence each: the later examples see the earlier ones
+        flat = dict(batch, position_ids=torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"]))
+        _, leaky = per_adapter_loss(tiny.model, flat, rows, LanguageModelling(), 2)
+    assert (leaky - alone).abs().max() > 50 * (shares - alone).abs().max()  # a leak is far outside the rounding
+
+
+def test_the_bank_refuses_an_attention_it_cannot_mask(tiny):
+    from seal.core.config import ConfigError
+
+    tiny.model.config._attn_implementation = "flash_attention_2"
+    with adapter_bank(tiny, _cfg(), [1]) as bank, pytest.raises(ConfigError, match="flash_attention_2"):
+        train_bank(tiny, bank, [lm_examples(tiny.tokenizer, TEXTS[0], 64)], _cfg(), seeds=[1])

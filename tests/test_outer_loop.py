@@ -281,9 +281,11 @@ def test_learning_curve_and_noise_equal_a_hand_computation(tiny_config):
     first, _ = noise_rows(run, draws=4000)
     a, b = np.array(rewards[1]["a"]), np.array(rewards[1]["b"])
     repeat_var = statistics.fmean([statistics.variance(x) for m in (a, b) for x in m])
-    between_var = statistics.fmean([statistics.variance(m.mean(axis=1)) for m in (a, b)])
+    # the spread of the means, less the repeat noise a mean of 2 repeats still carries
+    between_var = statistics.fmean([statistics.variance(m.mean(axis=1))
+                                    - statistics.fmean(statistics.variance(x) for x in m) / 2 for m in (a, b)])
     assert first["repeat std"] == pytest.approx(math.sqrt(repeat_var))
-    assert first["between std"] == pytest.approx(math.sqrt(between_var))
+    assert first["between std"] == pytest.approx(math.sqrt(max(0.0, between_var)))
     pair_var = statistics.fmean([statistics.variance(m[0] - m[1]) for m in (a, b)])  # k = 2: one pair each
     assert first["pair std"] == pytest.approx(math.sqrt(pair_var))
     assert first["common seeds"] == "yes" and first["repeats"] == 2 and first["contexts"] == 2
@@ -292,6 +294,22 @@ def test_learning_curve_and_noise_equal_a_hand_computation(tiny_config):
     assert first["flips"] == pytest.approx((0.25 + 0.0) / 2, abs=0.02)
     rng = np.random.default_rng(0)
     assert flip_share(b, 1000, rng) == 0.0
+
+
+def test_the_noise_table_recovers_known_variance_components(tiny_config):
+    """Simulated: each self-edit is worth a draw of std 0.05, each training adds noise of std 0.10; with
+    4 repeats the spread of the means alone would read sqrt(0.05² + 0.10²/4) = 0.071, not 0.05."""
+    rng = np.random.default_rng(0)
+    run = Run.create(tiny_config, "restem")
+    for c in range(300):
+        worth = rng.normal(0.3, 0.05, 4)
+        for i in range(4):
+            for t in range(4):
+                run.append("self_edit_eval", f"round1/eval/c{c}/{i}/{t}", round=1, context_id=f"c{c}", sample=i,
+                           repeat=t, reward=float(worth[i] + rng.normal(0, 0.10)), self_edit="x")
+    [row] = noise_rows(run, draws=10)
+    assert row["repeat std"] == pytest.approx(0.10, rel=0.05)
+    assert row["between std"] == pytest.approx(0.05, rel=0.15)
 
 
 def test_curve_and_noise_commands_and_report(tiny_config):

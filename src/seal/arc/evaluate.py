@@ -22,7 +22,7 @@ from seal.core.models import LoadedModel
 from seal.core.progress import Progress
 from seal.core.restem import EvalJob, evaluate_jobs, policy_series, record_samples, record_scores, self_edit_writer
 from seal.core.runs import Run
-from seal.core.stats import bootstrap_ci
+from seal.core.stats import bootstrap_ci, interval_note
 from seal.core.tables import Column, Table
 
 COLUMNS = [Column("condition", kind="text"), Column("tasks", kind="int"), Column("pairs", kind="int"),
@@ -106,7 +106,9 @@ def table(run: Run) -> Table:
             **{m: sum(v) / len(v) if len(v) == pairs else None for m, v in row["by"].items()},
             "per_task": row["tasks"],
         })
-    return Table(COLUMNS, out, "success", SCORE_LABEL, extra=task_table(out) if out else "")
+    units = max((r["tasks"] for r in out), default=0)
+    return Table(COLUMNS, out, "success", SCORE_LABEL, extra=task_table(out) if out else "",
+                 notes=[interval_note(units, "tasks")] if units else [])
 
 
 def task_table(rows: list[dict]) -> str:

@@ -224,6 +224,35 @@ def collate_packed(rows: list[PackedRow], pad_id: int) -> dict[str, torch.Tensor
     return {"input_ids": input_ids, "labels": labels, "position_ids": positions}
 
 
+MASKED = ("sdpa", "eager")  # attention implementations the bank gives segment boundaries to (a 4D mask)
+
+
+def check_attention(model) -> str:
+    """The model's attention implementation, when the bank can keep packed examples apart under it;
+    else one ConfigError line (flash attention and others ignore a 4D mask, and their own detection of
+    packed rows from position_ids holds for one row only)."""
+    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    if impl not in MASKED:
+        raise ConfigError(f"model attention '{impl}': the batched inner loop packs several examples in a row and "
+                          f"keeps them apart with a mask that only {' and '.join(MASKED)} read; load the model with "
+                          "one of those, or set inner_loop.batched: false")
+    return impl
+
+
+def segment_mask(positions: torch.Tensor, impl: str, dtype: torch.dtype) -> torch.Tensor:
+    """The (rows, 1, T, T) attention mask of packed rows: each token sees the tokens before it within its
+    own example (a segment starts where its position is 0; padding is a segment of its own). sdpa reads
+    True as "attend"; eager adds the mask to its scores, so there it is 0 or the dtype's lowest value."""
+    segment = (positions == 0).cumsum(-1)
+    same = segment[:, :, None] == segment[:, None, :]
+    width = positions.shape[-1]
+    allowed = same & torch.ones(width, width, dtype=torch.bool, device=positions.device).tril()
+    if impl == "sdpa":
+        return allowed[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=positions.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min)[:, None]
+
+
 def per_adapter_loss(model, batch: dict[str, torch.Tensor], part: list[PackedRow], objective: Objective,
                      k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ over the pass's target tokens of the objective's token loss times its coefficient (so each
@@ -231,9 +260,13 @@ def per_adapter_loss(model, batch: dict[str, torch.Tensor], part: list[PackedRow
     adapters' shares (detached). Logits are computed only where a label is, never for padding, and a
     chunk at a time (`objectives.chunked`): the vocabulary projection is the largest activation of a
     small model."""
-    # No attention mask and no cache: transformers then reads segment boundaries from position_ids.
+    # The segment boundaries as an explicit mask: transformers' own reading of them from position_ids
+    # holds for sdpa and eager only, and for flash attention with a single row only.
+    impl = check_attention(model)
+    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    mask = segment_mask(batch["position_ids"], impl, torch.float32 if dtype == torch.float32 else dtype)
     hidden = model.get_decoder()(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                                 use_cache=False).last_hidden_state
+                                 attention_mask=mask, use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != -100
     examples = [e for row in part for e in row.examples]
@@ -279,6 +312,7 @@ def train_bank(lm: LoadedModel, bank: AdapterBank, datasets: list[list[Example]]
     `max_tokens` per forward pass: see `forward_tokens`. `on_step(step, steps)` after each step (default:
     `lm.on_train_step`)."""
     objective = objective or LanguageModelling()
+    check_attention(lm.model)  # before any work
     max_tokens = forward_tokens(max_tokens, lm.device)
     on_step = on_step or lm.on_train_step
     cfgs = cfg if isinstance(cfg, list) else [cfg] * len(datasets)

@@ -3,9 +3,10 @@
 Per E-step (one policy's k samples per context, each trained `eval_times` times):
 - repeat std: how much one self-edit's reward moves between its trainings (the square root of the
   mean, over self-edits, of the variance over its repeats);
-- between std: how much the self-edits of one context differ (the square root of the mean, over
-  contexts, of the variance of their mean rewards); a between std well under the repeat std means
-  the choice of the best is mostly chance;
+- between std: how much the self-edits of one context differ in what they are worth (the square root
+  of the mean, over contexts, of the variance of their mean rewards less the repeat noise those means
+  still carry, the repeat variance over the number of repeats; 0 when that is all there is); a between
+  std well under the repeat std means the choice of the best is mostly chance;
 - pair std: how much the difference between two self-edits of a context moves between repeats (the
   square root of the mean, over pairs, of the variance over repeats of their reward difference): the
   noise a comparison of two self-edits carries, and what common seeds exist to reduce (they share a
@@ -71,7 +72,9 @@ def noise_rows(run: Run, draws: int = 1000) -> list[dict]:
             continue
         rng = np.random.default_rng(run.config.seed)
         repeat_var = statistics.fmean(float(v) for m in matrices for v in m.var(axis=1, ddof=1))
-        between_var = statistics.fmean(float(m.mean(axis=1).var(ddof=1)) for m in matrices)
+        # a mean over R repeats keeps repeat variance / R of its repeat noise: removed, per context
+        between_var = max(0.0, statistics.fmean(float(m.mean(axis=1).var(ddof=1) - m.var(axis=1, ddof=1).mean() / m.shape[1])
+                                                for m in matrices))
         repeat_std, between_std = math.sqrt(repeat_var), math.sqrt(between_var)
         pair_var = statistics.fmean(float((m[i] - m[j]).var(ddof=1))
                                     for m in matrices for i, j in itertools.combinations(range(len(m)), 2))

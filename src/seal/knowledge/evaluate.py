@@ -19,7 +19,7 @@ from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
 from seal.core.restem import EvalJob, evaluate_jobs, policy_series, record_samples, record_scores, self_edit_writer
 from seal.core.runs import Run
-from seal.core.stats import bootstrap_ci, mean, paired_difference
+from seal.core.stats import bootstrap_ci, interval_note, mean, paired_difference
 from seal.core.tables import Column, Table
 from seal.knowledge.config import KnowledgeConfig
 from seal.knowledge.data import Passage
@@ -290,7 +290,9 @@ def table(run: Run) -> Table:
         shown = [c for c in shown if c.key not in ("discrim", "discrim gap closed", DISCRIM_VS_BASE)]
     if not any(r["judge"] is not None for r in out):
         shown = [c for c in shown if c.key != "judge"]
-    return Table(shown, out, "reward", score_label(config), notes=teacher_signal(by_passage, discrim))
+    units = len({pid for values in by_passage.values() for pid in values})
+    notes = [interval_note(units, "passages"), *teacher_signal(by_passage, discrim)] if units else []
+    return Table(shown, out, "reward", score_label(config), notes=notes)
 
 
 def _table_recipe_row(name: str, row: dict, config: KnowledgeConfig) -> str:
