@@ -1,4 +1,4 @@
-# make demo: set up .venv and run the main job (one ReST-EM round, its learning curve and the comparison table, ~12 min on 2 CPU cores)
+# make demo: set up .venv and run the main job (one ReST-EM round, its learning curve and the comparison table, ~11 min on a 2-core AVX2 CPU, measured 2026-12-02)
 # make demo-arc: the same for few-shot ARC (a small round on 3 tasks + the baseline table on 2)
 # make test: set up .venv, lint (ruff, rules in pyproject.toml) and run the tests (tiny models, then embedded-model tests)
 PY ?= python3
