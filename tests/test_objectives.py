@@ -315,15 +315,18 @@ def test_a_bad_recipe_is_one_line_naming_it(tiny_config):
 
 
 def _spy_on_teach(monkeypatch, module):
-    """Record what `teach` is given in `module` (each example's text and the context its teacher reads)."""
+    """Record what `teach` (or, for a pooled update, `teach_store`) is given in `module`: each example's
+    text and the context its teacher reads."""
     import seal.core.inner_loop as inner_loop
 
     seen = []
+    name = "teach" if hasattr(module, "teach") else "teach_store"
+    real = getattr(inner_loop, name)
 
     def spy(lm, domain, examples, contexts, *args, **kw):
-        seen.extend((lm.tokenizer.decode(e.input_ids), c) for e, c in zip(examples, contexts))
-        return inner_loop.teach(lm, domain, examples, contexts, *args, **kw)
-    monkeypatch.setattr(module, "teach", spy)
+        seen.extend((lm.tokenizer.decode(examples[i].input_ids), c) for i, c in zip(range(len(examples)), contexts))
+        return real(lm, domain, examples, contexts, *args, **kw)
+    monkeypatch.setattr(module, name, spy)
     return seen
 
 

@@ -101,6 +101,16 @@ def teach(lm: LoadedModel, domain: Domain, examples: list[Example], contexts: li
     return examples
 
 
+def teach_store(lm: LoadedModel, domain: Domain, store, contexts: list, objective: Objective,
+                batch_size: int) -> Any:
+    """A pooled update's training sequences (a TokenStore on disk) as `objective` trains them: the store
+    itself for an objective without a teacher; else its examples in memory, each with the teacher's
+    distributions reading contexts[i] (`teach`)."""
+    if not objective.needs_teacher:
+        return store
+    return teach(lm, domain, [store[i] for i in range(len(store))], contexts, objective, batch_size=batch_size)
+
+
 def teacher_cache(run_path) -> TeacherCache:
     """Where a run keeps its teachers' distributions."""
     return TeacherCache(run_path / "cache" / "teacher")

@@ -264,7 +264,7 @@ def per_adapter_loss(model, batch: dict[str, torch.Tensor], part: list[PackedRow
     # holds for sdpa and eager only, and for flash attention with a single row only.
     impl = check_attention(model)
     dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
-    mask = segment_mask(batch["position_ids"], impl, torch.float32 if dtype == torch.float32 else dtype)
+    mask = segment_mask(batch["position_ids"], impl, dtype)
     hidden = model.get_decoder()(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                                  attention_mask=mask, use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from seal.core.generation import resolve_precision
-from seal.core.inner_loop import teach
+from seal.core.inner_loop import teach_store
 from seal.core.models import LoadedModel, load_configured
 from seal.core.progress import Progress
 from seal.core.restem import derive_seed, record_samples
@@ -105,11 +105,8 @@ def _condition(run: Run, lm: LoadedModel, domain: KnowledgeDomain, passages: lis
     updating = domain.with_objective(c.objective) if c.objective else domain
     objective = updating.objective
     adapter = folder / "adapter"
-    examples = store  # on disk; a distilling objective needs each sequence's teacher, so these are in memory
-    if objective.needs_teacher and not (adapter / "adapter_config.json").is_file():
-        progress.log(f"{name}: the teacher's distributions on {len(store)} sequences")
-        examples = teach(lm, updating, [store[i] for i in range(len(store))], owners, objective,
-                         batch_size=cfg.batch_size)
+    saved = (adapter / "adapter_config.json").is_file()  # a resume loads it: nothing to teach
+    examples = store if saved else teach_store(lm, updating, store, owners, objective, cfg.batch_size)
     progress.start("cpt", f"CPT update: {name} ({len(store)} sequences, {store.n_tokens} tokens)",
                    len(epoch_batches(len(store), cfg, seed)))
     precision = resolve_precision(config.model.precision, lm.device)

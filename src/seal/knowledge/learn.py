@@ -28,7 +28,7 @@ from pathlib import Path
 
 from seal.core.config import dump_config
 from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
-from seal.core.inner_loop import teach
+from seal.core.inner_loop import teach_store
 from seal.core.models import LoadedModel, load_model
 from seal.core.progress import Progress
 from seal.core.restem import EvalJob, derive_seed, evaluate_jobs, mean_reward, record_samples, self_edit_writer
@@ -289,11 +289,9 @@ def _update(run: Run, lm: LoadedModel, domain: KnowledgeDomain, config, items: l
     seed = derive_seed(config.seed, "learn", name)
     updating = domain.with_objective(cfg.objective) if cfg.objective else domain
     objective = updating.objective
-    examples = store  # on disk; a distilling objective's examples carry their teacher, in memory
-    if objective.needs_teacher and not (run.path / folder / "adapter_config.json").is_file():
-        progress.log(f"update {name}: the teacher's distributions on {len(store)} sequences")
-        examples = teach(lm, updating, [store[i] for i in range(len(store))], [p for p, _ in sequences], objective,
-                         batch_size=cfg.batch_size)
+    saved = (run.path / folder / "adapter_config.json").is_file()  # a resume loads it: nothing to teach
+    examples = store if saved else teach_store(lm, updating, store, [p for p, _ in sequences], objective,
+                                               cfg.batch_size)
     progress.start("update", f"update {name} ({len(store)} sequences, {store.n_tokens} tokens)",
                    len(epoch_batches(len(store), cfg, seed)))
     with temporary_update(lm, examples, cfg, full=False, seed=seed, precision=precision, adapter_dir=run.path / folder,
