@@ -225,7 +225,7 @@ def test_vote_majority_ties_and_malformed():
     assert not solved([np.ones((1, 4), dtype=np.int8)], np.ones((2, 2), dtype=np.int8))
 
 
-def test_views_map_back_to_the_original_answer():
+def test_views_map_back_to_the_original_answer(tokenizer):
     task = random_task(RNG, n_train=3)
     vs = views(task, ["identity", "transpose", "rot90", "flip_ud"], orders=2, seed=0)
     assert len(vs) == 8 and len(set(demo_orders(3, 2, 0))) == 2
@@ -235,15 +235,15 @@ def test_views_map_back_to_the_original_answer():
         truth = v.transform.apply(task.test[0].output)  # what a perfect model answers under this view
         assert np.array_equal(v.transform.inverse(parse(to_text(truth))), task.test[0].output)
     seen = [g for e in task.train for g in (e.input, e.output)] + [task.test[0].input]
-    assert answer_limit(task, 10_000) >= max(g.size + g.shape[0] for g in seen)
+    assert answer_limit(task, 10_000, tokenizer) >= max(g.size + g.shape[0] for g in seen)
 
 
-def test_the_answer_limit_never_peeks_at_the_hidden_output():
+def test_the_answer_limit_never_peeks_at_the_hidden_output(tokenizer):
     task = random_task(np.random.default_rng(3), n_train=2)
     huge = Example(task.test[0].input, np.zeros((30, 30), dtype=np.int8))
     hidden = Task(task.id, task.train, (Example(task.test[0].input, None),))
-    assert answer_limit(task, 10_000) == answer_limit(Task(task.id, task.train, (huge,)), 10_000) == \
-        answer_limit(hidden, 10_000)
+    assert answer_limit(task, 10_000, tokenizer) == answer_limit(Task(task.id, task.train, (huge,)), 10_000, tokenizer) == \
+        answer_limit(hidden, 10_000, tokenizer)
 
 
 def test_hierarchical_vote_counts_transforms_not_views():
@@ -317,3 +317,59 @@ def test_only_ascii_digits_make_a_grid():
     assert parse("12\n34\n").tolist() == [[1, 2], [3, 4]]
     huge = "9" * 5000 + "\n" + "x" * 10000
     assert parse(huge) is None  # wider than 30: a wrong attempt, not an exception
+
+
+@pytest.fixture(scope="module")
+def merging_tokenizer():
+    """A byte-level BPE tokenizer whose pre-tokenizer, like Llama-3's, keeps up to three digits in a row
+    together, trained until it has merged such runs into single tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\p{N}{1,3}| ?[^\s\p{N}]+|\s+"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    corpus = [" ".join(f"{i:03d}" for i in range(j, 1000, 7)) + "\ninput: output:\n" for j in range(7)] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                        special_tokens=["<eos>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
+
+
+def test_grid_text_is_chosen_per_tokenizer_and_a_misaligned_one_is_refused(tokenizer, merging_tokenizer):
+    from seal.arc.grids import merged_digits, separator
+
+    assert merged_digits(merging_tokenizer, "")  # the tokenizer does merge runs of digits
+    assert separator(tokenizer, "auto", "embedded") == ""  # SmolLM2 splits digits: the compact text stays
+    assert separator(merging_tokenizer, "auto", "llama-like") == " "
+    assert separator(merging_tokenizer, "space", "llama-like") == " "
+    with pytest.raises(ValueError, match=r"model 'llama-like'.*data.cell_separator: space"):
+        separator(merging_tokenizer, "none", "llama-like")
+    task = random_task(np.random.default_rng(5), n_train=2)
+    items = ttt.leave_out(task)
+    examples, _ = ttt.examples(merging_tokenizer, items, "outputs", end_marker=True, max_len=10_000, sep=" ")
+    for ex in examples:
+        pieces = [merging_tokenizer.decode([i]) for i in ex.input_ids]
+        assert all(sum(c.isdigit() for c in p) <= 1 for p in pieces)  # every cell starts a token of its own
+    # The answer limit is counted in the model's own tokens: a space-separated grid costs more than one a cell.
+    big = max((g for e in task.train for g in (e.input, e.output)), key=lambda g: g.size)
+    needed = len(merging_tokenizer(to_text(big, " "), add_special_tokens=False)["input_ids"])
+    assert needed > big.size + big.shape[0]
+    assert answer_limit(task, 10_000, merging_tokenizer, " ") >= 2 * needed
+    assert parse(to_text(big, " ")) is not None and np.array_equal(parse(to_text(big, " ")), big)
+
+
+def test_arc_refuses_a_model_whose_tokenizer_merges_digits_before_any_work(tmp_path, merging_tokenizer, monkeypatch):
+    from seal.arc import plugin
+    from seal.core.config import ConfigError, load_config
+
+    monkeypatch.setattr("seal.core.models.load_tokenizer", lambda name: merging_tokenizer)
+    plugin._separator.cache_clear()
+    try:
+        cfg = load_config(None, ["data.cell_separator=none"], domain="arc")
+        with pytest.raises(ConfigError, match="cell_separator"):
+            plugin.PLUGIN.check(cfg, "restem", [])
+        assert plugin.grid_separator(load_config(None, [], domain="arc")) == " "
+    finally:
+        plugin._separator.cache_clear()

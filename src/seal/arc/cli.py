@@ -20,12 +20,12 @@ def register(app: typer.Typer) -> None:
         """Screen candidate tasks with fixed TTT configurations (curate.configurations); write the tasks an
         oracle solves (purpose eval), or that some configurations solve (purpose train), to a task-list file."""
         from seal.arc.curate import candidates, curate, ids_field, write_task_list
-        from seal.arc.plugin import PLUGIN, token_counter
+        from seal.arc.plugin import PLUGIN, grid_separator, token_counter
         from seal.core.distributed import load_run_model
 
         s = open_run(PLUGIN, "curate", config, with_workers(set, workers), resume)
         cfg = s.run.config
-        tasks = candidates(cfg, token_counter(cfg))
+        tasks = candidates(cfg, token_counter(cfg), grid_separator(cfg))
         console.print(f"{len(tasks)} {cfg.curate.split} tasks x {len(cfg.curate.configurations)} configurations "
                       f"x {cfg.curate.repeats} repeats")
         with progress_for(s.run, quiet) as progress:
@@ -58,16 +58,17 @@ def register(app: typer.Typer) -> None:
     @guard
     def tasks(config: ConfigOpt = None, set: SetOpt = None):
         """List the configured training and evaluation tasks with their sizes (no run directory)."""
-        from seal.arc.plugin import token_counter
+        from seal.arc.plugin import grid_separator, token_counter
         from seal.arc.tasks import configured_tasks, max_side, task_tokens
 
         cfg = load_config(config, set or [], domain="arc")
         count = token_counter(cfg)
-        train, held = configured_tasks(cfg.data, count)
+        sep = grid_separator(cfg)
+        train, held = configured_tasks(cfg.data, count, sep)
         print("| set | task | demonstrations | tests | largest grid | tokens |\n|---|---|---|---|---|---|")
         for name, chosen in (("train", train), ("eval", held)):
             for t in chosen:
-                print(f"| {name} | {t.id} | {len(t.train)} | {len(t.test)} | {max_side(t)} | {task_tokens(t, count)} |")
+                print(f"| {name} | {t.id} | {len(t.train)} | {len(t.test)} | {max_side(t)} | {task_tokens(t, count, sep)} |")
 
     @app.command("show")
     @guard

@@ -41,6 +41,7 @@ class ArcDataConfig(Section):
     eval_count: int = Field(8, ge=0, description="evaluation tasks chosen by size when eval_ids is None")
     max_tokens: int = Field(320, ge=16, description="size limit for chosen evaluation tasks: tokens of the task text (demonstrations and test input)")
     max_grid: int = Field(10, ge=1, le=30, description="size limit for chosen evaluation tasks: largest grid side")
+    cell_separator: Literal["auto", "none", "space"] = Field("auto", description="what stands between a grid row's cells in the text the model reads and writes: none (one digit a token on tokenizers that split digits, e.g. SmolLM2's), space (every cell its own token where digits merge, e.g. Llama-3's); auto = none where the model's tokenizer keeps digits apart, else space. A setting under which cells and tokens would not line up is refused before any work")
 
 
 class ArcInnerLoopConfig(InnerLoopBase):

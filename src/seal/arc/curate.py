@@ -32,13 +32,13 @@ TASK_LIST = "task-list.json"
 RATE = "rate: "  # a configuration's column key: its name alone could be "oracle", a column of its own
 
 
-def candidates(config: ArcConfig, count=None) -> list[Task]:
+def candidates(config: ArcConfig, count=None, sep: str = "") -> list[Task]:
     """The tasks to screen: `curate.ids`, or the `curate.candidates` shortest of the split within the
     size limits (training tasks left out when screening the evaluation split)."""
     c, d = config.curate, config.data
     exclude = set(task_ids(d.train_ids, "data.train_ids") or []) if c.split == "eval" else set()
     return select(load_split(d, c.split), c.ids, n=c.candidates, max_tokens=d.max_tokens, max_grid=d.max_grid,
-                  exclude=exclude, count=count)
+                  exclude=exclude, count=count, sep=sep)
 
 
 def curate(run: Run, lm: LoadedModel, domain: ArcDomain, tasks: list[Task], progress: Progress) -> Table:

@@ -25,8 +25,9 @@ class ArcDomain(Domain):
     batched = True
     checks_self_edits = True
 
-    def __init__(self, config: ArcConfig):
+    def __init__(self, config: ArcConfig, sep: str = ""):
         self.config = config
+        self.sep = sep  # between a grid row's cells (data.cell_separator resolved for the model: arc.plugin.grid_separator)
         il = config.inner_loop
         self.fallback = ttt.Recipe(lr=il.lr, epochs=il.epochs)
 
@@ -39,7 +40,7 @@ class ArcDomain(Domain):
         return task.id
 
     def self_edit_prompt(self, task: Task) -> str:
-        return se.prompt(task, self.config.self_edit.lr_range, self.config.self_edit.epochs_range)
+        return se.prompt(task, self.config.self_edit.lr_range, self.config.self_edit.epochs_range, self.sep)
 
     def parse(self, text: str | None) -> se.Parsed:
         c = self.config.self_edit
@@ -51,7 +52,7 @@ class ArcDomain(Domain):
 
     def pre_update(self, lm: LoadedModel, task: Task) -> dict:
         """In-context learning: the model as it is, no TTT."""
-        result = predict(lm, [(task, None)], self.config.predict, precision=self.precision(lm))[0]
+        result = predict(lm, [(task, None)], self.config.predict, precision=self.precision(lm), sep=self.sep)[0]
         return dict(reward=float(result["solved"]), **result)
 
     # --- the inner loop's parts (core/inner_loop.py trains) ---------------------------------------
@@ -63,7 +64,7 @@ class ArcDomain(Domain):
 
     def score_updated(self, lm: LoadedModel, tasks: list[Task], adapters: list[int] | None) -> list[dict]:
         routed = [(t, None) for t in tasks] if adapters is None else list(zip(tasks, adapters))
-        return predict(lm, routed, self.config.predict, precision=self.precision(lm))
+        return predict(lm, routed, self.config.predict, precision=self.precision(lm), sep=self.sep)
 
     def finish(self, record: dict, stats, result: dict, pre: dict) -> dict:
         return self._trained(record, stats, result)
@@ -81,7 +82,7 @@ class ArcDomain(Domain):
         data = ttt.build(task, recipe, seed=seed, leave_two_out=il.leave_two_out,
                          colour_permutations=il.colour_permutations,
                          example_permutations=il.example_permutations, max_examples=il.max_examples)
-        examples, too_long = ttt.examples(lm.tokenizer, data.items, recipe.strategy, il.end_marker, il.max_seq_len)
+        examples, too_long = ttt.examples(lm.tokenizer, data.items, recipe.strategy, il.end_marker, il.max_seq_len, self.sep)
         base["ttt"] = dict(examples=len(examples), made=data.made, duplicates=data.duplicates,
                            too_large=data.too_large, lossy=data.lossy, too_long=too_long)
         if not examples:

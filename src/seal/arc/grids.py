@@ -1,8 +1,11 @@
 """ARC grids as numpy arrays, and their compact text form.
 
 A grid is an (h, w) array of colours 0-9, 1 <= h, w <= 30. As text it is one line per row, one digit
-per cell and no separators: the embedded model's tokenizer spends one token per digit and one per
-newline, where digits separated by spaces would cost two per cell.
+per cell and by default no separator: the embedded model's tokenizer spends one token per digit and
+one per newline, where digits separated by spaces would cost two per cell. A tokenizer that merges
+digits (Llama-3 reads up to three as one token) would see cells and tokens no longer line up, so such a
+model gets a space between cells (`data.cell_separator`, `separator` below): every cell then starts a
+token of its own.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ def as_grid(value, where: str = "grid") -> np.ndarray:
     return g.astype(np.int8)
 
 
-def to_text(g: np.ndarray) -> str:
-    return "\n".join("".join(str(int(v)) for v in row) for row in g)
+def to_text(g: np.ndarray, sep: str = "") -> str:
+    return "\n".join(sep.join(str(int(v)) for v in row) for row in g)
 
 
 def parse(text: str) -> np.ndarray | None:
@@ -63,5 +66,36 @@ def key(g: np.ndarray) -> tuple:
 
 
 def n_tokens(g: np.ndarray) -> int:
-    """Text length of a grid in the embedded tokenizer's tokens (a digit per cell, a newline per row)."""
+    """Text length of a grid in the embedded tokenizer's tokens (a digit per cell, a newline per row);
+    `token_length` measures it in any tokenizer's."""
     return g.shape[0] * (g.shape[1] + 1)
+
+
+def token_length(tokenizer, g: np.ndarray, sep: str = "") -> int:
+    return len(tokenizer(to_text(g, sep), add_special_tokens=False)["input_ids"])
+
+
+SEPARATORS = {"none": "", "space": " "}
+# Every digit beside every other digit, in rows of several lengths: what a tokenizer merges shows here.
+_PROBE = np.array([[(i * 7 + j * 3 + (i * j) % 5) % 10 for j in range(10)] for i in range(10)], dtype=np.int8)
+
+
+def merged_digits(tokenizer, sep: str) -> list[str]:
+    """The tokens of the probe grid's text that hold more than one cell's digit (none: cells align)."""
+    ids = tokenizer(to_text(_PROBE, sep), add_special_tokens=False)["input_ids"]
+    pieces = [tokenizer.decode([i]) for i in ids]
+    return [p for p in pieces if sum(c.isdigit() for c in p) > 1]
+
+
+def separator(tokenizer, setting: str, model: str) -> str:
+    """The text between a row's cells for this tokenizer: `setting` is data.cell_separator (auto: none
+    where every digit is a token of its own, else a space). Raises ValueError, naming the model and what
+    to set, where the cells would not line up with tokens."""
+    choices = ["none", "space"] if setting == "auto" else [setting]
+    for choice in choices:
+        if not merged_digits(tokenizer, SEPARATORS[choice]):
+            return SEPARATORS[choice]
+    merged = merged_digits(tokenizer, SEPARATORS[choices[0]])
+    hint = "set data.cell_separator: space (or auto)" if setting == "none" else "ARC needs a tokenizer that keeps each grid cell's digit apart"
+    raise ValueError(f"model '{model}': its tokenizer reads several grid cells as one token "
+                     f"(e.g. {merged[0]!r}) with data.cell_separator: {setting}; {hint}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from seal.arc.tasks import TaskError
 from seal.core.config import ConfigError
 from seal.core.domain import DomainPlugin
@@ -12,6 +14,23 @@ def token_counter(config):
     from seal.core.models import token_counter as counter
 
     return counter(config.model.name)
+
+
+@lru_cache(maxsize=8)
+def _separator(model: str, setting: str) -> str:
+    from seal.arc.grids import separator
+    from seal.core.models import load_tokenizer
+
+    try:
+        return separator(load_tokenizer(model), setting, model)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def grid_separator(config) -> str:
+    """The text between a grid row's cells for the configured model (data.cell_separator, resolved
+    against its tokenizer); a ConfigError where cells would not line up with tokens."""
+    return _separator(config.model.name, config.data.cell_separator)
 
 
 class ArcPlugin(DomainPlugin):
@@ -31,12 +50,12 @@ class ArcPlugin(DomainPlugin):
     def contexts(self, config):
         from seal.arc.tasks import configured_tasks
 
-        return configured_tasks(config.data, token_counter(config))
+        return configured_tasks(config.data, token_counter(config), grid_separator(config))
 
     def domain(self, config):
         from seal.arc.domain import ArcDomain
 
-        return ArcDomain(config)
+        return ArcDomain(config, grid_separator(config))
 
     def evaluate(self, run, domain, held, progress, policy_runs=(), lm=None):
         from seal.arc.evaluate import evaluate
@@ -54,12 +73,13 @@ class ArcPlugin(DomainPlugin):
         return SCORE_LABEL
 
     def check(self, config, command, held):
+        grid_separator(config)
         if command == "evaluate" and not held:
             raise ConfigError("no evaluation tasks: set data.eval_ids, or loosen data.max_tokens / data.max_grid")
         if command == "curate":
             from seal.arc.curate import candidates
 
-            if not candidates(config, token_counter(config)):
+            if not candidates(config, token_counter(config), grid_separator(config)):
                 raise ConfigError(f"no {config.curate.split} tasks to curate: set curate.ids, or loosen "
                                   "data.max_tokens / data.max_grid")
 

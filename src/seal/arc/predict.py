@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from seal.arc.augment import Dihedral
-from seal.arc.grids import key, n_tokens, parse, to_text
+from seal.arc.grids import key, parse, to_text, token_length
 from seal.arc.tasks import Task
 from seal.arc.ttt import answer_text, task_prompt
 from seal.core.generation import completion_logprobs, generate
@@ -54,10 +54,10 @@ def views(task: Task, names: list[str], orders: int, seed: int = 0) -> list[View
     return [View(Dihedral(name), order) for name in names for order in demo_orders(len(task.train), orders, seed)]
 
 
-def view_prompt(task: Task, test_index: int, view: View) -> str:
+def view_prompt(task: Task, test_index: int, view: View, sep: str = "") -> str:
     t = view.transform
     demos = [task.train[i].map(t) for i in view.order]
-    return task_prompt(demos, t.apply(task.test[test_index].input))
+    return task_prompt(demos, t.apply(task.test[test_index].input), sep)
 
 
 def vote(answers: list[np.ndarray | None], attempts: int = 2) -> list[np.ndarray]:
@@ -94,18 +94,19 @@ def solved(attempts: list[np.ndarray], target: np.ndarray | None) -> bool:
     return target is not None and any(a.shape == target.shape and np.array_equal(a, target) for a in attempts)
 
 
-def answer_limit(task: Task, cap: int) -> int:
+def answer_limit(task: Task, cap: int, tokenizer, sep: str = "") -> int:
     """New tokens allowed for an answer: twice the largest grid the model may see (the demonstrations'
-    inputs and outputs, the test inputs; never a test output, even when it is known), capped."""
+    inputs and outputs, the test inputs; never a test output, even when it is known), in this
+    tokenizer's tokens of the grid text, capped."""
     seen = [g for e in task.train for g in (e.input, e.output)] + [e.input for e in task.test]
-    return min(cap, 2 * max(n_tokens(g) for g in seen) + 4)
+    return min(cap, 2 * max(token_length(tokenizer, g, sep) for g in seen) + 4)
 
 
 def predict(lm: LoadedModel, jobs: list[tuple[Task, int | None]], cfg, *, precision: str = "fp32",
-            seed: int = 0) -> list[dict]:
+            seed: int = 0, sep: str = "") -> list[dict]:
     """For each (task, adapter) job (adapter: a row of the installed adapter bank, or None for the
     model as it is), attempts for every test input and whether they solve it. All views of one task's
-    jobs are generated in shared batches."""
+    jobs are generated in shared batches. `sep`: the grid text's cell separator (grids.separator)."""
     out: list[dict | None] = [None] * len(jobs)
     by_task: dict[str, list[int]] = {}
     for j, (task, _) in enumerate(jobs):
@@ -117,11 +118,11 @@ def predict(lm: LoadedModel, jobs: list[tuple[Task, int | None]], cfg, *, precis
         for j in indices:
             for t in range(len(task.test)):
                 for v in vs:
-                    prompts.append(view_prompt(task, t, v))
+                    prompts.append(view_prompt(task, t, v, sep))
                     rows.append(jobs[j][1])
                     where.append((j, t, v))
         adapter_rows = None if all(r is None for r in rows) else rows
-        gens = generate(lm, prompts, max_new_tokens=answer_limit(task, cfg.max_new_tokens),
+        gens = generate(lm, prompts, max_new_tokens=answer_limit(task, cfg.max_new_tokens, lm.tokenizer, sep),
                         batch_size=cfg.batch_size, precision=precision, adapter_rows=adapter_rows)
         answers: dict[tuple[int, int], list] = {}
         for (j, t, v), gen in zip(where, gens):
@@ -129,7 +130,7 @@ def predict(lm: LoadedModel, jobs: list[tuple[Task, int | None]], cfg, *, precis
             back = None if g is None else v.transform.inverse(g)
             answers.setdefault((j, t), []).append((v, back, gen.text))
         methods = list(METHODS) if cfg.compare_methods else [cfg.method]
-        scored = (_likelihoods(lm, task, jobs, indices, answers, vs, cfg, precision)
+        scored = (_likelihoods(lm, task, jobs, indices, answers, vs, cfg, precision, sep)
                   if "likelihood" in methods else {})
         for j in indices:
             tests = []
@@ -156,7 +157,7 @@ def _attempts(method: str, mine: list[tuple], scores: list[tuple[float, np.ndarr
 
 
 def _likelihoods(lm: LoadedModel, task: Task, jobs: list, indices: list[int], answers: dict, vs: list[View],
-                 cfg, precision: str) -> dict[tuple[int, int], list[tuple[float, np.ndarray]]]:
+                 cfg, precision: str, sep: str = "") -> dict[tuple[int, int], list[tuple[float, np.ndarray]]]:
     """For each (job, test): its `cfg.candidates` most voted grids, each with its mean token log-likelihood
     averaged over the views (the grid mapped into the view, after that view's prompt), scored through
     the job's own adapter."""
@@ -165,8 +166,8 @@ def _likelihoods(lm: LoadedModel, task: Task, jobs: list, indices: list[int], an
         for t in range(len(task.test)):
             for c, grid in enumerate(vote([g for _, g, _ in answers[(j, t)]], cfg.candidates)):
                 for v in vs:
-                    prompts.append(view_prompt(task, t, v))
-                    completions.append(answer_text(v.transform.apply(grid)))
+                    prompts.append(view_prompt(task, t, v, sep))
+                    completions.append(answer_text(v.transform.apply(grid), sep))
                     rows.append(jobs[j][1])
                     where.append((j, t, c, grid))
     if not prompts:

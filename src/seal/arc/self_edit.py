@@ -34,8 +34,8 @@ INSTRUCTION = """You will be trained on this puzzle before you solve it. Choose 
 "num_train_epochs": a whole number between {ep_low} and {ep_high}."""
 
 
-def prompt(task: Task, lr_range, epochs_range) -> str:
-    demos = task_prompt(list(task.train), task.test[0].input).rsplit("input:\n", 1)[0]  # demonstrations only
+def prompt(task: Task, lr_range, epochs_range, sep: str = "") -> str:
+    demos = task_prompt(list(task.train), task.test[0].input, sep).rsplit("input:\n", 1)[0]  # demonstrations only
     return ("Here are examples of a puzzle: each input grid of digits is turned into its output grid by "
             "the same rule.\n\n" + demos + "\n" +
             INSTRUCTION.format(lr_low=lr_range[0], lr_high=lr_range[1], ep_low=epochs_range[0], ep_high=epochs_range[1]))

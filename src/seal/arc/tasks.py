@@ -74,13 +74,13 @@ class Task:
         return all(e.output is not None for e in self.test)
 
 
-def task_tokens(task: Task, count: Callable[[str], int] | None = None) -> int:
+def task_tokens(task: Task, count: Callable[[str], int] | None = None, sep: str = "") -> int:
     """Length of the task as the model reads it (demonstrations and the first test input), in tokens of
     `count` (a tokenizer's length function), or in the embedded tokenizer's one token per digit/newline."""
     from seal.arc.ttt import task_prompt
 
     if count is not None:
-        return count(task_prompt(list(task.train), task.test[0].input))
+        return count(task_prompt(list(task.train), task.test[0].input, sep))
     return sum(n_tokens(e.input) + n_tokens(e.output) + 8 for e in task.train) + n_tokens(task.test[0].input) + 8
 
 
@@ -145,7 +145,7 @@ def _read_json(path: Path):
 
 def select(tasks: dict[str, Task], ids: list[str] | None = None, n: int | None = None,
            max_tokens: int | None = None, max_grid: int | None = None, exclude: set[str] = frozenset(),
-           count: Callable[[str], int] | None = None) -> list[Task]:
+           count: Callable[[str], int] | None = None, sep: str = "") -> list[Task]:
     """Tasks by id (in the order given), or else the `n` shortest under the size limits (by token
     length, then id), leaving out `exclude`. Only tasks with known test outputs can be scored."""
     if ids:
@@ -155,7 +155,7 @@ def select(tasks: dict[str, Task], ids: list[str] | None = None, n: int | None =
         return [tasks[i] for i in ids]
     pool = [t for t in tasks.values() if t.id not in exclude and t.solved_known
             and (max_grid is None or max_side(t) <= max_grid)]
-    sized = sorted((task_tokens(t, count), t.id, t) for t in pool)
+    sized = sorted((task_tokens(t, count, sep), t.id, t) for t in pool)
     chosen = [t for n_tok, _, t in sized if max_tokens is None or n_tok <= max_tokens]
     return chosen[:n] if n else chosen
 
@@ -249,14 +249,14 @@ def task_ids(value: list[str] | str | None, field: str) -> list[str] | None:
     return ids
 
 
-def configured_tasks(data, count: Callable[[str], int] | None = None) -> tuple[list[Task], list[Task]]:
+def configured_tasks(data, count: Callable[[str], int] | None = None, sep: str = "") -> tuple[list[Task], list[Task]]:
     """(ReST-EM training tasks, evaluation tasks) as the configuration chooses them; evaluation tasks
     never include a training task."""
     train_ids, eval_ids = task_ids(data.train_ids, "data.train_ids"), task_ids(data.eval_ids, "data.eval_ids")
     train = select(load_split(data, "train"), train_ids) if train_ids else []
     pool = load_split(data, "eval")
     held = select(pool, eval_ids, n=data.eval_count, max_tokens=data.max_tokens, max_grid=data.max_grid,
-                  exclude={t.id for t in train}, count=count)
+                  exclude={t.id for t in train}, count=count, sep=sep)
     if eval_ids:
         overlap = sorted({t.id for t in held} & {t.id for t in train})
         if overlap:

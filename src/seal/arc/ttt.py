@@ -19,14 +19,15 @@ from seal.arc.tasks import Example, Task
 from seal.core.examples import Example as TrainExample
 
 
-def task_prompt(demos: list[Example], query: np.ndarray) -> str:
-    """The text a model reads: each demonstration as input and output grids, then the query's input."""
-    parts = [f"input:\n{to_text(e.input)}\noutput:\n{to_text(e.output)}\n" for e in demos]
-    return "".join(parts) + f"input:\n{to_text(query)}\noutput:\n"
+def task_prompt(demos: list[Example], query: np.ndarray, sep: str = "") -> str:
+    """The text a model reads: each demonstration as input and output grids, then the query's input
+    (`sep` between a row's cells: grids.separator)."""
+    parts = [f"input:\n{to_text(e.input, sep)}\noutput:\n{to_text(e.output, sep)}\n" for e in demos]
+    return "".join(parts) + f"input:\n{to_text(query, sep)}\noutput:\n"
 
 
-def answer_text(g: np.ndarray) -> str:
-    return to_text(g) + "\n"
+def answer_text(g: np.ndarray, sep: str = "") -> str:
+    return to_text(g, sep) + "\n"
 
 
 @dataclass(frozen=True)
@@ -128,14 +129,14 @@ def _reorderings(n: int, count: int, rng: np.random.Generator) -> list[tuple[int
 
 
 def examples(tokenizer, items: list[LeaveOut], strategy: str, end_marker: bool,
-             max_len: int) -> tuple[list[TrainExample], int]:
+             max_len: int, sep: str = "") -> tuple[list[TrainExample], int]:
     """Token examples of TTT items; returns them and how many were dropped as longer than max_len
     (a cut example would train on a grid without its end)."""
     out, dropped = [], 0
     end = [tokenizer.eos_token_id] if end_marker else []
     for item in items:
-        p = tokenizer(task_prompt(list(item.demos), item.held.input), add_special_tokens=False)["input_ids"]
-        a = tokenizer(answer_text(item.held.output), add_special_tokens=False)["input_ids"] + end
+        p = tokenizer(task_prompt(list(item.demos), item.held.input, sep), add_special_tokens=False)["input_ids"]
+        a = tokenizer(answer_text(item.held.output, sep), add_special_tokens=False)["input_ids"] + end
         if len(p) + len(a) > max_len:
             dropped += 1
             continue
