@@ -186,3 +186,58 @@ def test_a_resume_keeps_no_eval_unless_told_otherwise(tiny_config):
     told = runner.invoke(app, ["knowledge", "restem", "--quiet", "--eval", "--resume", str(run_dir)])
     assert told.exit_code == 0, told.output
     assert eval_records(run_dir) and "passage + SEAL round 1 self-edits" in (run_dir / "table.md").read_text()
+
+
+KNOWLEDGE_COMMANDS = ["generate", "restem", "evaluate", "cpt", "continual", "learn"]
+
+
+@pytest.mark.parametrize("command", KNOWLEDGE_COMMANDS)
+def test_every_command_farms_out_to_workers_or_refuses_them(tiny_config, command):
+    """`distributed.workers: 1` is honoured by the commands that send work to Ray workers and refused
+    in one line, before any work, by every command that runs in its own process only."""
+    from seal.core.commands import check_run
+    from seal.core.config import ConfigError
+    from seal.knowledge.plugin import PLUGIN
+
+    config = tiny_config.model_copy(update=dict(distributed=tiny_config.distributed.model_copy(update=dict(workers=1))))
+    if command in ("restem", "evaluate"):
+        assert command in PLUGIN.distributes
+        check_run(PLUGIN, command, config)  # accepted: these load the model through load_run_model
+    else:
+        with pytest.raises(ConfigError, match=rf"distributed.workers 1: `seal knowledge {command}` runs in this process only"):
+            check_run(PLUGIN, command, config)
+
+
+def test_the_library_api_attaches_workers_as_the_command_line_does(monkeypatch, tiny_config):
+    import seal.api
+    import seal.core.distributed as distributed
+
+    seen = []
+    monkeypatch.setattr(distributed, "load_run_model", lambda config, log=print: seen.append(config) or (_ for _ in ()).throw(RuntimeError("stop")))
+    run = seal.api.start(tiny_config)
+    with pytest.raises(RuntimeError, match="stop"):
+        seal.api.restem(run)
+    assert seen and seen[0].distributed == tiny_config.distributed
+
+
+def test_a_worker_count_on_a_local_command_is_one_line_and_no_run_directory(tiny_config):
+    result = runner.invoke(app, ["knowledge", "cpt", "--quiet", *overrides(tiny_config), "--set", "distributed.workers=1"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "runs in this process only" in " ".join(result.output.split())
+    assert not Path(tiny_config.runs_dir).exists() or not any(Path(tiny_config.runs_dir).iterdir())
+
+
+def test_settings_a_command_does_not_read_are_named(tiny_config):
+    from seal.core.commands import unread_settings
+    from seal.knowledge.plugin import PLUGIN
+
+    config = load_config(None, [f"model.name={tiny_config.model.name}", "restem.k=3", "eval.bootstrap=300",
+                                "cpt.epochs=2", "inner_loop.lr=0.01"])
+    assert unread_settings(PLUGIN, "cpt", config) == ["eval.bootstrap", "restem.k"]
+    assert unread_settings(PLUGIN, "restem", config) == ["cpt.epochs"]
+    assert unread_settings(PLUGIN, "restem", config, ("eval",)) == ["cpt.epochs", "eval.bootstrap"]  # --no-eval
+    assert unread_settings(PLUGIN, "evaluate", load_config(None, ["inner_loop.lr=0.01"])) == []
+    result = runner.invoke(app, ["knowledge", "restem", "--no-eval", "--quiet", *overrides(tiny_config),
+                                 "--set", "restem.rounds=0", "--set", "cpt.epochs=2"])
+    assert result.exit_code == 0, result.output
+    assert "does not read cpt.epochs, eval.bootstrap" in " ".join(result.output.split())

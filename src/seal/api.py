@@ -19,7 +19,7 @@ from pathlib import Path
 
 from seal.core.config import Section
 from seal.core.domain import plugin
-from seal.core.models import LoadedModel, load_configured
+from seal.core.models import LoadedModel
 from seal.core.progress import Progress
 from seal.core.runs import Run
 from seal.core.tables import Table
@@ -49,12 +49,13 @@ def _progress(run: Run, progress: Progress | None) -> Progress:
 
 def restem(run: Run, lm: LoadedModel | None = None, progress: Progress | None = None) -> LoadedModel:
     """The run's ReST-EM rounds on its training contexts; returns the model as the last round's policy."""
+    from seal.core.distributed import load_run_model
     from seal.core.restem import restem as run_restem
 
     p = plugin(run.config.domain)
     train, _ = p.contexts(run.config)
-    lm = lm or load_configured(run.config.model)
     with _progress(run, progress) as bars:
+        lm = lm or load_run_model(run.config, bars.log)  # with distributed.workers attached, as the CLI's
         run_restem(run, lm, run_domain(run), p.training_contexts(run, lm, train, bars), bars)
     return lm
 

@@ -41,6 +41,8 @@ class ArcPlugin(DomainPlugin):
     group_word = "a task"
     input_errors = (TaskError,)
     held_fields = ("data.eval_ids",)
+    distributes = ("restem", "evaluate", "curate")
+    unread = {"restem": ("curate",), "evaluate": ("curate",), "curate": ("restem", "eval")}
 
     def config_class(self):
         from seal.arc.config import ArcConfig

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from pydantic import BaseModel
 
 from seal.core.config import ConfigError, load_config
 from seal.core.domain import DOMAINS, Domain, DomainPlugin, plugin
@@ -114,6 +115,10 @@ def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path | lis
         check_targets(names, recipe, f"{field}.target_modules")
         if isinstance(recipe, InnerLoopBase):
             check_memory_budget(shape, recipe, field, device)
+    if config.distributed.workers and command not in p.distributes:
+        served = ", ".join(f"`seal {p.name} {c}`" for c in p.distributes)
+        raise ConfigError(f"distributed.workers {config.distributed.workers}: `seal {p.name} {command}` runs in this "
+                          f"process only (workers serve {served}); set distributed.workers: 0")
     p.check(config, command, held)
     domain = p.domain(config)
     for one in [policy] if isinstance(policy, Path) else policy or []:
@@ -121,6 +126,31 @@ def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path | lis
     if reuse is not None:
         reuse_level(p, config, reuse)
     return train, held, domain
+
+
+def explicit_fields(section: BaseModel, prefix: str = "") -> list[str]:
+    """The dotted names of the leaf fields a configuration file or --set gave (not left to defaults)."""
+    out = []
+    for name in sorted(section.model_fields_set):
+        value = getattr(section, name)
+        if isinstance(value, BaseModel) and value.model_fields_set:
+            out += explicit_fields(value, f"{prefix}{name}.")
+        elif not isinstance(value, BaseModel):
+            out.append(prefix + name)
+    return out
+
+
+def unread_settings(p: DomainPlugin, command: str, config, also: tuple[str, ...] = ()) -> list[str]:
+    """The fields given for this run that `command` never reads (the plugin's `unread`, and `also`)."""
+    unread = (*p.unread.get(command, ()), *also)
+    return [f for f in explicit_fields(config) if any(f == u or f.startswith(u + ".") for u in unread)]
+
+
+def warn_unread(p: DomainPlugin, command: str, config, also: tuple[str, ...] = ()) -> None:
+    fields = unread_settings(p, command, config, also)
+    if fields:
+        console.print(f"[yellow]warning: `seal {p.name} {command}` does not read {', '.join(fields)} (set in the "
+                      "configuration, ignored by this command)[/yellow]")
 
 
 # Settings that decide how work is scheduled, not what it computes: --resume may change them (--set).
@@ -222,6 +252,7 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
         config, pinned = pinned_config(p, load_config(config_file, overrides or [], domain=p.name))
     train, held, domain = check_run(p, command, config, policies, allow_overlap, reuse)
     if resume is None:
+        warn_unread(p, command, config, ("eval",) if flags.get("eval") is False else ())
         inputs = dict(policy=[str(one) for one in policies], allow_overlap=allow_overlap, reuse_round1=str(reuse) if reuse else None,
                       pinned=pinned, flags=flags)
         run = Run.create(config, run_command, inputs=inputs)

@@ -140,6 +140,12 @@ class DomainPlugin(ABC):
     # Fields that choose the held-out contexts: `evaluate --resume --set` may change them to add contexts
     # to a table, never to drop one the run has results for.
     held_fields: ClassVar[tuple[str, ...]] = ()
+    # The commands that farm their work out to `distributed.workers`; every other command refuses a
+    # worker count rather than running everything here without a word.
+    distributes: ClassVar[tuple[str, ...]] = ("restem", "evaluate")
+    # Per command, the configuration sections (or section.field) it never reads: a field set there is
+    # named in a warning (core/commands.py, `unread_settings`), never silently ignored.
+    unread: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @abstractmethod
     def config_class(self) -> type[Section]:

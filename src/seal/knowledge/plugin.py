@@ -73,6 +73,16 @@ class KnowledgePlugin(DomainPlugin):
             sections.append(("cpt", config.cpt))
         return sections
 
+    # What each command never reads (a field set there draws a warning; restem --no-eval adds eval).
+    unread = {
+        "generate": ("inner_loop", "answer", "reward", "restem", "eval", "judge", "cpt", "continual", "learn"),
+        "restem": ("cpt", "continual", "learn"),
+        "evaluate": ("cpt", "continual", "learn"),
+        "cpt": ("restem", "eval", "continual", "learn"),
+        "continual": ("restem", "eval", "cpt", "learn"),
+        "learn": ("restem", "eval", "continual"),
+    }
+
     def check(self, config, command, held):
         if config.eval.recipes and command in ("cpt", "continual", "learn"):
             raise ConfigError(f"eval.recipes: `{command}` trains with its own section's recipe, not the table's "
