@@ -213,7 +213,11 @@ def test_the_library_api_attaches_workers_as_the_command_line_does(monkeypatch, 
     import seal.core.distributed as distributed
 
     seen = []
-    monkeypatch.setattr(distributed, "load_run_model", lambda config, log=print: seen.append(config) or (_ for _ in ()).throw(RuntimeError("stop")))
+    def stop(config, log=print):
+        seen.append(config)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(distributed, "load_run_model", stop)
     run = seal.api.start(tiny_config)
     with pytest.raises(RuntimeError, match="stop"):
         seal.api.restem(run)

@@ -326,3 +326,81 @@ def test_learning_more_later_skips_known_documents_and_keeps_the_earlier_ones(ti
     again = runner.invoke(app, ["learn", str(second), "--out", str(out), "--add", "--quiet",
                                 "--set", f"runs_dir={tiny_config.runs_dir}"])
     assert again.exit_code == 0 and "nothing new to learn" in again.output
+
+
+def test_untrusted_files_are_skipped_with_their_reason_and_never_read(tmp_path, monkeypatch):
+    import seal.knowledge.documents as documents
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("A secret kept outside the folder.")
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "good.txt").write_text("The harbour was dug in 1612 by the Velmora guild.")
+    (folder / "link-out.txt").symlink_to(outside / "secret.txt")
+    (folder / "link-in.txt").symlink_to(folder / "good.txt")  # a link that stays inside the folder is a document
+    (folder / "linked-folder").symlink_to(outside, target_is_directory=True)  # never walked
+    (folder / "bad\x07name.txt").write_text("A bell rang.")
+    (folder / "big.txt").write_text("word " * 800)
+    (folder / "many.json").write_text(json.dumps([{"text": f"Record {i} says something."} for i in range(30)]))
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.7\n1 0 obj << /Type /Pages /Kids [2 0 R] >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF")
+    monkeypatch.setattr(documents, "MAX_FILE_BYTES", 2000)
+    monkeypatch.setattr(documents, "MAX_RECORDS", 20)
+    docs, skipped = read_documents([folder])
+    assert sorted(Path(d.path).name for d in docs) == ["good.txt", "link-in.txt"]
+    assert not any("secret" in d.path for d in docs)
+    reasons = {s.path.rsplit("/", 1)[-1]: s.reason for s in skipped}
+    assert "outside the folder" in reasons["link-out.txt"]
+    assert reasons["bad\\x07name.txt"] == "control characters in the file name"  # shown escaped
+    assert reasons["big.txt"] == "4000 bytes, over the 2000 bytes a document may have"
+    assert "30 records, over the 20" in reasons["many.json"]
+    assert "PDF" in reasons["broken.pdf"]
+    assert len(reasons) == 5
+
+
+def test_an_output_folder_must_hold_exactly_what_its_manifest_lists(tmp_path):
+    from seal.knowledge.learn import LearnError, folder_files, verify_folder
+
+    def folder(name):
+        f = tmp_path / name
+        (f / "documents" / "d0").mkdir(parents=True)
+        (f / "adapter_model.safetensors").write_bytes(b"weights")
+        (f / "documents" / "d0" / "adapter_config.json").write_text("{}")
+        (f / "report.md").write_text("# report")
+        return f, dict(files=folder_files(f), documents=[dict(adapter="documents/d0")])
+
+    good, manifest = folder("good")
+    assert "report.md" not in manifest["files"] and "documents/d0/adapter_config.json" in manifest["files"]
+    verify_folder(good, manifest)
+    cases = {
+        "pickle": (lambda f, m: (f / "adapter_model.bin").write_bytes(b"pickle"), "pickle-format file"),
+        "unlisted": (lambda f, m: (f / "extra.json").write_text("{}"), "extra.json is not in its manifest.json"),
+        "changed": (lambda f, m: (f / "adapter_model.safetensors").write_bytes(b"other"), "differs from what seal learn wrote"),
+        "missing": (lambda f, m: (f / "adapter_model.safetensors").unlink(), "adapter_model.safetensors is missing"),
+        "escape": (lambda f, m: m["files"].update({"../good/adapter_model.safetensors": "0"}), "outside the folder"),
+        "adapter": (lambda f, m: m["documents"].append(dict(adapter="../good/documents/d0")),
+                    "the adapter '../good/documents/d0', outside"),
+        "symlink": (lambda f, m: (f / "link.json").symlink_to(good / "report.md"), "symbolic link"),
+        "old": (lambda f, m: m.pop("files"), "lists no files"),
+    }
+    for name, (spoil, message) in cases.items():
+        f, m = folder(name)
+        spoil(f, m)
+        with pytest.raises(LearnError, match=message):
+            verify_folder(f, m)
+
+
+def test_learn_refuses_documents_that_give_nothing_to_choose_by(tiny_config, tmp_path):
+    from typer.testing import CliRunner
+
+    from seal.cli import app
+    from test_cli import overrides
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "short.txt").write_text("ok ok.")
+    result = CliRunner().invoke(app, ["learn", str(docs), "--out", str(tmp_path / "out"), "--quiet",
+                                      *overrides(tiny_config), "--set", "learn.k=2"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "nothing can choose between the learn.k=2 self-edits; set learn.k: 1" in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()

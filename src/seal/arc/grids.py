@@ -96,6 +96,9 @@ def separator(tokenizer, setting: str, model: str) -> str:
         if not merged_digits(tokenizer, SEPARATORS[choice]):
             return SEPARATORS[choice]
     merged = merged_digits(tokenizer, SEPARATORS[choices[0]])
-    hint = "set data.cell_separator: space (or auto)" if setting == "none" else "ARC needs a tokenizer that keeps each grid cell's digit apart"
+    if setting == "none":
+        hint = "set data.cell_separator: space (or auto)"
+    else:
+        hint = "ARC needs a tokenizer that keeps each grid cell's digit apart"
     raise ValueError(f"model '{model}': its tokenizer reads several grid cells as one token "
                      f"(e.g. {merged[0]!r}) with data.cell_separator: {setting}; {hint}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import ClassVar
 
 from seal.arc.tasks import TaskError
 from seal.core.config import ConfigError
@@ -42,7 +43,7 @@ class ArcPlugin(DomainPlugin):
     input_errors = (TaskError,)
     held_fields = ("data.eval_ids",)
     distributes = ("restem", "evaluate", "curate")
-    unread = {"restem": ("curate",), "evaluate": ("curate",), "curate": ("restem", "eval")}
+    unread: ClassVar[dict[str, tuple[str, ...]]] = {"restem": ("curate",), "evaluate": ("curate",), "curate": ("restem", "eval")}
 
     def config_class(self):
         from seal.arc.config import ArcConfig

@@ -7,6 +7,11 @@ cannot be read (binary, not UTF-8, empty, an encrypted PDF or one without a text
 the field, an unknown type) is reported by name with the reason and skipped; a set of paths with
 nothing readable is a `DocumentError`.
 
+Documents are untrusted input. A file over `MAX_FILE_BYTES`, a JSON file of more than `MAX_RECORDS`
+records, a PDF of more than `MAX_PDF_PAGES` pages, a file name with control characters, and a symbolic
+link (to a file or a folder) that leads outside the folder it was found in are skipped with their
+reason, never read; nothing here writes anywhere.
+
 Splitting is paragraph- and heading-aware and bounded in tokens: a passage is the consecutive
 paragraphs of one section that fit `max_tokens` (a longer paragraph is cut between sentences), and
 its title is the document's title and the section's heading. Documents are read as a stream of
@@ -26,6 +31,10 @@ from seal.knowledge.data import DataError, Passage
 
 SUFFIXES = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".pdf": "pdf",
             ".json": "json", ".jsonl": "jsonl"}
+MAX_FILE_BYTES = 64 * 2**20  # a document larger than this is skipped (a 2 GB text file is not read)
+MAX_RECORDS = 20_000  # JSON / JSON Lines records a file may hold
+MAX_PDF_PAGES = 2_000
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
@@ -56,23 +65,51 @@ class Skipped:
     reason: str
 
 
-def find_files(paths: list[str | Path]) -> list[Path]:
-    """Every file named or under a folder named, folders walked in sorted order."""
-    out = []
+def find_files(paths: list[str | Path]) -> tuple[list[Path], list[Skipped]]:
+    """Every file named or under a folder named, folders walked in sorted order (symbolic links to
+    folders are not followed); and the files left out with why: a link out of its folder, a name with
+    control characters, a file over MAX_FILE_BYTES."""
+    out, skipped = [], []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+            root = p.resolve()
+            for f in sorted(p.rglob("*")):
+                if f.name.startswith(".") or not f.is_file():
+                    continue
+                if f.is_symlink() and not f.resolve().is_relative_to(root):
+                    skipped.append(Skipped(_shown(f), "a symbolic link to a file outside the folder (not followed)"))
+                    continue
+                out.append(f)
         elif p.is_file():
             out.append(p)
         else:
-            raise DocumentError(f"{p}: no such file or folder")
-    return out
+            raise DocumentError(f"{_shown(p)}: no such file or folder")
+    kept = []
+    for f in out:
+        if CONTROL.search(f.name):
+            skipped.append(Skipped(_shown(f), "control characters in the file name"))
+        elif f.stat().st_size > MAX_FILE_BYTES:
+            skipped.append(Skipped(_shown(f), f"{_size(f.stat().st_size)}, over the {_size(MAX_FILE_BYTES)} a document may have"))
+        else:
+            kept.append(f)
+    return kept, skipped
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
+
+
+def _shown(path: Path) -> str:
+    """A path as messages and reports print it: control characters escaped."""
+    text = str(path)
+    return ascii(text)[1:-1] if CONTROL.search(text) else text
 
 
 def read_documents(paths: list[str | Path], text_field: str = "text", title_field: str = "title") -> tuple[list[Document], list[Skipped]]:
     """The readable documents among `paths`, and the files skipped with why."""
-    docs, skipped = [], []
-    for f in find_files(paths):
+    docs = []
+    files, skipped = find_files(paths)
+    for f in files:
         kind = SUFFIXES.get(f.suffix.lower())
         if kind is None:
             skipped.append(Skipped(str(f), f"unsupported type '{f.suffix or f.name}' (read: {', '.join(sorted(SUFFIXES))})"))
@@ -157,20 +194,28 @@ def _pdf_doc(path: Path, text_field: str, title_field: str) -> list[Document]:
         reader = PdfReader(str(path))
         if reader.is_encrypted:
             raise _Unreadable("encrypted PDF")
+        if len(reader.pages) > MAX_PDF_PAGES:
+            raise _Unreadable(f"{len(reader.pages)} pages, over the {MAX_PDF_PAGES} a PDF may have")
         first = reader.pages[0].extract_text() if len(reader.pages) else ""
         meta_title = (reader.metadata.title if reader.metadata else None) or ""
-    except PdfReadError as err:
-        raise _Unreadable(f"not a readable PDF ({err})") from None
+    except (PdfReadError, ValueError, KeyError, TypeError, RecursionError) as err:  # a malformed file, whatever pypdf raises
+        raise _Unreadable(f"not a readable PDF ({type(err).__name__}: {err})"[:300]) from None
     if not (first or "").strip() and not any((p.extract_text() or "").strip() for p in reader.pages[1:5]):
         raise _Unreadable("no text layer (a scanned PDF needs OCR first)")
 
     def blocks():
         for page in PdfReader(str(path)).pages:  # one page's text at a time
-            yield from paragraphs(page.extract_text() or "")
+            try:
+                text = page.extract_text() or ""
+            except Exception:  # a malformed page of an untrusted file adds nothing; it never ends the run
+                continue
+            yield from paragraphs(text)
     return [Document(str(path), meta_title.strip() or _title_from_name(path), _digest(data), blocks)]
 
 
 def _records(path: Path, text_field: str, title_field: str, rows: list, data: bytes) -> list[Document]:
+    if len(rows) > MAX_RECORDS:
+        raise _Unreadable(f"{len(rows)} records, over the {MAX_RECORDS} a file may have (split it)")
     docs = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not isinstance(row.get(text_field), str) or not row[text_field].strip():

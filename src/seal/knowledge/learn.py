@@ -113,6 +113,11 @@ def prepare(run: Run, lm: LoadedModel, documents: list[Document], skipped: list[
     document_of = {p.id: path for path, p in pairs}
     records = record_questions(run, lm, [p for _, p in pairs], "learn/questions/", progress,
                                lambda p: dict(document=document_of[p.id], title=p.title, context=p.context))
+    if config.learn.k > 1 and not any(r["selection"] for r in records):
+        raise LearnError(f"none of the {len(records)} passages got a selection question from the "
+                         f"{config.questions.writer} writer (dropped: {_dropped_text(records)}), so nothing can choose "
+                         f"between the learn.k={config.learn.k} self-edits; set learn.k: 1 to learn without choosing, "
+                         "or use a stronger question writer (questions.writer, teacher.model)")
     return [Item(path, Passage(p.title, p.context, _load(r["selection"])), Passage(p.title, p.context, _load(r["held_out"])))
             for (path, p), r in zip(pairs, records)]
 
@@ -237,6 +242,7 @@ class Earlier:
         if not path.is_file():
             raise LearnError(f"--add {folder}: not a `seal learn` output folder (no {MANIFEST})")
         m = json.loads(path.read_text(encoding="utf-8"))
+        verify_folder(folder, m)
         if (folder / "config.json").is_file():
             raise LearnError(f"--add {folder}: a merged checkpoint; learning more needs an adapter folder (no --merge)")
         items = [Item(p["document"], Passage(p["title"], p["context"], _load(p["selection"])),
@@ -422,8 +428,8 @@ def write_output(run: Run, lm: LoadedModel, out: Path, items: list[Item], kept: 
         for f in (run.path / "adapter").iterdir():
             shutil.copy2(f, tmp / f.name)
     table = report_table(run, items, earlier)
-    (tmp / MANIFEST).write_text(json.dumps(manifest(run, items, kept, policy, earlier), indent=2, ensure_ascii=False) + "\n",
-                                encoding="utf-8")
+    written = dict(manifest(run, items, kept, policy, earlier), files=folder_files(tmp))
+    (tmp / MANIFEST).write_text(json.dumps(written, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (tmp / "config.yaml").write_text(dump_config(run.config), encoding="utf-8")
     (tmp / "report.md").write_text(report_markdown(run, table), encoding="utf-8")
     if earlier is not None:
@@ -465,6 +471,60 @@ def check_documents(run: Run, documents: list[Document]) -> None:
         raise LearnError(f"the documents changed since this run started ({', '.join(changed[:3])}); start a new run")
 
 
+# --- an output folder as untrusted input ------------------------------------------------------------------
+# `seal ask` and `seal learn --add` load what a folder holds: weights as safetensors only (a pickle can
+# run code when loaded), each file the manifest lists with its SHA-256, nothing the manifest does not list,
+# nothing outside the folder. Tokenizer and configuration files are JSON or text; trust_remote_code is
+# never set, so nothing in a folder is executed.
+NOT_LISTED = (MANIFEST, "report.md", "config.yaml")  # written after the list, read as text only
+PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".npz", ".joblib")
+
+
+def folder_files(folder: Path) -> dict[str, str]:
+    """Every file of an output folder (but NOT_LISTED) by its path inside it, with its SHA-256."""
+    return {f.relative_to(folder).as_posix(): _sha256(f) for f in sorted(folder.rglob("*"))
+            if f.is_file() and f.relative_to(folder).as_posix() not in NOT_LISTED}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_folder(folder: Path, manifest: dict) -> None:
+    """A LearnError (one line) unless the folder holds exactly the files its manifest lists, unchanged,
+    inside the folder, and no pickle."""
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
+        raise LearnError(f"{folder}: its {MANIFEST} lists no files (written by an older seal, or not by seal learn); "
+                         "run seal learn again")
+    root = folder.resolve()
+    for f in sorted(folder.rglob("*")):
+        name = f.relative_to(folder).as_posix()
+        if f.is_symlink():
+            raise LearnError(f"{folder}: {name} is a symbolic link; an output folder holds plain files only")
+        if f.is_file() and f.suffix.lower() in PICKLES:
+            raise LearnError(f"{folder}: {name} is a pickle-format file; seal ask loads safetensors weights only")
+        if f.is_file() and name not in NOT_LISTED and name not in listed:
+            raise LearnError(f"{folder}: {name} is not in its {MANIFEST}; the folder was changed after seal learn wrote it")
+    for name, digest in listed.items():
+        path = folder / name
+        if not path.resolve().is_relative_to(root):
+            raise LearnError(f"{folder}: {MANIFEST} names {name!r}, outside the folder")
+        if not path.is_file():
+            raise LearnError(f"{folder}: {name} is missing (listed in its {MANIFEST})")
+        if _sha256(path) != digest:
+            raise LearnError(f"{folder}: {name} differs from what seal learn wrote (SHA-256)")
+    for doc in manifest.get("documents", []):
+        if "adapter" in doc and doc["adapter"] is not None and not (folder / doc["adapter"]).resolve().is_relative_to(root):
+            raise LearnError(f"{folder}: {MANIFEST} names the adapter {doc['adapter']!r}, outside the folder")
+
+
 # --- asking ---------------------------------------------------------------------------------------------
 class Asker:
     """Answers closed-book from a `seal learn` output folder: its adapter on the base model, its merged
@@ -478,7 +538,11 @@ class Asker:
         path = folder / MANIFEST
         if not path.is_file():
             raise LearnError(f"{folder}: not a `seal learn` output folder (no {MANIFEST})")
-        self.manifest = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            self.manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise LearnError(f"{path}: not valid JSON ({err})") from None
+        verify_folder(folder, self.manifest)
         self.config = KnowledgeConfig.model_validate(self.manifest["settings"])
         self.passages = self.manifest["passages"]
         self.index = TfIdf([f"{p['title']} {p['context']}" for p in self.passages])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from seal.core.config import ConfigError
 from seal.core.domain import DomainPlugin
 from seal.knowledge.data import DataError
@@ -74,7 +76,7 @@ class KnowledgePlugin(DomainPlugin):
         return sections
 
     # What each command never reads (a field set there draws a warning; restem --no-eval adds eval).
-    unread = {
+    unread: ClassVar[dict[str, tuple[str, ...]]] = {
         "generate": ("inner_loop", "answer", "reward", "restem", "eval", "judge", "cpt", "continual", "learn"),
         "restem": ("cpt", "continual", "learn"),
         "evaluate": ("cpt", "continual", "learn"),
