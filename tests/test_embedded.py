@@ -117,4 +117,6 @@ def test_speed_benchmark_runs_all_four_paths_on_a_random_architecture(tmp_path):
     summary = json.loads(out.read_text())
     assert [p["name"][:3] for p in summary["paths"]] == ["(c)", "(b)", "(d)", "(a)"]
     assert [p["evals"] for p in summary["paths"]] == [3, 3, 2, 1]
-    assert summary["reward_checks"]["(b) vs (c)"] < 2e-3  # the batched path still equals one at a time
+    # The batched path still equals one at a time, measured against the self-edits' spread (which shows
+    # that training on different text moved the rewards at all; they are ~1e-5 on a random-weight model).
+    assert summary["reward_checks"]["(b) vs (c) / spread"] < 1e-2

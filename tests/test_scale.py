@@ -124,9 +124,10 @@ def test_both_inner_loops_agree_in_each_weight_dtype_and_lora_stays_fp32(tiny_di
     """fp32: the batched and one-at-a-time adapters agree to float rounding (relative distance 1e-5).
     bf16 weights round every layer's output to 8 bits of mantissa, which the two paths do in different
     places, and Adam turns tiny gradient differences into steps of up to the learning rate, so the
-    tolerance is the scale of bf16 itself: the distance between the one-at-a-time adapter trained on
-    bf16 weights and on fp32 ones (about 0.1 on this random tiny model). The two bf16 paths must agree
-    to within 1.5 times that."""
+    scale of bf16 itself is the distance between the one-at-a-time adapter trained on bf16 weights and
+    on fp32 ones (0.10 and 0.005 for the two adapters on this random tiny model). The two bf16 paths
+    must agree far closer than that: within a quarter of it, adapter by adapter (measured: 0.04 and
+    0.005 of it), so that the batched path rounds where PEFT's layers round."""
     cfg, seeds = _cfg(), [1, 2]
     got = {}
     for dtype in ("fp32", "bf16"):
@@ -136,11 +137,11 @@ def test_both_inner_loops_agree_in_each_weight_dtype_and_lora_stays_fp32(tiny_di
         assert lm.dtype == dtype and next(lm.model.parameters()).dtype == models.DTYPES[dtype]
         got[dtype] = _both_paths(lm, cfg, [lm_examples(lm.tokenizer, t, 64) for t in TEXTS], seeds)
     (alone32, batched32), (alone16, batched16) = got["fp32"], got["bf16"]
-    bf16_scale = max(_distance(alone16[k], alone32[k]) for k in range(2))
-    assert 0 < bf16_scale < 0.3
     for k in range(2):
+        bf16_scale = _distance(alone16[k], alone32[k])
+        assert 0 < bf16_scale < 0.3
         assert _distance(batched32[k], alone32[k]) <= 1e-5
-        assert _distance(batched16[k], alone16[k]) <= 1.5 * bf16_scale
+        assert _distance(batched16[k], alone16[k]) <= 0.25 * bf16_scale, k
         assert any(v.abs().max() > 0 for n, v in batched16[k].items() if "lora_B" in n)  # it trained
 
 
