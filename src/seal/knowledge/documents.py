@@ -88,8 +88,8 @@ def find_files(paths: list[str | Path]) -> tuple[list[Path], list[Skipped]]:
     for f in out:
         if CONTROL.search(f.name):
             skipped.append(Skipped(_shown(f), "control characters in the file name"))
-        elif f.stat().st_size > MAX_FILE_BYTES:
-            skipped.append(Skipped(_shown(f), f"{_size(f.stat().st_size)}, over the {_size(MAX_FILE_BYTES)} a document may have"))
+        elif (size := f.stat().st_size) > MAX_FILE_BYTES:
+            skipped.append(Skipped(_shown(f), f"{_size(size)}, over the {_size(MAX_FILE_BYTES)} a document may have"))
         else:
             kept.append(f)
     return kept, skipped

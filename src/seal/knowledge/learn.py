@@ -19,6 +19,7 @@ Every step is a record of the run directory, so `--resume` redoes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections import Counter
@@ -238,11 +239,7 @@ class Earlier:
 
     @classmethod
     def read(cls, folder: Path) -> Earlier:
-        path = folder / MANIFEST
-        if not path.is_file():
-            raise LearnError(f"--add {folder}: not a `seal learn` output folder (no {MANIFEST})")
-        m = json.loads(path.read_text(encoding="utf-8"))
-        verify_folder(folder, m)
+        m = read_manifest(folder, f"--add {folder}")
         if (folder / "config.json").is_file():
             raise LearnError(f"--add {folder}: a merged checkpoint; learning more needs an adapter folder (no --merge)")
         items = [Item(p["document"], Passage(p["title"], p["context"], _load(p["selection"])),
@@ -487,13 +484,25 @@ def folder_files(folder: Path) -> dict[str, str]:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
+    h = hashlib.sha256()  # a block at a time: adapters and merged checkpoints are large
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_manifest(folder: Path, label: str) -> dict:
+    """The manifest of a `seal learn` output folder, once the folder is verified against it; a LearnError
+    (one line, starting with `label`) for anything else."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise LearnError(f"{label}: not a `seal learn` output folder (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LearnError(f"{path}: not valid JSON ({err})") from None
+    verify_folder(folder, manifest)
+    return manifest
 
 
 def verify_folder(folder: Path, manifest: dict) -> None:
@@ -535,14 +544,7 @@ class Asker:
         from seal.knowledge.config import KnowledgeConfig
         from seal.knowledge.retrieval import TfIdf
 
-        path = folder / MANIFEST
-        if not path.is_file():
-            raise LearnError(f"{folder}: not a `seal learn` output folder (no {MANIFEST})")
-        try:
-            self.manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise LearnError(f"{path}: not valid JSON ({err})") from None
-        verify_folder(folder, self.manifest)
+        self.manifest = read_manifest(folder, str(folder))
         self.config = KnowledgeConfig.model_validate(self.manifest["settings"])
         self.passages = self.manifest["passages"]
         self.index = TfIdf([f"{p['title']} {p['context']}" for p in self.passages])
