@@ -270,3 +270,55 @@ def test_a_run_keeps_the_task_list_it_started_with_and_an_evaluation_may_only_gr
     assert dropped.exit_code == 2 and "drops tasks the run has results for (66e6c45b)" in " ".join(dropped.output.split())
     other = runner.invoke(app, ["arc", "evaluate", "--quiet", "--resume", str(run_dir), "--set", "data.train_ids=[5582e5ca]"])
     assert other.exit_code == 2 and "keeps the run's settings" in other.output
+
+
+def _copy_the_query(lm, prompts, **_):
+    """A stand-in for generation that answers every view prompt with its own test input: a model that
+    has learnt "output = input". It solves identity tasks in every view (through each view's inverse),
+    and no task whose output differs from its input."""
+    from seal.arc.grids import parse
+    from seal.arc.ttt import answer_text
+    from seal.core.generation import Generation
+
+    return [Generation(answer_text(parse(p.rsplit("input:\n", 1)[1].split("\noutput:")[0])), 8, False) for p in prompts]
+
+
+def test_a_pipeline_that_solves_records_success_pass_at_k_and_every_vote(tiny_dir, tmp_path, monkeypatch):
+    """The ReST-EM round and the table on tasks a model can solve: generation copies the query (the
+    rest, TTT, voting over views, the inverse transforms, the likelihood re-ranking through the tiny
+    model, is the real code). Identity tasks are solved, mirror tasks are not, so every column is 1/2
+    of the tasks, and only the solved training task's self-edits are kept for the policy."""
+    import json
+
+    import numpy as np
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    rng = np.random.default_rng(0)
+    for name, change in [("copy_a", lambda g: g), ("mirror_a", np.fliplr), ("copy_b", lambda g: g), ("mirror_b", np.fliplr)]:
+        grids = [rng.integers(1, 10, size=(2, 3)) for _ in range(3)]  # not square, so a wrong inverse is a wrong shape
+        pairs = [{"input": g.tolist(), "output": change(g).tolist()} for g in grids]
+        (tasks / f"{name}.json").write_text(json.dumps({"train": pairs[:2], "test": pairs[2:]}))
+    monkeypatch.setattr("seal.arc.predict.generate", _copy_the_query)
+    args = arc_args(tiny_dir, tmp_path, "data.source=files", f"data.train_path={tasks}",
+                    "data.train_ids=[copy_a, mirror_a]", "data.eval_ids=[copy_b, mirror_b]",
+                    "predict.views=[identity, rot90, flip_ud]", "restem.keep=all", "restem.min_reward=1.0")
+    result = runner.invoke(app, ["arc", "restem", "--quiet", *args])
+    assert result.exit_code == 0, result.output
+    [run_dir] = list((tmp_path / "runs").iterdir())
+    run = Run.resume(run_dir)
+    done = run.get("round1/done")
+    rewards = {r["task_id"]: r["reward"] for r in run.records("self_edit_eval") if r["key"].startswith("round1/")}
+    assert rewards == {"copy_a": 1.0, "mirror_a": 0.0}
+    assert len(done["kept"]) == 2 and (run_dir / done["adapter"]).is_dir()  # the solved task's two self-edits
+    from seal.arc.evaluate import table as arc_table
+
+    rows = arc_table(run).rows
+    assert {r["condition"] for r in rows} >= {"ICL, no TTT", "TTT + base self-edits (no RL)", "TTT + oracle configuration"}
+    for row in rows:
+        assert row["per_task"]["copy_b"] and all(r == 1.0 for r in row["per_task"]["copy_b"]), row
+        assert all(r == 0.0 for r in row["per_task"]["mirror_b"]), row
+        assert row["success"] == row["pass@k"] == 0.5, row
+        assert row["flat"] == row["hierarchical"] == row["likelihood"] == 0.5, row
+    table = (run_dir / "table.md").read_text()
+    assert "| copy_b | 1/1 |" in table and "| mirror_b | 0/1 |" in table
