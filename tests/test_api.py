@@ -2,22 +2,35 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import seal
 from test_cli import overrides
 
 
 def test_the_library_runs_a_round_and_builds_the_table(tiny_config):
-    config = seal.load_config(None, [a for a in overrides(tiny_config) if a != "--set"])
+    import torch
+
+    from seal.core.models import load_model
+
+    # loglik: rewards of the random model that differ from 0 and from each other (its F1 is 0 everywhere)
+    config = seal.load_config(None, [a for a in overrides(tiny_config) if a != "--set"] + ["reward.metric=loglik"])
     run = seal.start(config)
     policy = seal.restem(run)
-    assert run.get("round1/done") is not None and policy.model is not None
+    done = run.get("round1/done")
+    # the returned model is round 1's policy: its saved adapter merged into the base weights
+    assert done["adapter"] and [Path(p).resolve() for p in policy.policy] == [(run.path / done["adapter"]).resolve()]
+    base = load_model(config.model.name, "cpu").model.state_dict()
+    changed = [k for k, v in policy.model.state_dict().items() if not torch.equal(v, base[k])]
+    assert changed and all("proj" in k for k in changed)
     table = seal.evaluate(run, policy=run.path)
     conditions = [row["condition"] for row in table.rows]
     assert conditions[0] == "base model, no update" and "passage + SEAL round 1 self-edits" in conditions
+    rewards = [r["reward"] for r in table.rows]
+    assert all(r > 0 for r in rewards) and len(set(rewards)) > 1, rewards
     assert (run.path / "table.md").read_text().startswith(table.markdown())
     again = seal.table(seal.resume(run.path))  # from the records alone
-    assert [r["reward"] for r in again.rows] == [r["reward"] for r in table.rows]
+    assert [r["reward"] for r in again.rows] == rewards
 
 
 def test_the_data_code_needs_no_torch():
