@@ -13,6 +13,7 @@ from seal.core.continual import SequentialLora, kl_loss, kl_to_reference, orthog
 from seal.core.runs import Run
 from seal.core.training import Example, collate, train
 from seal.knowledge.continual import draw_sequences, summary
+from seal.knowledge.data import load_builtin
 from seal.knowledge.retrieval import TfIdf
 from test_cli import overrides
 
@@ -146,13 +147,15 @@ def test_continual_matrix_bookkeeping_remedies_and_resume(tiny_config):
     assert len(plan) == 2 and all(len(s) == 3 for s in plan)
     steps = [r for r in records if r["kind"] == "continual_step"]
     assert len(steps) == 5 * 2 * 3
+    passages = {p.id: p for p in load_builtin()}
     for r in steps:
         seq = plan[r["sequence"]]
         assert r["passage_id"] == seq[r["step"] - 1]
         # after step t: exactly the questions of passages 1..t, in order
         assert [s["passage_id"] for s in r["scores"]] == seq[:r["step"]]
         assert [s["position"] for s in r["scores"]] == list(range(1, r["step"] + 1))
-        assert all(len(s["answers"]) == min(2, len(s["answers"])) for s in r["scores"])
+        # every question of each passage seen so far, answer.max_questions=2 at most
+        assert [len(s["answers"]) for s in r["scores"]] == [min(2, len(passages[p].questions)) for p in seq[:r["step"]]]
         if r["remedy"] == "replay":
             assert all(1 <= step < r["step"] for step, _ in r["replayed"])
             assert (len(r["replayed"]) > 0) == (r["step"] > 1 and r["valid"])
@@ -160,8 +163,14 @@ def test_continual_matrix_bookkeeping_remedies_and_resume(tiny_config):
             assert r["train"]["extra_loss"] >= 0
         if r["remedy"] == "orthogonal" and r["valid"] and r["step"] > 1:
             assert 0 <= r["train"]["extra_loss"] < 1e-3  # started orthogonal; a few small steps keep it near 0
-        if r["remedy"] == "route":
-            assert 0 <= r["routing_accuracy"] <= 1
+        if r["remedy"] == "route":  # routes[j]: the adapters passage j's questions went (len(seq): no adapter)
+            routes = r["routes"]
+            assert [len(x) for x in routes] == [len(s["answers"]) for s in r["scores"]]
+            hits = sum(k == j for j, ks in enumerate(routes) for k in ks) / sum(map(len, routes))
+            if all(k < len(seq) for ks in routes for k in ks):  # every seen passage has its adapter
+                assert r["routing_accuracy"] == pytest.approx(hits)
+            if r["step"] == 1:  # one passage seen: every question goes to it
+                assert r["routing_accuracy"] == 1.0
     assert {r["context_id"] for r in records if r["key"].startswith("continual/start/")} == {p for s in plan for p in s}
     assert not any((run_dir / "continual").glob("*/s*/t*"))  # adapters removed once a sequence is complete
 

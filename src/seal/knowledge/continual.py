@@ -185,7 +185,7 @@ def _routed(run: Run, lm: LoadedModel, domain: KnowledgeDomain, seq: list[Passag
                          objective=domain.objective.describe(),
                          valid=problem is None, problem=problem,
                          train=stats[t - 1].as_dict() if problem is None else None, adapter=None,
-                         routing_accuracy=hits / total if total else None, adapters=routes)
+                         routing_accuracy=hits / total if total else None, routes=routes, adapters=routes)
             progress.advance("steps")
 
 
