@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from seal.cli import app
+from seal.core.runs import Run
 from seal.core.token_store import TokenStore
 from seal.core.training import temporary_update
 from test_cli import overrides
@@ -68,7 +69,18 @@ def test_cpt_command_table_and_resume(tiny_config):
     # pooled: passage only trains on the three passages; with self-edits, on more sequences
     assert data["passage only"]["sequences"] == 3
     assert data["passage sentences"]["sequences"] > 3  # one per sentence
-    assert data["passage + base self-edits"]["sequences"] >= 3
+    # every passage's usable self-edit adds its lines (a passage whose self-edit is unusable: its passage alone)
+    from seal.knowledge.data import load_builtin
+    from seal.knowledge.self_edit import training_set
+
+    il, passages = Run.resume(run_dir).config.inner_loop, {p.id: p for p in load_builtin()}
+    written = {r["context_id"]: r["self_edits"][0] for r in records if r["key"].startswith("eval/samples/passage + base self-edits/")}
+    sets = [training_set(passages[pid], text, split_lines=il.split_lines, include_passage=il.include_passage,
+                         max_lines=il.max_lines, item_format=il.item_format) for pid, text in written.items()]
+    usable = [len(t.sequences) for t in sets if not t.problem]
+    assert len(written) == 3 and usable and min(usable) > 1  # the random model's self-edits: some lines each
+    assert data["passage + base self-edits"]["sequences"] == sum(usable) + (len(sets) - len(usable))
+    assert data["passage + base self-edits"]["unusable_self_edits"].keys() == {pid for pid, t in zip(written, sets) if t.problem}
     store = TokenStore(run_dir / "cpt" / "passage-base-self-edits" / "sequences")
     assert len(store) == data["passage + base self-edits"]["sequences"]
     train = [r for r in records if r["kind"] == "cpt_train"]
