@@ -10,7 +10,7 @@ def test_evaluate_self_edit_records_everything_and_restores_base(tiny, tiny_conf
     passage = load_builtin()[0]
     before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
     pre = domain.pre_update(tiny, passage)
-    assert len(pre["answers"]) == 2 and 0.0 <= pre["reward"] <= 1.0  # answer.max_questions=2
+    assert len(pre["answers"]) == 2 and pre["reward"] == pre["means"]["f1"]  # answer.max_questions=2
     result = domain.evaluate(tiny, passage, "It was built long ago.\nIt is famous.", seed=0, pre=pre)
     assert result["valid"] and result["n_lines"] == 2 and result["n_sequences"] == 3
     assert result["train"]["steps"] == 1 and result["train"]["tokens"] > 0
@@ -18,6 +18,28 @@ def test_evaluate_self_edit_records_everything_and_restores_base(tiny, tiny_conf
     assert result["gain"] == result["reward"] - pre["reward"]
     after = tiny.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_reward_is_the_configured_metric_of_the_answers_given(tiny, tiny_config, monkeypatch):
+    """Answers stand in for generation (the random model's own score 0 on every text metric): one gold,
+    one wrong. f1 and em then grade 1 and 0, and the reward is their mean; loglik's reward is the mean
+    geometric per-token probability of the gold answers under the tiny model, strictly between 0 and 1."""
+    import math
+
+    from seal.core.generation import Generation
+
+    passage = load_builtin()[0]
+    gold = passage.questions[0].answers[0]
+    monkeypatch.setattr("seal.knowledge.domain.generate",
+                        lambda lm, prompts, **_: [Generation(gold, 3, False), Generation("zzqx vvk", 3, False)])
+    pre = KnowledgeDomain(tiny_config).pre_update(tiny, passage)
+    assert pre["answers"] == [gold, "zzqx vvk"] and pre["grades"]["em"] == [1.0, 0.0] and pre["grades"]["f1"] == [1.0, 0.0]
+    assert pre["reward"] == pre["means"]["f1"] == 0.5
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.reward.metric = "loglik"
+    ll = KnowledgeDomain(cfg).pre_update(tiny, passage)
+    assert all(v < 0 for v in ll["grades"]["loglik"]) and ll["grades"]["loglik"] == pre["grades"]["loglik"]
+    assert 0 < ll["reward"] < 1 and ll["reward"] == pytest.approx(sum(math.exp(v) for v in ll["grades"]["loglik"]) / 2)
 
 
 def test_loglik_reward_moves_when_trained_on_the_answers(tiny, tiny_config):
