@@ -121,3 +121,62 @@ def test_a_worker_that_dies_has_its_batch_sent_again(tiny_config, tmp_path):
     alone = Run.create(cfg, "restem")
     evaluate_jobs(alone, load_run_model(cfg), KnowledgeDomain(cfg), jobs())
     assert {r["key"]: what(r) for r in run.records()} == {r["key"]: what(r) for r in alone.records()}
+
+
+def test_the_driver_reads_the_weights_only_for_the_m_step(tiny_config, monkeypatch):
+    """With workers, the driver's model is a DeferredModel: sampling, scores and evaluations go to the
+    workers and leave it unread; the M-step reads and trains it, and drops it once the policy's adapter
+    is saved; the table goes back to the base model and only lists the adapter for the workers."""
+    import seal
+    import seal.core.restem as restem_module
+    from seal.core.models import DeferredModel
+    from seal.core.restem import reset_to_base
+
+    config = seal.load_config(None, [a for a in overrides(tiny_config) if a != "--set"] + ["restem.rounds=1"])
+    config.distributed.workers = 2
+    run = seal.start(config)
+    lm = load_run_model(config)
+    assert isinstance(lm, DeferredModel) and not lm.loaded and "loaded=False" in repr(lm)
+    at_m_step, real = [], restem_module.sft_and_merge
+    monkeypatch.setattr(restem_module, "sft_and_merge", lambda m, *a, **k: at_m_step.append(m.loaded) or real(m, *a, **k))
+    seal.restem(run, lm)
+    adapter = str((run.path / "policy/round-1").resolve())
+    assert at_m_step == [False] and not lm.loaded and lm.policy == [adapter]  # dropped again after the M-step
+    assert lm.model is not None and lm.loaded and lm.policy == [adapter]  # read again: the policy merged
+    reset_to_base(lm)  # as `seal knowledge restem` does before its table: the first rows are the base model's
+    assert not lm.loaded and lm.policy == []
+    table = seal.evaluate(run, policy=run.path, lm=lm)
+    assert not lm.loaded and lm.policy == [adapter]  # round 1's policy, for the workers to merge
+    assert "passage + SEAL round 1 self-edits" in [r["condition"] for r in table.rows]
+
+
+def test_a_deferred_model_merges_the_listed_adapters_when_read(tiny_dir, tmp_path):
+    """Adapters merged into a DeferredModel before its weights are read are merged when they are, in
+    order: the same weights as an eager model that merged them one by one."""
+    import torch
+
+    from seal.core.config import LoraTrainConfig
+    from seal.core.models import DeferredModel, load_model
+    from seal.core.restem import reset_to_base
+    from seal.core.training import Example, merge_saved_adapter, sft_and_merge
+
+    trainer = load_model(str(tiny_dir), "cpu")
+    cfg = LoraTrainConfig(rank=2, alpha=4, lr=1e-2, epochs=1)
+    folders = []
+    for i in range(2):
+        folders.append(tmp_path / f"a{i}")
+        ids = list(range(3 + i, 9 + i))
+        sft_and_merge(trainer, [Example(ids, [-100, -100, *ids[2:]])], cfg, seed=i, precision="fp32", save_dir=folders[-1])
+    eager, deferred = load_model(str(tiny_dir), "cpu"), DeferredModel(str(tiny_dir), "cpu")
+    for folder in folders:
+        merge_saved_adapter(eager, folder)
+        merge_saved_adapter(deferred, folder)
+    assert not deferred.loaded and deferred.policy == [str(f.resolve()) for f in folders]
+    want, got = eager.model.state_dict(), deferred.model.state_dict()
+    assert deferred.loaded and deferred.policy == eager.policy
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    reset_to_base(deferred)
+    assert not deferred.loaded and deferred.policy == []
+    base = load_model(str(tiny_dir), "cpu").model.state_dict()
+    assert all(torch.equal(base[k], v) for k, v in deferred.model.state_dict().items())
+    assert any(not torch.equal(base[k], want[k]) for k in want)  # the adapters did change the weights

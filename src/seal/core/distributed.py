@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from seal.core.models import LoadedModel, load_configured
+from seal.core.models import DeferredModel, LoadedModel, load_configured
 
 RESTARTS = 2  # times Ray restarts a worker whose process died (running its calls again), before it is given up
 TRIES = 3  # workers one call is sent to before its failure ends the run
@@ -120,7 +120,7 @@ class Replica:
 class Workers:
     """`distributed.workers` Ray actors (`Replica`), each holding the policy of the driver's model `lm`.
     Every check (the cluster answers, has room for them, each loads the model) is made when they start,
-    before the driver loads its own model."""
+    before the driver reads its tokenizer (its weights wait until it computes itself: models.DeferredModel)."""
 
     def __init__(self, config, model_config, log: Callable[[str], None] = print):
         import ray
@@ -248,8 +248,10 @@ def answers(address: str, timeout: float = 5.0) -> None:
 def load_run_model(config, log: Callable[[str], None] = print) -> LoadedModel:
     """The model a run's configuration names, with `distributed.workers` Ray workers attached when set
     (`log`: where a lost worker is reported, e.g. the run's progress log)."""
-    workers = Workers(config.distributed, config.model, log) if config.distributed.workers else None
-    lm = load_configured(config.model)
-    if workers is not None:
-        workers.lm, lm.workers = lm, workers
+    if not config.distributed.workers:
+        return load_configured(config.model)
+    workers = Workers(config.distributed, config.model, log)
+    m = config.model
+    lm = DeferredModel(m.name, m.device, m.dtype)  # the weights are read only for what the driver computes itself
+    workers.lm, lm.workers = lm, workers
     return lm

@@ -209,6 +209,47 @@ def load_model(name: str = EMBEDDED, device: str = "auto", dtype: str = "auto") 
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, device=dev, dtype=chosen)
 
 
+class DeferredModel(LoadedModel):
+    """A LoadedModel whose weights are read on the first use of `.model`, with the saved policy adapters
+    listed in `policy` merged then, in order. The distributed driver holds one: its workers sample,
+    score and train the inner loop, so it reads the weights only when it computes itself (the M-step,
+    a command that trains or generates in-process) and `seal ... evaluate --workers N` never does.
+    Until then `merge_saved_adapter` only lists an adapter and `reset_to_base` only clears the list;
+    setting `.model = None` leaves it unread again."""
+
+    def __init__(self, name: str, device: str = "auto", dtype: str = "auto"):
+        dev = pick_device(device)
+        self._model = None
+        try:
+            tokenizer = load_tokenizer(name)
+        except OSError as err:
+            raise ModelLoadError(f"could not load model '{name}': {err}") from err
+        super().__init__(model=None, tokenizer=tokenizer, name=name, device=dev,
+                         dtype=resolve_dtype(dtype, dev, resolve_checkpoint(name)))
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> PreTrainedModel:
+        if self._model is None:
+            from seal.core.training import merge_saved_adapter  # training imports this module
+
+            saved, self.policy = self.policy, []
+            self._model = load_model(self.name, str(self.device), self.dtype).model
+            for path in saved:
+                merge_saved_adapter(self, path)
+        return self._model
+
+    @model.setter
+    def model(self, value: PreTrainedModel | None) -> None:
+        self._model = value
+
+    def __repr__(self) -> str:  # the dataclass's would read the weights
+        return f"DeferredModel(name={self.name!r}, device={self.device}, dtype={self.dtype!r}, loaded={self.loaded}, policy={self.policy})"
+
+
 def release_memory() -> None:
     """Hand memory that freed tensors left behind back to the system, after a phase of work (the
     inner-loop evaluations of a round or a table row, the self-edits or scores of a step, a policy

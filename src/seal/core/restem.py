@@ -25,7 +25,7 @@ from typing import Any
 from seal.core.distributed import executor, map_unordered
 from seal.core.domain import Domain
 from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
-from seal.core.models import LoadedModel, load_model, release_memory
+from seal.core.models import DeferredModel, LoadedModel, load_model, release_memory
 from seal.core.multi_lora import adapters_per_batch, widest_batch
 from seal.core.objectives import Objective, make_objective
 from seal.core.progress import Progress
@@ -390,6 +390,8 @@ def restem(run: Run, lm: LoadedModel, domain: Domain, contexts: list, progress: 
             stats = sft_and_merge(lm, examples, cfg.restem.sft, seed=derive_seed(cfg.seed, "sft", r),
                                   precision=precision, save_dir=folder, objective=m_step_objective(cfg),
                                   on_step=lambda s, total: progress.advance("sft"))
+            if isinstance(lm, DeferredModel) and lm.policy is not None:
+                lm.model = None  # the driver's copy: its workers merge the saved adapter; read again at the next M-step
             release_memory()
             if stats.problem is None:  # saved (complete, or not at all) and merged
                 adapter = f"policy/round-{r}"
@@ -437,9 +439,13 @@ def policy_rounds(lm: LoadedModel, policy_run: str | Path, last: int = 0):
 
 
 def reset_to_base(lm: LoadedModel) -> None:
-    """`lm` back to its base weights (loaded again), without any policy adapter; its workers follow."""
+    """`lm` back to its base weights (loaded again; a DeferredModel: when next used), without any
+    policy adapter; its workers follow."""
     lm.model = None  # freed before the fresh copy loads: never two models at once
     release_memory()
+    if isinstance(lm, DeferredModel):
+        lm.policy = []
+        return
     lm.model, lm.policy = load_model(lm.name, str(lm.device), lm.dtype).model, []
 
 
