@@ -281,8 +281,25 @@ def test_learning_curve_and_noise_equal_a_hand_computation(tiny_config):
     assert rows[0]["coverage"] == pytest.approx((1 + 0) / 2)  # a: "three", "four" said; b: "seven" not
     diff = [statistics.fmean(means[2][c]) - statistics.fmean(means[1][c]) for c in "ab"]
     assert rows[1]["vs previous"][0] == pytest.approx(statistics.fmean(diff))
+    # the self-edits against the passage alone (0.2 in every repeat), paired by context
+    for row, r in zip(rows, (1, 2)):
+        assert row["vs passage"][0] == pytest.approx(statistics.fmean(statistics.fmean(means[r][c]) - 0.2 for c in "ab"))
+    assert rows[0]["vs base"] is None and rows[1]["vs base"] is None  # round 1's "vs base" is its "vs previous"
+    # a third E-step: against the base model, not against round 1
+    three = {"a": [[0.1, 0.1], [0.1, 0.2]], "b": [[0.9, 0.7], [0.3, 0.3]]}
+    for cid, matrix in three.items():
+        run.append("samples", f"round3/samples/{cid}", round=3, context_id=cid, prompt="p", self_edits=["x y", "z"], n_tokens=[2, 1])
+        for t in range(2):
+            for i, row in enumerate(matrix):
+                run.append("self_edit_eval", f"round3/eval/{cid}/{i}/{t}", round=3, context_id=cid, sample=i, repeat=t,
+                           reward=row[t], self_edit="x")
+    third = learning_curve(run).rows[2]
+    base = {c: statistics.fmean(means[1][c]) for c in "ab"}
+    now = {c: statistics.fmean(statistics.fmean(x) for x in three[c]) for c in "ab"}
+    assert third["vs base"][0] == pytest.approx(statistics.fmean(now[c] - base[c] for c in "ab"))
+    assert third["vs base"][0] != pytest.approx(third["vs previous"][0]) and third["vs passage"] is None
 
-    first, _ = noise_rows(run, draws=4000)
+    first, *_ = noise_rows(run, draws=4000)  # and the two later E-steps
     a, b = np.array(rewards[1]["a"]), np.array(rewards[1]["b"])
     repeat_var = statistics.fmean([statistics.variance(x) for m in (a, b) for x in m])
     # the spread of the means, less the repeat noise a mean of 2 repeats still carries

@@ -105,7 +105,9 @@ COLUMNS = [
     Column("policy", kind="text"), Column("contexts", kind="int"), Column("self-edits", kind="int"),
     Column("mean", "mean reward"), Column("95% CI", kind="ci"), Column("median"), Column("best", "best of k"),
     Column("vs previous", "vs previous policy (paired, 95% CI)", kind="diff"),
+    Column("vs base", "vs base model (paired, 95% CI)", kind="diff"),
     Column("kept", "M-step examples", kind="int"), Column("pre", "no update"), Column("passage", "passage only"),
+    Column("vs passage", "self-edit minus passage only (paired, 95% CI)", kind="diff"),
     Column("beat", "beat passage only", digits=2),
     Column("tokens", "mean length (tokens)", digits=0), Column("degenerate", digits=2),
     Column("distinct-2", digits=2), Column("coverage", "passage coverage", digits=2),
@@ -115,7 +117,7 @@ COLUMNS = [
 def learning_curve(run: Run, sources: dict[str, str] | None = None, bootstrap: int = 2000) -> Table:
     """One row per policy (the E-step of round r is policy r-1's), from the run's records. `sources`
     ({context id: its text}) adds the coverage column."""
-    rows, previous = [], None
+    rows, previous, base = [], None, None
     last_round = run.config.restem.rounds
     for r, data in by_round(run).items():
         means = per_context(data)
@@ -136,11 +138,14 @@ def learning_curve(run: Run, sources: dict[str, str] | None = None, bootstrap: i
             "mean": statistics.fmean(flat), "95% CI": bootstrap_ci(list(ctx_mean.values()), bootstrap, run.config.seed),
             "median": statistics.median(flat), "best": statistics.fmean(max(v) for v in means.values()),
             "vs previous": paired_difference(ctx_mean, previous, bootstrap, run.config.seed) if previous else None,
+            "vs base": paired_difference(ctx_mean, base, bootstrap, run.config.seed) if base and base is not previous else None,
             "kept": len(done["kept"]) if (done := run.get(f"round{r}/done")) else None,
             "pre": mean(data["pre"].values()), "passage": mean(passage.values()) if passage else None,
+            "vs passage": paired_difference(ctx_mean, passage, bootstrap, run.config.seed) if passage else None,
             "beat": mean(beat) if beat else None, "tokens": mean(tokens),
             "degenerate": mean(degenerate_flags), "distinct-2": mean(distinct_2(t) for t in texts.values()),
             "coverage": mean(coverage(t, sources[cid]) for cid, t in texts.items() if cid in sources) if sources else None,
         })
         previous = ctx_mean
+        base = base or ctx_mean
     return Table(COLUMNS, rows, "mean", "self-edit reward on the training contexts")
