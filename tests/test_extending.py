@@ -5,12 +5,11 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from seal.core.config import LoraTrainConfig
-from seal.core.multi_lora import adapter_bank, train_bank
 from seal.core.objectives import OBJECTIVES, make_objective
-from seal.core.training import fresh_adapter, lm_examples, train
+from seal.core.training import lm_examples
+from test_objectives import assert_bank_trains_as_alone, train_alone
 
 TEXTS = ["The lighthouse of Varn was lit in 1821.", "Its keeper was Ida Morrow.", "Barges pay a toll of three coins."]
 
@@ -26,30 +25,15 @@ def smoothed():
     OBJECTIVES.pop("smoothed", None)
 
 
-def _train_alone(tiny, data, cfg, seed, objective):
-    with fresh_adapter(tiny, cfg, seed) as wrapped:
-        stats = train(wrapped, data, cfg, seed=seed, pad_id=tiny.tokenizer.pad_token_id, device=tiny.device, objective=objective)
-        state = {n.removeprefix("base_model.model.").replace(".default", ""): p.detach().clone()
-                 for n, p in wrapped.named_parameters() if "lora_" in n}
-    return stats, state
-
-
 def test_the_worked_objective_trains_on_both_paths_and_is_lm_at_eps_0(tiny, smoothed):
     cfg = LoraTrainConfig(rank=4, alpha=8, lr=5e-3, epochs=2, batch_size=2, target_modules=["q_proj", "v_proj"])
     assert isinstance(make_objective("smoothed"), smoothed) and make_objective("smoothed").describe() == {"name": "smoothed", "eps": 0.1}
     data = lm_examples(tiny.tokenizer, TEXTS, 64)
-    lm, _ = _train_alone(tiny, data, cfg, 3, make_objective("lm"))
-    zero, _ = _train_alone(tiny, data, cfg, 3, smoothed(eps=0.0))
+    lm, _ = train_alone(tiny, data, cfg, 3, make_objective("lm"))
+    zero, _ = train_alone(tiny, data, cfg, 3, smoothed(eps=0.0))
     assert zero.first_loss == pytest.approx(lm.first_loss, rel=1e-5) and zero.last_loss == pytest.approx(lm.last_loss, rel=1e-4)
     objective = smoothed(eps=0.1)
     seeds, datasets = [5, 6], [data[:2], data]
-    alone = [_train_alone(tiny, d, cfg, s, objective) for d, s in zip(datasets, seeds)]
     # the smoothing term counts (a random model is near uniform, so it counts little: 2.7e-3 here)
-    assert _train_alone(tiny, data, cfg, 3, objective)[0].first_loss != pytest.approx(lm.first_loss, abs=1e-3)
-    with adapter_bank(tiny, cfg, seeds) as bank:
-        stats = train_bank(tiny, bank, datasets, cfg, seeds=seeds, max_tokens=40, objective=objective)
-        batched = [bank.adapter_state(k) for k in range(2)]
-    for (st, state), got, bst in zip(alone, batched, stats):
-        assert bst.first_loss == pytest.approx(st.first_loss, rel=1e-4) and bst.steps == st.steps
-        for n, expected in state.items():
-            torch.testing.assert_close(got[n], expected, atol=1e-5, rtol=1e-5)
+    assert train_alone(tiny, data, cfg, 3, objective)[0].first_loss != pytest.approx(lm.first_loss, abs=1e-3)
+    assert_bank_trains_as_alone(tiny, datasets, cfg, seeds, objective)

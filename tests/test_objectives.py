@@ -135,6 +135,28 @@ def test_mix_is_distill_plus_its_weight_times_lm(sharp):
         loss("distill") + 0.3 * loss("lm"), rel=1e-5)
 
 
+def train_alone(lm, data, cfg, seed, objective):
+    """(stats, LoRA weights by name) of one PEFT adapter trained on `data` with `objective`."""
+    with fresh_adapter(lm, cfg, seed) as wrapped:
+        stats = train(wrapped, data, cfg, seed=seed, pad_id=lm.tokenizer.pad_token_id, device=lm.device, objective=objective)
+        return stats, {n.removeprefix("base_model.model.").replace(".default", ""): p.detach().clone()
+                       for n, p in wrapped.named_parameters() if "lora_" in n}
+
+
+def assert_bank_trains_as_alone(lm, datasets, cfg, seeds, objective):
+    """The batched adapter bank trains each adapter to what one PEFT adapter at a time trains (the first
+    loss, the steps, every LoRA weight), and the adapters did move."""
+    alone = [train_alone(lm, data, cfg, seed, objective) for data, seed in zip(datasets, seeds)]
+    with adapter_bank(lm, cfg, seeds) as bank:
+        stats = train_bank(lm, bank, datasets, cfg, seeds=seeds, max_tokens=40, objective=objective)
+        batched = [bank.adapter_state(k) for k in range(len(seeds))]
+    for (st, state), got, bst in zip(alone, batched, stats):
+        assert bst.first_loss == pytest.approx(st.first_loss, rel=1e-4) and bst.steps == st.steps
+        for n, expected in state.items():
+            torch.testing.assert_close(got[n], expected, atol=1e-5, rtol=1e-5)
+        assert any(v.abs().max() > 0 for n, v in got.items() if "lora_B" in n)
+
+
 @pytest.mark.parametrize("name", ["distill", "mix"])
 def test_batched_training_equals_one_at_a_time_under_distillation(sharp, name):
     tiny = sharp
@@ -142,21 +164,7 @@ def test_batched_training_equals_one_at_a_time_under_distillation(sharp, name):
     cfg = _cfg()
     seeds = [5, 6]
     datasets = [_with_teacher(tiny, objective, texts=TEXTS[:2])[0], _with_teacher(tiny, objective, texts=TEXTS)[0]]
-    alone = []
-    for data, seed in zip(datasets, seeds):
-        with fresh_adapter(tiny, cfg, seed) as wrapped:
-            st = train(wrapped, data, cfg, seed=seed, pad_id=tiny.tokenizer.pad_token_id, device=tiny.device,
-                       objective=objective)
-            alone.append((st, {n.removeprefix("base_model.model.").replace(".default", ""): p.detach().clone()
-                               for n, p in wrapped.named_parameters() if "lora_" in n}))
-    with adapter_bank(tiny, cfg, seeds) as bank:
-        stats = train_bank(tiny, bank, datasets, cfg, seeds=seeds, max_tokens=40, objective=objective)
-        batched = [bank.adapter_state(k) for k in range(2)]
-    for (st, state), got, bst in zip(alone, batched, stats):
-        assert bst.first_loss == pytest.approx(st.first_loss, rel=1e-4) and bst.steps == st.steps
-        for n, expected in state.items():
-            torch.testing.assert_close(got[n], expected, atol=1e-5, rtol=1e-5)
-        assert any(v.abs().max() > 0 for n, v in got.items() if "lora_B" in n)
+    assert_bank_trains_as_alone(tiny, datasets, cfg, seeds, objective)
 
 
 def test_teacher_distributions_are_cached_and_read_back(tiny, tmp_path, monkeypatch):
