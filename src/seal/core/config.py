@@ -72,10 +72,10 @@ class InnerLoopBase(LoraTrainConfig):
     eval_times: int = Field(1, ge=1, le=100, description="independent trainings per self-edit; the reward is their mean")
     common_seeds: bool = Field(True, description="common random numbers: every self-edit of one context (a round's k samples; a table's rows) trains, in repeat t, from the same LoRA initialisation and data-order seed, so that their rewards differ by their text; false: a seed per self-edit")
     batched: bool = Field(True, description="train and evaluate many self-edits' adapters in shared batches (multi-LoRA); false: one PEFT adapter at a time, for comparison and debugging")
-    adapters_per_batch: int | None = Field(None, ge=1, le=1024, description="batched: adapters trained together (K); None: the device's fastest K (4 on a CPU, measured; up to 64 on a GPU), within memory_budget and max_batch_seconds")
+    adapters_per_batch: int | None = Field(None, ge=1, le=1024, description="batched: adapters trained together (K); None: the device's fastest K (4 on a CPU; up to 64 on a GPU), within memory_budget and max_batch_seconds")
     memory_budget: float | None = Field(None, gt=0, description="batched: GiB the inner loop's batches may use beyond the model's weights (adapters with their gradients and optimiser state, and the activations of one forward pass), which caps K; None: half of the memory free at the start")
     max_batch_seconds: float = Field(120, gt=0, description="batched, K not set: a batch is sized to take about this long at the seconds per evaluation measured so far (the first batch has 4 adapters); a kill loses at most the batch in flight")
-    tokens_per_forward: int | None = Field(None, ge=64, description="batched: tokens (padding included) per forward pass; bounds the activation memory (about 1.5 MB a token for the embedded model, far less with gradient_checkpointing): a row longer than this trains alone, with gradient checkpointing. None: 512 on a CPU (as fast as 1024 and 4096 there, with less memory; measured), 4096 on a GPU")
+    tokens_per_forward: int | None = Field(None, ge=64, description="batched: tokens (padding included) per forward pass; bounds the activation memory (far less with gradient_checkpointing): a row longer than this trains alone, with gradient checkpointing. None: 512 on a CPU, 4096 on a GPU (docs/performance.md)")
 
 
 class SamplingBase(Section):
@@ -97,7 +97,7 @@ class PolicySftConfig(LoraTrainConfig):
     lr: float = Field(3e-4, gt=0, le=1, description="peak learning rate (AdamW, linear decay)")
     epochs: int = Field(2, ge=1, le=1000, description="passes over the kept pairs")
     max_seq_len: int = Field(1024, ge=8, description="longer (prompt + self-edit) pairs are truncated")
-    gradient_checkpointing: bool = Field(True, description="keep only each decoder layer's input for the backward pass: the policy's pairs are long (a passage and its self-edit), and at the demo's shape (4 x 320 tokens, rank 32, bf16 autocast) an update of the embedded model peaks at 2.24 GB instead of 3.81 GB, 23% slower per step, on a step count that is small beside the inner loop's (benchmarks/train_memory.py --batch 4 --tokens 320 --precision bf16)")
+    gradient_checkpointing: bool = Field(True, description="keep only each decoder layer's input for the backward pass: on by default, since the policy's pairs are long (a passage and its self-edit) and its steps few beside the inner loop's (docs/performance.md)")
 
 
 class RestemConfig(Section):

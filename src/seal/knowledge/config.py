@@ -158,7 +158,7 @@ class CptConfig(LoraTrainConfig):
     epochs: int = Field(3, ge=1, le=1000, description="passes over the pooled sequences")
     batch_size: int = Field(8, ge=1, le=4096, description="sequences per optimiser step")
     answer_chunk: int = Field(8, ge=1, description="passages whose questions are answered (and recorded) together")
-    gradient_checkpointing: bool = Field(True, description="keep only each decoder layer's input for the backward pass: at batch 8 x 512 tokens a LoRA update of the embedded model peaks at 3.0 GB instead of 7.7 GB, 3% slower (benchmarks/train_memory.py)")
+    gradient_checkpointing: bool = Field(True, description="keep only each decoder layer's input for the backward pass: far less memory for a few percent of speed at CPT's batch shapes (docs/performance.md)")
 
 
 class QuestionsConfig(Section):
@@ -172,7 +172,7 @@ class QuestionsConfig(Section):
 class LearnConfig(LoraTrainConfig):
     """`seal learn`: passages from documents, the best of k self-edits each, one update on them all."""
 
-    gradient_checkpointing: bool = Field(True, description="keep only each decoder layer's input for the backward pass of the update: on the example folder (65 sequences, batch 8) `seal learn` then peaks at 4.92 instead of 6.88 GiB, the update taking 2 min 31 s instead of 1 min 55 s")
+    gradient_checkpointing: bool = Field(True, description="keep only each decoder layer's input for the backward pass of the update: less memory for a slower update (docs/learn.md)")
     max_passage_tokens: int = Field(200, ge=16, le=4096, description="a passage is at most this many tokens of consecutive paragraphs of one section")
     mode: Literal["pooled", "per-document"] = Field("pooled", description="pooled: one adapter for every document (learning more later goes on training it, with replay); per-document: one adapter per document, and `seal ask` routes a question to the adapter of the passage retrieval ranks first (nothing learned before is touched by learning more)")
     replay: float = Field(1.0, ge=0, le=100, description="pooled, learning more later (--add): earlier training sequences replayed per new one, against forgetting")
