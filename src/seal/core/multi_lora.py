@@ -387,10 +387,9 @@ def logit_bytes(model) -> int:
     return objectives.LOGIT_CHUNK * model.config.vocab_size * 12
 
 
-# Tokens per forward pass of the batched inner loop (`tokens_per_forward` unset). On this project's
-# 2-core CPU at K = 4, 512 evaluated as many self-edits per minute as 1024 (6.66 against 6.60, peak
-# RSS 3.48 against 4.24 GiB), and 1024 as many as 4096 (8.20 both, 4.17 against 5.02 GiB, on a
-# faster day); the README's memory table. A GPU needs long passes to stay busy (4096, not measured yet).
+# Tokens per forward pass of the batched inner loop (`tokens_per_forward` unset). On a CPU longer
+# passes were no faster and held more memory (docs/performance.md); a GPU needs long passes to stay busy
+# (4096, not measured yet).
 CPU_TOKENS = 512
 GPU_TOKENS = 4096
 
