@@ -283,22 +283,53 @@ def _copy_the_query(lm, prompts, **_):
     return [Generation(answer_text(parse(p.rsplit("input:\n", 1)[1].split("\noutput:")[0])), 8, False) for p in prompts]
 
 
-def test_a_pipeline_that_solves_records_success_pass_at_k_and_every_vote(tiny_dir, tmp_path, monkeypatch):
-    """The ReST-EM round and the table on tasks a model can solve: generation copies the query (the
-    rest, TTT, voting over views, the inverse transforms, the likelihood re-ranking through the tiny
-    model, is the real code). Identity tasks are solved, mirror tasks are not, so every column is 1/2
-    of the tasks, and only the solved training task's self-edits are kept for the policy."""
+def write_copy_and_mirror_tasks(tmp_path, names: list[str]):
+    """A folder of task files: copy_* tasks (output = input) and mirror_* ones (output = input mirrored),
+    two demonstrations and a test each, on 2x3 grids (not square, so a wrong inverse is a wrong shape)."""
     import json
 
     import numpy as np
 
     tasks = tmp_path / "tasks"
-    tasks.mkdir()
+    tasks.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
-    for name, change in [("copy_a", lambda g: g), ("mirror_a", np.fliplr), ("copy_b", lambda g: g), ("mirror_b", np.fliplr)]:
-        grids = [rng.integers(1, 10, size=(2, 3)) for _ in range(3)]  # not square, so a wrong inverse is a wrong shape
-        pairs = [{"input": g.tolist(), "output": change(g).tolist()} for g in grids]
+    for name in names:
+        change = (lambda g: g) if name.startswith("copy") else np.fliplr
+        pairs = [{"input": g.tolist(), "output": change(g).tolist()} for g in (rng.integers(1, 10, size=(2, 3)) for _ in range(3))]
         (tasks / f"{name}.json").write_text(json.dumps({"train": pairs[:2], "test": pairs[2:]}))
+    return tasks
+
+
+def test_runs_over_different_tasks_join_into_one_table(tiny_dir, tmp_path, monkeypatch):
+    """`seal arc table RUN RUN --out DIR`: the rows of two evaluations on different tasks joined, every
+    task once; the same run twice, or --out a run directory, is one line."""
+    tasks = write_copy_and_mirror_tasks(tmp_path, ["copy_a", "copy_b", "mirror_b", "copy_c"])
+    monkeypatch.setattr("seal.arc.predict.generate", _copy_the_query)
+    dirs = []
+    for ids in ("[copy_b, mirror_b]", "[copy_c]"):
+        args = arc_args(tiny_dir, tmp_path, "data.source=files", f"data.train_path={tasks}", "data.train_ids=[copy_a]",
+                        f"data.eval_ids={ids}")
+        result = runner.invoke(app, ["arc", "evaluate", "--quiet", *args])
+        assert result.exit_code == 0, result.output
+        dirs.append(max((tmp_path / "runs").iterdir(), key=lambda d: d.stat().st_mtime_ns))
+    assert dirs[0] != dirs[1]
+    joined = runner.invoke(app, ["arc", "table", str(dirs[0]), str(dirs[1]), "--out", str(tmp_path / "joined")])
+    assert joined.exit_code == 0, joined.output
+    table = (tmp_path / "joined" / "table.md").read_text()
+    assert "| ICL, no TTT | 3 | 3 | 0.67 |" in table and "| TTT + oracle configuration | 3 | 3 | 0.67 |" in table
+    assert "| copy_b | 1/1 |" in table and "| mirror_b | 0/1 |" in table and "| copy_c | 1/1 |" in table
+    twice = runner.invoke(app, ["arc", "table", str(dirs[0]), str(dirs[0])])
+    assert twice.exit_code == 2 and "both recorded eval/" in " ".join(twice.output.split())
+    into_run = runner.invoke(app, ["arc", "table", str(dirs[0]), str(dirs[1]), "--out", str(dirs[0])])
+    assert into_run.exit_code == 2 and "a run directory" in into_run.output
+
+
+def test_a_pipeline_that_solves_records_success_pass_at_k_and_every_vote(tiny_dir, tmp_path, monkeypatch):
+    """The ReST-EM round and the table on tasks a model can solve: generation copies the query (the
+    rest, TTT, voting over views, the inverse transforms, the likelihood re-ranking through the tiny
+    model, is the real code). Identity tasks are solved, mirror tasks are not, so every column is 1/2
+    of the tasks, and only the solved training task's self-edits are kept for the policy."""
+    tasks = write_copy_and_mirror_tasks(tmp_path, ["copy_a", "mirror_a", "copy_b", "mirror_b"])
     monkeypatch.setattr("seal.arc.predict.generate", _copy_the_query)
     args = arc_args(tiny_dir, tmp_path, "data.source=files", f"data.train_path={tasks}",
                     "data.train_ids=[copy_a, mirror_a]", "data.eval_ids=[copy_b, mirror_b]",

@@ -499,9 +499,32 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
 
     @app.command("table")
     @guard
-    def table(run_dir: Annotated[Path, typer.Argument(help="A run directory of this domain.")]):
-        """Print (and rewrite table.md/table.csv of) what a run directory recorded."""
-        show_run(run_dir)
+    def table(run_dirs: Annotated[list[Path], typer.Argument(help="A run directory of this domain, or several evaluated on different contexts.")],
+              out: Annotated[Optional[Path], typer.Option(help="With several runs: also write table.md/table.csv of the joined table here.")] = None):
+        """Print (and rewrite table.md/table.csv of) what a run directory recorded. With several run
+        directories (one domain and model, different contexts), one table over all their contexts."""
+        if len(run_dirs) == 1 and out is None:
+            show_run(run_dirs[0])
+            return
+        from seal.core.runs import RunSet
+
+        runs = RunSet(run_dirs)
+        if out is not None:
+            if (out / "config.yaml").exists():
+                raise ConfigError(f"--out {out}: a run directory; a joined table goes to a folder of its own")
+            out.mkdir(parents=True, exist_ok=True)
+        joined = plugin(runs.config.domain).table(runs)
+        if not joined.rows:
+            console.print("no evaluation records in these runs yet")
+            return
+        print(joined.markdown() if out is None else joined.write(out))
+        if joined.extra:
+            print()
+            print(joined.extra)
+        for line in joined.notes:
+            console.print(f"[dim]{line}[/dim]")
+        console.print(f"[dim]joined {len(run_dirs)} runs: {', '.join(str(d) for d in run_dirs)}"
+                      + (f"; written to {out / 'table.md'} and table.csv" if out else "") + "[/dim]")
 
     @app.command("curve")
     @guard

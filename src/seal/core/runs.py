@@ -155,3 +155,36 @@ def _parse(raw: bytes) -> dict | None:
         if isinstance(record, dict) and "key" in record and "kind" in record:
             return record
     return None
+
+
+class RunSet:
+    """Several runs of one domain and model, read as one for a table over all of their contexts (tasks
+    evaluated in two runs, e.g. a run that added long tasks later). Read-only: it has the records of
+    every run and the first run's configuration. A piece of work recorded in two of the runs (the same
+    record key under eval/) would be counted twice, so it is refused, naming both runs."""
+
+    def __init__(self, paths: list[str | Path]):
+        missing = [str(p) for p in paths if not (Path(p) / "config.yaml").is_file()]
+        if missing:
+            raise ConfigError(f"{missing[0]}: not a run directory (no config.yaml)")
+        self.runs = [Run.resume(p) for p in paths]
+        first = self.runs[0]
+        self.config, self.path = first.config, None
+        seen: dict[str, Path] = {}
+        for run in self.runs:
+            for field, value, want in [("domain", run.config.domain, first.config.domain),
+                                       ("model.name", run.config.model.name, first.config.model.name)]:
+                if value != want:
+                    raise ConfigError(f"{run.path}: {field} is {value!r}, {first.path} has {want!r}; "
+                                      "a table joins runs of one domain and model")
+            for key in run._records:
+                if key.startswith("eval/"):
+                    if key in seen:
+                        raise ConfigError(f"{run.path} and {seen[key]} both recorded {key}: a table joins runs over different contexts")
+                    seen[key] = run.path
+
+    def get(self, key: str) -> dict | None:
+        return next((r for run in self.runs if (r := run.get(key)) is not None), None)
+
+    def records(self, kind: str | None = None) -> list[dict]:
+        return [r for run in self.runs for r in run.records(kind)]
