@@ -361,15 +361,15 @@ def test_grid_text_is_chosen_per_tokenizer_and_a_misaligned_one_is_refused(token
 
 
 def test_arc_refuses_a_model_whose_tokenizer_merges_digits_before_any_work(tmp_path, merging_tokenizer, monkeypatch):
-    from seal.arc import plugin
+    from seal.arc import grids, plugin
     from seal.core.config import ConfigError, load_config
 
     monkeypatch.setattr("seal.core.models.load_tokenizer", lambda name: merging_tokenizer)
-    plugin._separator.cache_clear()
+    grids._separator.cache_clear()
     try:
         cfg = load_config(None, ["data.cell_separator=none"], domain="arc")
         with pytest.raises(ConfigError, match="cell_separator"):
             plugin.PLUGIN.check(cfg, "restem", [])
-        assert plugin.grid_separator(load_config(None, [], domain="arc")) == " "
+        assert grids.grid_separator(load_config(None, [], domain="arc")) == " "
     finally:
-        plugin._separator.cache_clear()
+        grids._separator.cache_clear()

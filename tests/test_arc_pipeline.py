@@ -277,7 +277,7 @@ def _copy_the_query(lm, prompts, **_):
     has learnt "output = input". It solves identity tasks in every view (through each view's inverse),
     and no task whose output differs from its input."""
     from seal.arc.grids import parse
-    from seal.arc.ttt import answer_text
+    from seal.arc.prompts import answer_text
     from seal.core.generation import Generation
 
     return [Generation(answer_text(parse(p.rsplit("input:\n", 1)[1].split("\noutput:")[0])), 8, False) for p in prompts]

@@ -156,9 +156,9 @@ def test_a_deferred_model_merges_the_listed_adapters_when_read(tiny_dir, tmp_pat
     import torch
 
     from seal.core.config import LoraTrainConfig
-    from seal.core.models import DeferredModel, load_model
+    from seal.core.models import DeferredModel, load_model, merge_saved_adapter
     from seal.core.restem import reset_to_base
-    from seal.core.training import Example, merge_saved_adapter, sft_and_merge
+    from seal.core.training import Example, sft_and_merge
 
     trainer = load_model(str(tiny_dir), "cpu")
     cfg = LoraTrainConfig(rank=2, alpha=4, lr=1e-2, epochs=1)

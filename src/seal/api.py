@@ -18,9 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from seal.core.config import Section
-from seal.core.domain import plugin
 from seal.core.models import LoadedModel
 from seal.core.progress import Progress
+from seal.core.registry import plugin
 from seal.core.runs import Run
 from seal.core.tables import Table
 

@@ -16,8 +16,8 @@ import typer
 
 from seal.core.commands import ConfigOpt, SetOpt, domain_commands, guard
 from seal.core.config import dump_config, load_config
-from seal.core.domain import DOMAINS, plugin
 from seal.core.progress import console
+from seal.core.registry import DOMAINS, plugin
 from seal.knowledge.cli import register_learning
 
 # peft calls a transformers method that transformers 5 marks as deprecated; not ours to fix.
@@ -27,7 +27,7 @@ app = typer.Typer(help="SEAL: self-adapting language models.", no_args_is_help=T
                   pretty_exceptions_enable=False)
 for _name in DOMAINS:
     app.add_typer(domain_commands(plugin(_name)), name=_name, help=plugin(_name).help)
-register_learning(app)
+register_learning(app, plugin("knowledge"))
 
 
 @app.command("report")

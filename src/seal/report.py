@@ -29,7 +29,7 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 
 from seal.core.config import ConfigError
-from seal.core.domain import DOMAINS, plugin
+from seal.core.registry import DOMAINS, plugin
 from seal.core.runs import Run
 
 

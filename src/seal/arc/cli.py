@@ -9,10 +9,13 @@ import typer
 
 from seal.core.commands import ConfigOpt, QuietOpt, ResumeOpt, SetOpt, WorkersOpt, guard, open_run, print_table, progress_for, with_workers
 from seal.core.config import load_config
+from seal.core.domain import DomainPlugin
 from seal.core.progress import console
 
 
-def register(app: typer.Typer) -> None:
+def register(app: typer.Typer, plugin: DomainPlugin) -> None:
+    """Add ARC's commands to its command group (`plugin`: ARC's, as the registry holds it)."""
+
     @app.command("curate")
     @guard
     def curate_cmd(config: ConfigOpt = None, set: SetOpt = None, resume: ResumeOpt = None, workers: WorkersOpt = None,
@@ -20,10 +23,10 @@ def register(app: typer.Typer) -> None:
         """Screen candidate tasks with fixed TTT configurations (curate.configurations); write the tasks an
         oracle solves (purpose eval), or that some configurations solve (purpose train), to a task-list file."""
         from seal.arc.curate import candidates, curate, ids_field, write_task_list
-        from seal.arc.plugin import PLUGIN, grid_separator, token_counter
+        from seal.arc.grids import grid_separator, token_counter
         from seal.core.distributed import load_run_model
 
-        s = open_run(PLUGIN, "curate", config, with_workers(set, workers), resume)
+        s = open_run(plugin, "curate", config, with_workers(set, workers), resume)
         cfg = s.run.config
         tasks = candidates(cfg, token_counter(cfg), grid_separator(cfg))
         console.print(f"{len(tasks)} {cfg.curate.split} tasks x {len(cfg.curate.configurations)} configurations "
@@ -58,7 +61,7 @@ def register(app: typer.Typer) -> None:
     @guard
     def tasks(config: ConfigOpt = None, set: SetOpt = None):
         """List the configured training and evaluation tasks with their sizes (no run directory)."""
-        from seal.arc.plugin import grid_separator, token_counter
+        from seal.arc.grids import grid_separator, token_counter
         from seal.arc.tasks import configured_tasks, max_side, task_tokens
 
         cfg = load_config(config, set or [], domain="arc")

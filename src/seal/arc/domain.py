@@ -27,7 +27,7 @@ class ArcDomain(Domain):
 
     def __init__(self, config: ArcConfig, sep: str = ""):
         self.config = config
-        self.sep = sep  # between a grid row's cells (data.cell_separator resolved for the model: arc.plugin.grid_separator)
+        self.sep = sep  # between a grid row's cells (data.cell_separator resolved for the model: arc.grids.grid_separator)
         il = config.inner_loop
         self.fallback = ttt.Recipe(lr=il.lr, epochs=il.epochs)
 

@@ -11,8 +11,11 @@ token of its own.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 import numpy as np
+
+from seal.core.errors import ConfigError
 
 MAX_SIDE = 30
 _DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also accepts '²' or '٣', which int() may refuse
@@ -102,3 +105,28 @@ def separator(tokenizer, setting: str, model: str) -> str:
         hint = "ARC needs a tokenizer that keeps each grid cell's digit apart"
     raise ValueError(f"model '{model}': its tokenizer reads several grid cells as one token "
                      f"(e.g. {merged[0]!r}) with data.cell_separator: {setting}; {hint}")
+
+
+# --- for the configured model (its tokenizer is read once) -------------------------------------
+
+def token_counter(config):
+    """The length of a text in the configured model's tokens."""
+    from seal.core.models import token_counter as counter
+
+    return counter(config.model.name)
+
+
+@lru_cache(maxsize=8)
+def _separator(model: str, setting: str) -> str:
+    from seal.core.models import load_tokenizer
+
+    try:
+        return separator(load_tokenizer(model), setting, model)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def grid_separator(config) -> str:
+    """The text between a grid row's cells for the configured model (data.cell_separator, resolved
+    against its tokenizer); a ConfigError where cells would not line up with tokens."""
+    return _separator(config.model.name, config.data.cell_separator)

@@ -2,36 +2,12 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import ClassVar
 
+from seal.arc.grids import grid_separator, token_counter
 from seal.arc.tasks import TaskError
 from seal.core.config import ConfigError
 from seal.core.domain import DomainPlugin
-
-
-def token_counter(config):
-    """The length of a text in the configured model's tokens."""
-    from seal.core.models import token_counter as counter
-
-    return counter(config.model.name)
-
-
-@lru_cache(maxsize=8)
-def _separator(model: str, setting: str) -> str:
-    from seal.arc.grids import separator
-    from seal.core.models import load_tokenizer
-
-    try:
-        return separator(load_tokenizer(model), setting, model)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-
-
-def grid_separator(config) -> str:
-    """The text between a grid row's cells for the configured model (data.cell_separator, resolved
-    against its tokenizer); a ConfigError where cells would not line up with tokens."""
-    return _separator(config.model.name, config.data.cell_separator)
 
 
 class ArcPlugin(DomainPlugin):
@@ -101,7 +77,7 @@ class ArcPlugin(DomainPlugin):
     def register(self, app):
         from seal.arc.cli import register
 
-        register(app)
+        register(app, self)
 
 
 PLUGIN = ArcPlugin()

@@ -21,8 +21,8 @@ import numpy as np
 
 from seal.arc.augment import Dihedral
 from seal.arc.grids import key, parse, to_text, token_length
+from seal.arc.prompts import answer_text, task_prompt
 from seal.arc.tasks import Task
-from seal.arc.ttt import answer_text, task_prompt
 from seal.core.generation import completion_logprobs, generate
 from seal.core.models import LoadedModel
 

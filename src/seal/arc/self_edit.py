@@ -12,8 +12,9 @@ import json
 import re
 from dataclasses import dataclass
 
+from seal.arc.prompts import task_prompt
 from seal.arc.tasks import Task
-from seal.arc.ttt import Recipe, task_prompt
+from seal.arc.ttt import Recipe
 
 KEYS = {
     "use_basic_augmentations": "basic", "use_size_augmentations": "size",

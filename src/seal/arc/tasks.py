@@ -11,6 +11,7 @@ import numpy as np
 
 from seal.arc.augment import Transform
 from seal.arc.grids import GridError, as_grid, n_tokens, to_text
+from seal.arc.prompts import task_prompt
 
 # The 12 training tasks of the paper's ARC experiment (SEAL-SPEC §3), all with small grids.
 PAPER_TRAIN_IDS = ["44f52bb0", "4be741c5", "5582e5ca", "5614dbcf", "5bd6f4ac", "6150a2bd", "67e8384a",
@@ -77,8 +78,6 @@ class Task:
 def task_tokens(task: Task, count: Callable[[str], int] | None = None, sep: str = "") -> int:
     """Length of the task as the model reads it (demonstrations and the first test input), in tokens of
     `count` (a tokenizer's length function), or in the embedded tokenizer's one token per digit/newline."""
-    from seal.arc.ttt import task_prompt
-
     if count is not None:
         return count(task_prompt(list(task.train), task.test[0].input, sep))
     return sum(n_tokens(e.input) + n_tokens(e.output) + 8 for e in task.train) + n_tokens(task.test[0].input) + 8

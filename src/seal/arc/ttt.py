@@ -14,20 +14,9 @@ from itertools import permutations
 import numpy as np
 
 from seal.arc.augment import FAMILIES, fits, random_colour_map
-from seal.arc.grids import to_text
+from seal.arc.prompts import answer_text, task_prompt
 from seal.arc.tasks import Example, Task
 from seal.core.examples import Example as TrainExample
-
-
-def task_prompt(demos: list[Example], query: np.ndarray, sep: str = "") -> str:
-    """The text a model reads: each demonstration as input and output grids, then the query's input
-    (`sep` between a row's cells: grids.separator)."""
-    parts = [f"input:\n{to_text(e.input, sep)}\noutput:\n{to_text(e.output, sep)}\n" for e in demos]
-    return "".join(parts) + f"input:\n{to_text(query, sep)}\noutput:\n"
-
-
-def answer_text(g: np.ndarray, sep: str = "") -> str:
-    return to_text(g, sep) + "\n"
 
 
 @dataclass(frozen=True)

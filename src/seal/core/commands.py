@@ -20,8 +20,9 @@ import typer
 from pydantic import BaseModel
 
 from seal.core.config import ConfigError, load_config
-from seal.core.domain import DOMAINS, Domain, DomainPlugin, plugin
+from seal.core.domain import Domain, DomainPlugin
 from seal.core.progress import Progress, console
+from seal.core.registry import DOMAINS, plugin
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file (see configs/).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a field: section.field=value (repeatable), e.g. --set inner_loop.lr=3e-4")]

@@ -15,11 +15,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from seal.core.errors import ConfigError
+from seal.core.registry import config_class
+
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-class ConfigError(ValueError):
-    """A configuration file, field or override that cannot be used."""
 
 
 class Section(BaseModel):
@@ -193,13 +192,6 @@ def _format_errors(err: ValidationError, source: str) -> str:
         else:
             lines.append(f"  {field}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
-
-
-def config_class(domain: str) -> type[Section]:
-    """The root configuration class of a domain (the `domain` field of a configuration)."""
-    from seal.core.domain import plugin
-
-    return plugin(domain).config_class()
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), domain: str | None = None):

@@ -109,7 +109,7 @@ class Replica:
     def _sync(self, policy: list[str]) -> None:
         """Hold the base model with exactly the adapters `policy` merged, in order: merge what is new,
         or start again from the base weights when the policy is not a continuation of this one's."""
-        from seal.core.training import merge_saved_adapter
+        from seal.core.models import merge_saved_adapter
 
         if self.lm.policy != policy[:len(self.lm.policy)]:
             self.lm = load_configured(self.model_config)

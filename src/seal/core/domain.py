@@ -10,13 +10,13 @@
   its comparison table (rows from a run's records), its report sections and its own commands. The
   command line, the report and the library API reach a domain only through its plugin.
 
-A new domain is a folder with a `plugin.py` whose `PLUGIN` is a `DomainPlugin`, named in `DOMAINS`.
+A new domain is a folder with a `plugin.py` whose `PLUGIN` is a `DomainPlugin`, named in
+`core/registry.py`'s `DOMAINS`.
 Plugin modules import nothing heavy at module level, so that `seal config` and `--help` stay fast.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -31,9 +31,6 @@ if TYPE_CHECKING:
     from seal.core.progress import Progress
     from seal.core.runs import Run
     from seal.core.tables import Table
-
-# domain name (the `domain` field of a configuration) -> the module holding its PLUGIN
-DOMAINS = {"knowledge": "seal.knowledge.plugin", "arc": "seal.arc.plugin"}
 
 
 class Domain(ABC):
@@ -208,11 +205,3 @@ class DomainPlugin(ABC):
     def register(self, app: typer.Typer) -> None:
         """Add the domain's own commands (beyond restem, evaluate and table) to its command group."""
 
-
-def plugin(name: str) -> DomainPlugin:
-    """The plugin of a domain, by name."""
-    from seal.core.config import ConfigError
-
-    if name not in DOMAINS:
-        raise ConfigError(f"domain '{name}': choose one of {', '.join(DOMAINS)}")
-    return importlib.import_module(DOMAINS[name]).PLUGIN

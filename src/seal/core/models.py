@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 EMBEDDED = "embedded"
@@ -234,8 +235,6 @@ class DeferredModel(LoadedModel):
     @property
     def model(self) -> PreTrainedModel:
         if self._model is None:
-            from seal.core.training import merge_saved_adapter  # training imports this module
-
             saved, self.policy = self.policy, []
             self._model = load_model(self.name, str(self.device), self.dtype).model
             for path in saved:
@@ -248,6 +247,18 @@ class DeferredModel(LoadedModel):
 
     def __repr__(self) -> str:  # the dataclass's would read the weights
         return f"DeferredModel(name={self.name!r}, device={self.device}, dtype={self.dtype!r}, loaded={self.loaded}, policy={self.policy})"
+
+
+def merge_saved_adapter(lm: LoadedModel, adapter_dir) -> None:
+    """Apply a saved policy adapter (from `sft_and_merge`) to the model in place (to a DeferredModel not
+    yet read: listed, merged when it is)."""
+    if isinstance(lm, DeferredModel) and not lm.loaded and lm.policy is not None:
+        lm.policy.append(str(Path(adapter_dir).resolve()))
+        return
+    lm.model = PeftModel.from_pretrained(lm.model, str(adapter_dir)).merge_and_unload()
+    lm.model.eval()
+    if lm.policy is not None:
+        lm.policy.append(str(Path(adapter_dir).resolve()))
 
 
 def release_memory() -> None:

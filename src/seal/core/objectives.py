@@ -37,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from seal.core.examples import Example, TeacherDist
 from seal.core.faults import crash_point
+from seal.core.generation import autocast, half_weights
 
 LOGIT_CHUNK = 1024  # target positions whose vocabulary logits exist at one time, in training
 TAIL_FLOOR = -1e4  # the log of an empty tail bucket (exp gives exactly 0 in fp32)
@@ -308,8 +309,6 @@ def teacher_targets(lm, examples: list[Example], prefixes: list[list[int]], obje
     context, as token ids) and then example i's own tokens, gives at each of the example's target
     positions its top-k log-probabilities at the objective's temperature and the log mass of the rest.
     One forward pass without gradient per `batch_size` examples; cached when `cache` is given."""
-    from seal.core.generation import autocast, half_weights  # generation imports training, which imports us
-
     k, temperature = objective.top_k, objective.temperature
     identity = [lm.name, list(lm.policy or []), precision]
     todo = []

@@ -25,12 +25,12 @@ from typing import Any
 from seal.core.distributed import executor, map_unordered
 from seal.core.domain import Domain
 from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
-from seal.core.models import DeferredModel, LoadedModel, load_model, release_memory
+from seal.core.models import DeferredModel, LoadedModel, load_model, merge_saved_adapter, release_memory
 from seal.core.multi_lora import adapters_per_batch, widest_batch
 from seal.core.objectives import Objective, make_objective
 from seal.core.progress import Progress
 from seal.core.runs import Run
-from seal.core.training import has_target, merge_saved_adapter, sft_and_merge, sft_example
+from seal.core.training import has_target, sft_and_merge, sft_example
 
 
 def derive_seed(*parts) -> int:

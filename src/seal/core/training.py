@@ -24,7 +24,7 @@ from seal.core.config import ConfigError, LoraTrainConfig
 from seal.core.examples import Example
 from seal.core.faults import crash_point
 from seal.core.generation import autocast, half_weights
-from seal.core.models import DeferredModel, LoadedModel
+from seal.core.models import LoadedModel
 from seal.core.objectives import Clipped, LanguageModelling, Objective, Targets, coefficients, target_nll
 
 
@@ -321,18 +321,6 @@ def sft_and_merge(lm: LoadedModel, examples: list[Example], cfg: LoraTrainConfig
         p.requires_grad_(False)
     lm.model.eval()
     return stats
-
-
-def merge_saved_adapter(lm: LoadedModel, adapter_dir) -> None:
-    """Apply a saved policy adapter (from `sft_and_merge`) to the model in place (to a DeferredModel not
-    yet read: listed, merged when it is)."""
-    if isinstance(lm, DeferredModel) and not lm.loaded and lm.policy is not None:
-        lm.policy.append(str(Path(adapter_dir).resolve()))
-        return
-    lm.model = PeftModel.from_pretrained(lm.model, str(adapter_dir)).merge_and_unload()
-    lm.model.eval()
-    if lm.policy is not None:
-        lm.policy.append(str(Path(adapter_dir).resolve()))
 
 
 def save_adapter(peft: PeftModel, folder: Path, name: str = "default") -> None:

@@ -9,12 +9,13 @@ import typer
 
 from seal.core.commands import ConfigOpt, OverlapOpt, PolicyOpt, QuietOpt, ResumeOpt, SetOpt, guard, open_run, print_table, progress_for
 from seal.core.config import ConfigError
+from seal.core.domain import DomainPlugin
 from seal.core.progress import console
 from seal.knowledge.config import REMEDIES
 
 
-def register(app: typer.Typer) -> None:
-    from seal.knowledge.plugin import PLUGIN
+def register(app: typer.Typer, plugin: DomainPlugin) -> None:
+    """Add the knowledge domain's commands to its command group (`plugin`: the domain's, as the registry holds it)."""
 
     @app.command()
     @guard
@@ -28,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
         if split not in ("train", "eval", "all"):
             raise ConfigError(f"--split '{split}': choose train, eval or all")
-        s = open_run(PLUGIN, "generate", config, set, resume)
+        s = open_run(plugin, "generate", config, set, resume)
         cfg = s.run.config
         passages = {"train": s.train, "eval": s.held, "all": s.train + s.held}[split]
         lm = load_configured(cfg.model)
@@ -46,7 +47,7 @@ def register(app: typer.Typer) -> None:
         then every question without its passage; prints the table."""
         from seal.knowledge.cpt import cpt
 
-        s = open_run(PLUGIN, "cpt", config, set, resume, policy, allow_overlap)
+        s = open_run(plugin, "cpt", config, set, resume, policy, allow_overlap)
         c = s.run.config.cpt
         console.print(f"{len(s.held)} passages, {c.update} update ({c.epochs} epoch(s), lr {c.lr})")
         with progress_for(s.run, quiet) as progress:
@@ -67,7 +68,7 @@ def register(app: typer.Typer) -> None:
             if resume is not None:
                 raise ConfigError("--resume takes the run's saved configuration; drop --remedy")
             set = list(set or []) + [f"continual.remedies=[{', '.join(remedy)}]"]
-        s = open_run(PLUGIN, "continual", config, set, resume, policy, allow_overlap)
+        s = open_run(plugin, "continual", config, set, resume, policy, allow_overlap)
         c = s.run.config.continual
         console.print(f"{c.sequences} sequence(s) of {c.steps} steps from {len(s.held)} passages; "
                       f"remedies: {', '.join(c.remedies)}; mode: {c.mode}")
@@ -77,9 +78,9 @@ def register(app: typer.Typer) -> None:
         console.print(f"[dim]written to {s.run.path / 'continual.md'}[/dim]")
 
 
-def register_learning(app: typer.Typer) -> None:
-    """`seal learn` and `seal ask`: teach a model your own documents, then ask it."""
-    from seal.knowledge.plugin import PLUGIN
+def register_learning(app: typer.Typer, plugin: DomainPlugin) -> None:
+    """`seal learn` and `seal ask`: teach a model your own documents, then ask it (`plugin`: the
+    knowledge domain's)."""
 
     @app.command("learn")
     @guard
@@ -114,7 +115,7 @@ def register_learning(app: typer.Typer) -> None:
             if config is None and resume is None:
                 config = out / "config.yaml"  # learning more keeps the folder's settings
         overrides = None if resume else ([] if earlier else ["reward.metric=loglik"]) + list(set or [])  # learn's default reward: loglik
-        s = open_run(PLUGIN, "learn", config, overrides, resume, policy=policy, allow_overlap=True)
+        s = open_run(plugin, "learn", config, overrides, resume, policy=policy, allow_overlap=True)
         if earlier is not None:
             before = earlier.manifest["settings"]
             for field_name, now, then in (("model.name", s.run.config.model.name, before["model"]["name"]),

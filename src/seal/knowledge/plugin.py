@@ -118,7 +118,7 @@ class KnowledgePlugin(DomainPlugin):
     def register(self, app):
         from seal.knowledge.cli import register
 
-        register(app)
+        register(app, self)
 
 
 PLUGIN = KnowledgePlugin()
