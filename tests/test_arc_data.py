@@ -373,3 +373,22 @@ def test_arc_refuses_a_model_whose_tokenizer_merges_digits_before_any_work(tmp_p
         assert grids.grid_separator(load_config(None, [], domain="arc")) == " "
     finally:
         grids._separator.cache_clear()
+
+
+def test_reuse_round1_reads_what_arc_declares_about_its_own_sections(tmp_path):
+    """--reuse-round1 on an ARC run: its table and curation never touch round 1 (all of it is taken),
+    prediction changes the evaluations but not the self-edits (only the samples are taken), and its
+    self-edit sampling is refused; the core knows none of these sections (ArcPlugin declares them)."""
+    from seal.arc.plugin import PLUGIN
+    from seal.core.commands import reuse_level
+    from seal.core.config import ConfigError, load_config
+    from seal.core.runs import Run
+
+    base = [f"runs_dir={tmp_path}", "model.precision=fp32"]
+    source = Run.create(load_config(None, base, domain="arc"), "arc-restem").path
+    level = lambda *more: reuse_level(PLUGIN, load_config(None, [*base, *more], domain="arc"), source)
+    assert level() == "all"
+    assert level("eval.oracle=false", "curate.repeats=3") == "all"
+    assert level("predict.orders=2") == "samples"
+    with pytest.raises(ConfigError, match="self_edit.temperature"):
+        level("self_edit.temperature=0.5")

@@ -117,3 +117,17 @@ def test_every_module_imports_on_its_own():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+
+
+def test_the_core_speaks_no_domain_s_words():
+    """core/ is domain-independent: no string in its code names a section only a domain has or what a
+    domain's contexts are (a domain declares such things on its plugin: context_alone, round1_free,
+    samples_free, contexts_word). Docstrings and comments may use them as examples."""
+    words = {"answer", "judge", "cpt", "continual", "questions", "learn", "predict", "curate",
+             "passage", "passages", "task", "tasks"}
+    found = []
+    for file in sorted((SRC / "seal" / "core").glob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in words:
+                found.append(f"{file.name}:{node.lineno} {node.value!r}")
+    assert not found, found

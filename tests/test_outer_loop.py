@@ -258,7 +258,7 @@ def fake_run(tiny_config, common=True):
                        self_edits=["one two three four five six", "x"], n_tokens=[6, 1])
             run.append("pre_update", f"round{r}/pre/{cid}", round=r, context_id=cid, reward=0.05)
             for t in range(2):
-                run.append("self_edit_eval", f"round{r}/passage/{cid}/{t}", round=r, context_id=cid, repeat=t,
+                run.append("self_edit_eval", f"round{r}/passage/{cid}/{t}", round=r, context_id=cid, repeat=t, baseline="passage",
                            reward=0.2, self_edit=None)
                 for i, row in enumerate(matrix):
                     run.append("self_edit_eval", f"round{r}/eval/{cid}/{i}/{t}", round=r, context_id=cid, sample=i,
@@ -275,7 +275,7 @@ def test_learning_curve_and_noise_equal_a_hand_computation(tiny_config):
     assert rows[0]["mean"] == pytest.approx(statistics.fmean(flat))
     assert rows[0]["median"] == pytest.approx(statistics.median(flat))
     assert rows[0]["best"] == pytest.approx(statistics.fmean(max(v) for v in means[1].values()))
-    assert rows[0]["passage"] == pytest.approx(0.2) and rows[0]["pre"] == pytest.approx(0.05)
+    assert rows[0]["alone"] == pytest.approx(0.2) and rows[0]["pre"] == pytest.approx(0.05)
     assert rows[0]["beat"] == pytest.approx(sum(x > 0.2 for x in flat) / len(flat))
     assert rows[0]["tokens"] == pytest.approx(3.5) and rows[0]["degenerate"] == pytest.approx(0.5)
     assert rows[0]["coverage"] == pytest.approx((1 + 0) / 2)  # a: "three", "four" said; b: "seven" not
@@ -283,7 +283,7 @@ def test_learning_curve_and_noise_equal_a_hand_computation(tiny_config):
     assert rows[1]["vs previous"][0] == pytest.approx(statistics.fmean(diff))
     # the self-edits against the passage alone (0.2 in every repeat), paired by context
     for row, r in zip(rows, (1, 2)):
-        assert row["vs passage"][0] == pytest.approx(statistics.fmean(statistics.fmean(means[r][c]) - 0.2 for c in "ab"))
+        assert row["vs alone"][0] == pytest.approx(statistics.fmean(statistics.fmean(means[r][c]) - 0.2 for c in "ab"))
     assert rows[0]["vs base"] is None and rows[1]["vs base"] is None  # round 1's "vs base" is its "vs previous"
     # a third E-step: against the base model, not against round 1
     three = {"a": [[0.1, 0.1], [0.1, 0.2]], "b": [[0.9, 0.7], [0.3, 0.3]]}
@@ -297,7 +297,7 @@ def test_learning_curve_and_noise_equal_a_hand_computation(tiny_config):
     base = {c: statistics.fmean(means[1][c]) for c in "ab"}
     now = {c: statistics.fmean(statistics.fmean(x) for x in three[c]) for c in "ab"}
     assert third["vs base"][0] == pytest.approx(statistics.fmean(now[c] - base[c] for c in "ab"))
-    assert third["vs base"][0] != pytest.approx(third["vs previous"][0]) and third["vs passage"] is None
+    assert third["vs base"][0] != pytest.approx(third["vs previous"][0]) and third["vs alone"] is None
 
     first, *_ = noise_rows(run, draws=4000)  # and the two later E-steps
     a, b = np.array(rewards[1]["a"]), np.array(rewards[1]["b"])

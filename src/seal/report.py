@@ -185,8 +185,9 @@ def curve_section(sec: Section, run: Run) -> None:
     rows = curve.rows
     sec.found["curve"] = rows
     sec.lines += ["### Learning curve (training contexts)", "", curve.markdown(), ""]
-    keys = ["mean", "best", "pre", "passage"]
-    _write_csv(sec.path("curve.csv"), ["policy", *keys, "ci_low", "ci_high"],
+    keys = ["mean", "best", "pre", "alone"]
+    alone = next(c.header for c in curve.columns if c.key == "alone")  # "passage only"
+    _write_csv(sec.path("curve.csv"), ["policy", "mean", "best", "pre", alone.removesuffix(" only"), "ci_low", "ci_high"],
                [[r["round"], *[r[k] for k in keys], *r["95% CI"]] for r in rows])
     xs = [r["round"] for r in rows]
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -196,7 +197,7 @@ def curve_section(sec: Section, run: Run) -> None:
            [max(0.0, r["95% CI"][1] - m) if not math.isnan(r["95% CI"][1]) else 0 for m, r in zip(means, rows)]]
     ax.errorbar(xs, means, yerr=err, marker="o", capsize=3, label="mean self-edit reward (95% CI)")
     ax.plot(xs, [value(r, "best") for r in rows], marker="^", ls=":", label="best of k")
-    for k, label, style in (("passage", "passage only", "--"), ("pre", "no update", "-.")):
+    for k, label, style in (("alone", alone, "--"), ("pre", "no update", "-.")):
         if any(r[k] is not None for r in rows):
             ax.plot(xs, [value(r, k) for r in rows], ls=style, marker=".", label=label)
     ax.set_xticks(xs)

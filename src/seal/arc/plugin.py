@@ -18,6 +18,10 @@ class ArcPlugin(DomainPlugin):
     group_word = "a task"
     input_errors = (TaskError,)
     held_fields = ("data.eval_ids",)
+    # --reuse-round1: the table and curation do not touch round 1; prediction (views, voting) changes
+    # its evaluations, not its samples.
+    round1_free = ("eval", "curate")
+    samples_free = ("predict",)
     distributes = ("restem", "evaluate", "curate")
     unread: ClassVar[dict[str, tuple[str, ...]]] = {"restem": ("curate",), "evaluate": ("curate",), "curate": ("restem", "eval")}
 

@@ -158,12 +158,12 @@ def warn_unread(p: DomainPlugin, command: str, config, also: tuple[str, ...] = (
 SCHEDULING = ("inner_loop.max_batch_seconds", "inner_loop.adapters_per_batch", "inner_loop.tokens_per_forward",
               "distributed.workers", "distributed.address", "distributed.cpus_per_worker", "distributed.gpus_per_worker",
               "distributed.start_timeout")
-# Fields that do not change round 1's E-step (its samples and evaluations): what --reuse-round1 may differ in.
-# With other inner-loop, answer or reward settings only the samples are taken (the evaluations are redone).
-SAMPLES_FREE = ("inner_loop", "answer", "reward", "judge")
-ROUND1_FREE = (*SCHEDULING, "runs_dir", "eval", "cpt", "continual", "teacher", "restem.rounds", "restem.algorithm", "restem.rloo_clip",
-               "restem.sft", "restem.evaluate_policy", "restem.keep", "restem.min_reward", "reward.require_improvement",
-               "reward.baseline")
+# The core's fields that do not change round 1's E-step (its samples and evaluations): what --reuse-round1
+# may differ in. With other inner-loop or reward settings only the samples are taken (the evaluations are
+# redone). Each domain adds its own sections (DomainPlugin.round1_free and samples_free).
+SAMPLES_FREE = ("inner_loop", "reward")
+ROUND1_FREE = (*SCHEDULING, "runs_dir", "restem.rounds", "restem.algorithm", "restem.rloo_clip", "restem.sft",
+               "restem.evaluate_policy", "restem.keep", "restem.min_reward", "reward.require_improvement", "reward.baseline")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -202,8 +202,9 @@ def reuse_level(p: DomainPlugin, config, source: Path) -> str:
     if theirs.get("model.precision") == "auto":  # a run from before precision was pinned: as it would resolve here
         theirs["model.precision"] = resolve_precision("auto", pick_device(other.config.model.device))
     under = lambda name, fields: any(name == f or name.startswith(f + ".") for f in fields)
-    differ = sorted(n for n in set(mine) | set(theirs) if not under(n, ROUND1_FREE) and mine.get(n) != theirs.get(n))
-    refused = [n for n in differ if not under(n, SAMPLES_FREE)]
+    round1_free, samples_free = (*ROUND1_FREE, *p.round1_free), (*SAMPLES_FREE, *p.samples_free)
+    differ = sorted(n for n in set(mine) | set(theirs) if not under(n, round1_free) and mine.get(n) != theirs.get(n))
+    refused = [n for n in differ if not under(n, samples_free)]
     if refused:
         raise ConfigError(f"{where}: its round-1 self-edits were sampled with other settings: "
                           + ", ".join(f"{n}={theirs.get(n)!r} (here {mine.get(n)!r})" for n in refused[:5]))

@@ -70,13 +70,14 @@ def sources(domain, contexts: list) -> dict[str, str] | None:
 
 def by_round(run: Run) -> dict[int, dict]:
     """{E-step round: {"samples": {cid: record}, "evals": {cid: {sample: {repeat: reward}}},
-    "valid": {cid: {sample: bool}}, "pre": {cid: reward}, "passage": {cid: [rewards]},
+    "valid": {cid: {sample: bool}}, "pre": {cid: reward}, "alone": {cid: [rewards]} (trained on the context
+    alone, recorded under the domain's Domain.context_alone name, e.g. round1/passage/...),
     "watched": {cid: {sample: {repeat: the evaluation's watched reward}}}}}."""
     rounds: dict[int, dict] = defaultdict(lambda: {"samples": {}, "evals": defaultdict(lambda: defaultdict(dict)),
-                                                   "valid": defaultdict(dict), "pre": {}, "passage": defaultdict(list),
+                                                   "valid": defaultdict(dict), "pre": {}, "alone": defaultdict(list),
                                                    "watched": defaultdict(lambda: defaultdict(dict))})
     for rec in run.records():
-        m = re.match(r"^round(\d+)/(samples|eval|pre|passage)/", rec["key"])
+        m = re.match(r"^round(\d+)/(samples|eval|pre|[a-z_]+)/", rec["key"])
         if not m:
             continue
         r, part, cid = int(m.group(1)), m.group(2), rec.get("context_id")
@@ -90,8 +91,8 @@ def by_round(run: Run) -> dict[int, dict]:
                 rounds[r]["valid"][cid][rec["sample"]] = rec.get("valid", True)
                 if (watched := rec.get("watched")) and watched.get("reward") is not None:
                     rounds[r]["watched"][cid][rec["sample"]][rec.get("repeat", 0)] = watched["reward"]
-            else:
-                rounds[r]["passage"][cid].append(rec["reward"])
+            elif rec.get("baseline") == part:
+                rounds[r]["alone"][cid].append(rec["reward"])
     return dict(sorted(rounds.items()))
 
 
@@ -101,17 +102,19 @@ def per_context(data: dict) -> dict[str, list[float]]:
             for cid, samples in data["evals"].items() if any(samples.values())}
 
 
-COLUMNS = [
-    Column("policy", kind="text"), Column("contexts", kind="int"), Column("self-edits", kind="int"),
-    Column("mean", "mean reward"), Column("95% CI", kind="ci"), Column("median"), Column("best", "best of k"),
-    Column("vs previous", "vs previous policy (paired, 95% CI)", kind="diff"),
-    Column("vs base", "vs base model (paired, 95% CI)", kind="diff"),
-    Column("kept", "M-step examples", kind="int"), Column("pre", "no update"), Column("passage", "passage only"),
-    Column("vs passage", "self-edit minus passage only (paired, 95% CI)", kind="diff"),
-    Column("beat", "beat passage only", digits=2),
-    Column("tokens", "mean length (tokens)", digits=0), Column("degenerate", digits=2),
-    Column("distinct-2", digits=2), Column("coverage", "passage coverage", digits=2),
-]
+def columns(alone: str = "context") -> list[Column]:
+    """The curve's columns; `alone` names the context in the context-alone ones ("passage only")."""
+    return [
+        Column("policy", kind="text"), Column("contexts", kind="int"), Column("self-edits", kind="int"),
+        Column("mean", "mean reward"), Column("95% CI", kind="ci"), Column("median"), Column("best", "best of k"),
+        Column("vs previous", "vs previous policy (paired, 95% CI)", kind="diff"),
+        Column("vs base", "vs base model (paired, 95% CI)", kind="diff"),
+        Column("kept", "M-step examples", kind="int"), Column("pre", "no update"), Column("alone", f"{alone} only"),
+        Column("vs alone", f"self-edit minus {alone} only (paired, 95% CI)", kind="diff"),
+        Column("beat", f"beat {alone} only", digits=2),
+        Column("tokens", "mean length (tokens)", digits=0), Column("degenerate", digits=2),
+        Column("distinct-2", digits=2), Column("coverage", f"{alone} coverage", digits=2),
+    ]
 
 
 def learning_curve(run: Run, sources: dict[str, str] | None = None, bootstrap: int = 2000) -> Table:
@@ -119,14 +122,15 @@ def learning_curve(run: Run, sources: dict[str, str] | None = None, bootstrap: i
     ({context id: its text}) adds the coverage column."""
     rows, previous, base = [], None, None
     last_round = run.config.restem.rounds
+    alone_name = next((r["baseline"] for r in run.records() if r.get("baseline") and r["key"].startswith("round")), "context")
     for r, data in by_round(run).items():
         means = per_context(data)
         if not means:
             continue
         ctx_mean = {cid: statistics.fmean(v) for cid, v in means.items()}
         flat = [x for v in means.values() for x in v]
-        passage = {cid: statistics.fmean(v) for cid, v in data["passage"].items() if v}
-        beat = [x > passage[cid] for cid, v in means.items() if cid in passage for x in v]
+        alone = {cid: statistics.fmean(v) for cid, v in data["alone"].items() if v}
+        beat = [x > alone[cid] for cid, v in means.items() if cid in alone for x in v]
         texts = {cid: s["self_edits"] for cid, s in data["samples"].items()}
         tokens = [n for s in data["samples"].values() for n in s.get("n_tokens", [])]
         degenerate_flags = [degenerate(t, data["valid"].get(cid, {}).get(i, True))
@@ -140,12 +144,12 @@ def learning_curve(run: Run, sources: dict[str, str] | None = None, bootstrap: i
             "vs previous": paired_difference(ctx_mean, previous, bootstrap, run.config.seed) if previous else None,
             "vs base": paired_difference(ctx_mean, base, bootstrap, run.config.seed) if base and base is not previous else None,
             "kept": len(done["kept"]) if (done := run.get(f"round{r}/done")) else None,
-            "pre": mean(data["pre"].values()), "passage": mean(passage.values()) if passage else None,
-            "vs passage": paired_difference(ctx_mean, passage, bootstrap, run.config.seed) if passage else None,
+            "pre": mean(data["pre"].values()), "alone": mean(alone.values()) if alone else None,
+            "vs alone": paired_difference(ctx_mean, alone, bootstrap, run.config.seed) if alone else None,
             "beat": mean(beat) if beat else None, "tokens": mean(tokens),
             "degenerate": mean(degenerate_flags), "distinct-2": mean(distinct_2(t) for t in texts.values()),
             "coverage": mean(coverage(t, sources[cid]) for cid, t in texts.items() if cid in sources) if sources else None,
         })
         previous = ctx_mean
         base = base or ctx_mean
-    return Table(COLUMNS, rows, "mean", "self-edit reward on the training contexts")
+    return Table(columns(alone_name), rows, "mean", "self-edit reward on the training contexts")

@@ -40,6 +40,10 @@ class Domain(ABC):
     name: ClassVar[str]
     batched: ClassVar[bool] = False  # implements evaluate_batch (many self-edits in one adapter bank)
     checks_self_edits: ClassVar[bool] = False  # implements self_edit_ok: unusable samples are re-sampled
+    # The reward.baseline value (if the domain's configuration allows one) that means "trained on the
+    # context alone": ReST-EM then also trains each context with no self-edit, with the samples' seeds,
+    # and records it under round{r}/{that name}/{context} (knowledge: "passage").
+    context_alone: ClassVar[str | None] = None
 
     @property
     def prefill(self) -> str:
@@ -143,6 +147,11 @@ class DomainPlugin(ABC):
     # Per command, the configuration sections (or section.field) it never reads: a field set there is
     # named in a warning (core/commands.py, `unread_settings`), never silently ignored.
     unread: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # For `restem --reuse-round1`: the domain's own sections (or section.field) that do not change round
+    # 1's E-step (`round1_free`), and those that change its evaluations but not its samples
+    # (`samples_free`: the self-edits are taken, the evaluations redone). The core adds its own.
+    round1_free: ClassVar[tuple[str, ...]] = ()
+    samples_free: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def config_class(self) -> type[Section]:

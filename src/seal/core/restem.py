@@ -1,7 +1,8 @@
 """The ReST-EM outer loop, independent of the domain.
 
 One round, on the current policy: for every training context, score the policy before any update
-(once per context) and, with reward.baseline passage, trained on the context alone; sample k
+(once per context) and, with the domain's context-alone baseline (Domain.context_alone; knowledge:
+reward.baseline passage), trained on the context alone; sample k
 self-edits, evaluate each in the inner loop (eval_times repeats; many self-edits at a time when the
 domain supports batched evaluation, see multi_lora). ReST-EM keeps the best (E-step: rejection
 sampling) and fine-tunes the policy on (prompt -> kept self-edit) with the loss on the self-edit only,
@@ -254,10 +255,11 @@ def _last_seconds_per_eval(run: Run) -> float | None:
 def restem_round(run: Run, lm: LoadedModel, domain: Domain, contexts: list, round_idx: int,
                  progress: Progress) -> list[dict]:
     """E-step of one round: sample k self-edits per context from the current policy, score the policy
-    before any update and (reward.baseline: passage) trained on the context alone in each repeat, evaluate
+    before any update and (reward.baseline: the domain's context_alone) trained on the context alone in each repeat, evaluate
     every self-edit; return what the M-step trains on (see `select`)."""
     cfg = run.config
     k = cfg.restem.k
+    alone = context_alone(domain, cfg)
     key = lambda c: f"round{round_idx}/samples/{domain.context_id(c)}"
     record_samples(run, [(key(c), c, dict(round=round_idx, context_id=domain.context_id(c))) for c in contexts],
                    self_edit_writer(lm, domain, k, cfg), max(1, cfg.self_edit.batch_size // k),
@@ -269,9 +271,9 @@ def restem_round(run: Run, lm: LoadedModel, domain: Domain, contexts: list, roun
     jobs = []
     for cid, context in zip(ids, contexts):
         common = ("restem", round_idx, cid)  # shared by the context's samples and its passage-only training
-        if cfg.reward.baseline == "passage":
-            jobs.append(EvalJob(f"round{round_idx}/passage/{cid}", context, None, pres[cid], (*common, "passage"),
-                                dict(round=round_idx, context_id=cid, baseline="passage"), common_parts=common))
+        if alone:
+            jobs.append(EvalJob(f"round{round_idx}/{alone}/{cid}", context, None, pres[cid], (*common, alone),
+                                dict(round=round_idx, context_id=cid, baseline=alone), common_parts=common))
         for i, self_edit in enumerate(run.get(key(context))["self_edits"]):
             jobs.append(EvalJob(f"round{round_idx}/eval/{cid}/{i}", context, self_edit, pres[cid], (*common, i),
                                 dict(round=round_idx, context_id=cid, sample=i), common_parts=common))
@@ -280,7 +282,7 @@ def restem_round(run: Run, lm: LoadedModel, domain: Domain, contexts: list, roun
     for context in contexts:
         cid = domain.context_id(context)
         samples = run.get(key(context))
-        baseline = baseline_reward(cfg.reward.baseline, pres[cid], results.get(f"round{round_idx}/passage/{cid}"))
+        baseline = baseline_reward(cfg.reward.baseline, pres[cid], results.get(f"round{round_idx}/{alone}/{cid}", []) if alone else None)
         rewards = {}
         for i in range(len(samples["self_edits"])):
             reward = mean_reward(results[f"round{round_idx}/eval/{cid}/{i}"])
@@ -319,13 +321,19 @@ def mean_reward(records: list[dict | None] | None) -> float | None:
     return sum(rewards) / len(rewards) if rewards else None
 
 
-def baseline_reward(kind: str, pre: dict, passage: list[dict] | None) -> float | None:
+def context_alone(domain: Domain, cfg) -> str | None:
+    """The name of the context-alone baseline when reward.baseline asks for it (Domain.context_alone)."""
+    return domain.context_alone if domain.context_alone and cfg.reward.baseline == domain.context_alone else None
+
+
+def baseline_reward(kind: str, pre: dict, alone: list[dict] | None) -> float | None:
     """The reward a self-edit is compared with: the pre-update score, the mean over repeats of training
-    on the context alone, or none. A missing score counts as 0 (an ungraded pre-update score)."""
+    on the context alone (`alone`: those trainings' records, None when the baseline is not that one), or
+    none. A missing score counts as 0 (an ungraded pre-update score)."""
     if kind == "pre_update":
         return pre["reward"] if pre["reward"] is not None else 0.0
-    if kind == "passage":
-        value = mean_reward(passage)
+    if alone is not None:  # kind is the domain's context-alone baseline, which was trained
+        value = mean_reward(alone)
         return value if value is not None else 0.0
     return None
 
@@ -417,7 +425,7 @@ def e_step(run: Run, lm: LoadedModel, domain: Domain, contexts: list, r: int, pr
            final: bool = False) -> list[dict]:
     cfg = run.config
     what = "the last policy's own evaluation" if final else f"round {r}"
-    jobs = cfg.restem.k + (cfg.reward.baseline == "passage")
+    jobs = cfg.restem.k + (context_alone(domain, cfg) is not None)
     progress.start("contexts", f"{what}: pre-update scores", len(contexts))
     progress.start("evals", f"{what}: self-edit evaluations", len(contexts) * jobs * cfg.inner_loop.eval_times)
     return restem_round(run, lm, domain, contexts, r, progress)

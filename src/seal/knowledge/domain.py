@@ -36,6 +36,7 @@ class KnowledgeDomain(Domain):
 
     name = "knowledge"
     batched = True
+    context_alone = "passage"  # reward.baseline passage: each passage also trained alone
 
     def __init__(self, config: KnowledgeConfig, judge: Judge | None = None):
         self.config = config

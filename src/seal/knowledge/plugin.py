@@ -15,6 +15,10 @@ class KnowledgePlugin(DomainPlugin):
     contexts_word = "passages"
     group_word = "an article"
     input_errors = (DataError,)
+    # --reuse-round1: tables, the other commands and the question writer's endpoint do not touch round 1;
+    # answering and judging change its evaluations, not its samples.
+    round1_free = ("eval", "cpt", "continual", "teacher")
+    samples_free = ("answer", "judge")
 
     def config_class(self):
         from seal.knowledge.config import KnowledgeConfig
