@@ -58,7 +58,7 @@ class ArcInnerLoopConfig(InnerLoopBase):
     leave_two_out: bool = Field(False, description="also build tasks with two demonstrations held out (one plays the test)")
     colour_permutations: int = Field(1, ge=0, le=16, description="colour-permuted copies (background kept) of each leave-out task")
     example_permutations: int = Field(1, ge=0, le=16, description="copies of each leave-out task with its demonstrations reordered")
-    max_examples: int = Field(64, ge=1, le=100000, description="TTT examples at most (a seeded sample): fewer solve fewer tasks (docs/results/arc-curation.md measures 16 against 64); the paper used 250"); the paper used 250")
+    max_examples: int = Field(64, ge=1, le=100000, description="TTT examples at most (a seeded sample): fewer solve fewer tasks (docs/results/arc-curation.md measures 16 against 64); the paper used 250")
     end_marker: bool = Field(True, description="end every target grid with the end-of-sequence token, so the model learns where a grid ends")
 
 
