@@ -390,5 +390,5 @@ def test_reuse_round1_reads_what_arc_declares_about_its_own_sections(tmp_path):
     assert level() == "all"
     assert level("eval.oracle=false", "curate.repeats=3") == "all"
     assert level("predict.orders=2") == "samples"
-    with pytest.raises(ConfigError, match="self_edit.temperature"):
+    with pytest.raises(ConfigError, match=r"self_edit\.temperature"):
         level("self_edit.temperature=0.5")
