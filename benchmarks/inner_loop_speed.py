@@ -38,14 +38,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import torch
 
+from harness import PeakMemory, arch_model, machine, matmul_peak, matmul_size
 from seal.core.config import load_config
 from seal.core.examples import Example
 from seal.core.generation import resolve_precision
@@ -57,76 +56,6 @@ from seal.core.training import TrainStats, epoch_batches, fresh_adapter
 from seal.knowledge.data import load_builtin
 from seal.knowledge.domain import KnowledgeDomain
 from seal.knowledge.self_edit import training_set
-
-
-class PeakMemory:
-    """Peak resident memory of this process while the block runs, sampled every 5 ms."""
-
-    def __enter__(self) -> PeakMemory:
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        self.start = self.peak = rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, rss())
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss())
-
-
-def rss() -> int:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated()
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def matmul_size(device: torch.device) -> int:
-    """The side of the square matmul that measures the peak: a 2048-square one does not fill an H100."""
-    return 8192 if device.type == "cuda" else 2048
-
-
-def matmul_peak(dtype: torch.dtype, device: torch.device = torch.device("cpu"), seconds: float = 3.0) -> float:
-    """FLOP/s of a large square matmul on this device, now, with the threads torch uses."""
-    n = matmul_size(device)
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    a @ b
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-        if device.type == "cuda" and count % 10 == 0:
-            torch.cuda.synchronize()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n ** 3 * count / (time.perf_counter() - start)
-
-
-ARCHS = Path(__file__).parent / "archs"
-
-
-def arch_model(name: str, tokenizer, dtype: str, device: str):
-    """A random-weight model of architecture `name` (a file in benchmarks/archs, or a path to a config.json)."""
-    from transformers import AutoConfig
-
-    from seal.core.models import model_from_config, pick_device, resolve_dtype
-
-    path = Path(name) if Path(name).is_file() else ARCHS / f"{name}.json"
-    if not path.is_file():
-        raise SystemExit(f"--arch {name}: no {path}; choose one of {sorted(p.stem for p in ARCHS.glob('*.json'))}")
-    fields = json.loads(path.read_text())
-    fields.update(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                  eos_token_id=tokenizer.eos_token_id)
-    config = AutoConfig.for_model(**fields)
-    chosen = resolve_dtype(dtype, pick_device(device))
-    return model_from_config(config, tokenizer, seed=0, dtype=chosen, device=device)
 
 
 def generation_speed(lm, new_tokens: int = 64, batch: int = 8) -> float:
@@ -446,7 +375,7 @@ def main() -> None:
                    n_params=n_params, reward_checks=checks, generation_tokens_per_s=gen, largest_k=fits,
                    paths=[{key: v for key, v in p.items() if key != "results"} | dict(rewards=[r["reward"] for r in p["results"]])
                           for p in paths])
-    Path(args.out).write_text(json.dumps(summary, indent=1))
+    Path(args.out).write_text(json.dumps(dict(summary, machine=machine()), indent=1))
     print(f"written {args.out}")
 
 
@@ -474,7 +403,8 @@ def sweep(args, pairs, batched, n_params: int, peak: float) -> None:
     spread = max(max(abs(a - b) for a, b in zip(r["rewards"], rows[0]["rewards"])) for r in rows)
     print(f"\nfastest: K = {best['k']}; rewards across K differ by at most {spread:.1e}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(dict(args=vars(args), matmul_peak=peak, n_params=n_params, sweep=rows), indent=1))
+    result = dict(args=vars(args), matmul_peak=peak, n_params=n_params, sweep=rows, machine=machine())
+    Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"written {args.out}")
 
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_memory import rss, run_variants, save
+from harness import rss, run_variants, save
 
 VARIANTS = {"a": "(a) one pass a row, not checkpointed", "b": "(b) default tokens_per_forward: long rows checkpointed",
             "c": "(c) gradient_checkpointing everywhere"}

@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import time
 from pathlib import Path
 
-import torch
-
-from inner_loop_speed import PeakMemory
+from harness import PeakMemory, machine
 from seal.core.config import load_config
-from seal.core.models import load_configured, native_bf16_cpu
+from seal.core.models import load_configured
 from seal.core.objectives import teacher_targets
 from seal.core.restem import derive_seed, sample_self_edits
 from seal.knowledge.data import load_builtin
@@ -87,15 +83,12 @@ def main() -> None:
         ratio = f"{r['per_min'] / lm_rate:.2f}" if lm_rate else "-"
         print(f"| {r['objective']} | {r['evaluations']} | {r['wall']:.0f} | {r['per_min']:.2f} | {ratio} | "
               f"{r['teacher_seconds']:.1f} | {r['steps']:.1f} | {r['reward']:.4f} | {r['peak_rss'] / 2**30:.2f} |")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-               f"{'bf16' if native_bf16_cpu() else 'fp32'} CPU" if lm.device.type == "cpu" else torch.cuda.get_device_name())
-    print(f"commit {commit}, {machine}, precision {domain.precision(lm)}")
+    where = machine()
+    print(f"commit {where['commit']}, {where['cpu']}, {where['threads']} threads, bf16 instructions "
+          f"{where['bf16'] or 'none'}{', ' + where['gpu'] if where['gpu'] else ''}, precision {domain.precision(lm)}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(rows=rows, config=args.config, overrides=args.set, k=args.k, commit=commit,
-                                   machine=machine), indent=1))
-
+    out.write_text(json.dumps(dict(rows=rows, config=args.config, overrides=args.set, k=args.k, machine=where), indent=1))
 
 if __name__ == "__main__":
     main()

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
 import time
-from pathlib import Path
+
+from harness import rss, run_variants, save
 
 VARIANTS = {"a": "(a) model's own loss", "b": "(b) chunked loss", "c": "(c) chunked + checkpointing"}
 
@@ -60,19 +58,6 @@ def child(args) -> None:
                           peak=rss(peak=True))))
 
 
-def rss(peak: bool = False) -> int:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() if peak else torch.cuda.memory_allocated()
-    if peak:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    with open("/proc/self/statm") as f:
-        import os
-
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded")
@@ -100,25 +85,6 @@ def main() -> None:
         print(f"| {r['variant']} | {r['peak'] / 2**30:.2f} | {(r['peak'] - r['loaded']) / 2**30:.2f} | "
               f"{r['seconds_per_step']:.1f} | {r['first_loss']:.4f} |")
     save(args, rows)
-
-
-def run_variants(script: str, names: dict[str, str], chosen: str) -> list[dict]:
-    """Run `script` with this command line plus `--variant V` for each chosen variant, each in a fresh
-    process (so that its peak memory is its own); its last line of output is its row, as JSON."""
-    rows = []
-    for v in chosen:
-        print(f"running {names[v]} ...", flush=True)
-        out = subprocess.run([sys.executable, script, *sys.argv[1:], "--variant", v], capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(out.stderr[-2000:])
-        rows.append(dict(variant=names[v], **json.loads(out.stdout.strip().splitlines()[-1])))
-    return rows
-
-
-def save(args, rows: list[dict]) -> None:
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(dict(args=vars(args), rows=rows), indent=1))
-    print(f"written {args.out}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_memory import rss, run_variants, save
+from harness import rss, run_variants, save
 
 VARIANTS = {"a": "(a) weights need gradients (as before)", "b": "(b) frozen, autocast casts at every matmul",
             "c": "(c) frozen, cast once a call (default)"}
