@@ -157,7 +157,7 @@ def warn_unread(p: DomainPlugin, command: str, config, also: tuple[str, ...] = (
 # Settings that decide how work is scheduled, not what it computes: --resume may change them (--set).
 SCHEDULING = ("inner_loop.max_batch_seconds", "inner_loop.adapters_per_batch", "inner_loop.tokens_per_forward",
               "distributed.workers", "distributed.address", "distributed.cpus_per_worker", "distributed.gpus_per_worker",
-              "distributed.start_timeout")
+              "distributed.start_timeout", "logging")
 # The core's fields that do not change round 1's E-step (its samples and evaluations): what --reuse-round1
 # may differ in. With other inner-loop or reward settings only the samples are taken (the evaluations are
 # redone). Each domain adds its own sections (DomainPlugin.round1_free and samples_free).
@@ -235,6 +235,7 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
     """Check everything (see the module's docstring), then create the run directory or reopen it.
     `flags`: the command's own options that a resume must keep ({name: value}); a new run records them
     in meta.json, and `Started.flags` gives them back, those of the run's start on a resume."""
+    from seal.core import tracking
     from seal.core.inner_loop import teacher_cache
     from seal.core.runs import Run
 
@@ -253,6 +254,7 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
     else:
         config, pinned = pinned_config(p, load_config(config_file, overrides or [], domain=p.name))
     train, held, domain = check_run(p, command, config, policies, allow_overlap, reuse)
+    tracking.check(config)
     if resume is None:
         warn_unread(p, command, config, ("eval",) if flags.get("eval") is False else ())
         inputs = dict(policy=[str(one) for one in policies], allow_overlap=allow_overlap, reuse_round1=str(reuse) if reuse else None,
@@ -400,13 +402,17 @@ def progress_for(run, quiet: bool) -> Progress:
     return Progress(enabled=not quiet, log=run.path / "progress.log")
 
 
-def print_table(run, table) -> None:
+def print_table(run, table, track: bool = True) -> None:
+    """Print a run's comparison table, write table.md / table.csv, and (`track`) hand it to the run's
+    experiment trackers."""
     from seal.core.restem import timing_summary
 
     if not table.rows:
         console.print("no evaluation records in this run yet")
         return
     print(table.write(run.path))
+    if track:
+        run.track_table("comparison", table)
     if table.extra:
         print()
         print(table.extra)
@@ -415,8 +421,9 @@ def print_table(run, table) -> None:
     console.print(f"[dim]table written to {run.path / 'table.md'} and table.csv[/dim]")
 
 
-def print_curve(run, domain: Domain | None = None, contexts: list | None = None) -> None:
-    """Print the run's learning curve (core/curves.py) and write curve.md / curve.csv beside its records."""
+def print_curve(run, domain: Domain | None = None, contexts: list | None = None, track: bool = True) -> None:
+    """Print the run's learning curve (core/curves.py), write curve.md / curve.csv beside its records,
+    and (`track`) hand it to the run's experiment trackers."""
     from seal.core.curves import learning_curve, sources
 
     curve = learning_curve(run, sources(domain, contexts or []))
@@ -425,6 +432,8 @@ def print_curve(run, domain: Domain | None = None, contexts: list | None = None)
     console.print("[bold]learning curve[/bold]: each policy's own self-edits on the training "
                   f"{plugin(run.config.domain).contexts_word} (policy 0 = the base model)")
     print(curve.write(run.path, "curve"))
+    if track:
+        run.track_table("curve", curve)
     console.print(f"[dim]written to {run.path / 'curve.md'} and curve.csv[/dim]")
 
 
@@ -447,7 +456,7 @@ def show_run(run_dir: Path) -> None:
     if text is not None:
         print(text)
         return
-    print_table(run, p.table(run))
+    print_table(run, p.table(run), track=False)
 
 
 def domain_commands(p: DomainPlugin) -> typer.Typer:
@@ -535,7 +544,7 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
         from seal.core.runs import Run
 
         run = Run.resume(run_dir)
-        print_curve(run, *run_contexts(run))
+        print_curve(run, *run_contexts(run), track=False)
 
     @app.command("noise")
     @guard

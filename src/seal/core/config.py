@@ -137,6 +137,37 @@ class DistributedConfig(Section):
     start_timeout: float = Field(600, gt=0, description="seconds to wait for every worker to load its model before giving up with an error")
 
 
+class LoggingConfig(Section):
+    """Experiment trackers that watch a run as it goes (core/tracking.py). They stream what the run
+    records (each evaluation's reward and training losses, tokens/s and memory, each round's learning
+    curve and M-step losses, table rows); the records stay the source of truth, and a resumed run logs
+    only what it adds. Each tracker is an optional dependency (pip install tensorboard / wandb /
+    mlflow-skinny)."""
+
+    backend: list[Literal["none", "tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["none"], description="trackers, several allowed: tensorboard (event files in RUN_DIR/tensorboard), wandb, mlflow; none: only the run's own records")
+    project: str = Field("seal", description="the wandb project and the mlflow experiment")
+    wandb_mode: Literal["offline", "online"] = Field("offline", description="wandb: offline writes RUN_DIR/wandb for `wandb sync` later (no network needed); online streams to the server")
+    mlflow_uri: str | None = Field(None, description="mlflow tracking URI; None: a file store in RUN_DIR/mlruns")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name_is_a_list(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("backend"), str):
+            data = dict(data, backend=[b.strip() for b in data["backend"].split(",")])
+        return data
+
+    @model_validator(mode="after")
+    def _none_alone(self):
+        if "none" in self.backend and len(self.backend) > 1:
+            raise ValueError("logging.backend: 'none' cannot be combined with a tracker")
+        return self
+
+    @property
+    def trackers(self) -> list[str]:
+        return [b for b in self.backend if b != "none"]
+
+
 class RunConfig(Section):
     """What every domain's root configuration starts with; a domain narrows `domain` to its own name
     and adds its sections (data, self_edit, inner_loop, reward, restem, eval, ...)."""
@@ -146,6 +177,7 @@ class RunConfig(Section):
     runs_dir: str = Field("runs", description="where new run directories are created")
     model: ModelConfig = Field(default_factory=ModelConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
 
 def _merged(tree: dict, changes: dict) -> dict:

@@ -17,10 +17,13 @@ from __future__ import annotations
 import re
 import statistics
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
-from seal.core.runs import Run
 from seal.core.stats import bootstrap_ci, mean, paired_difference
 from seal.core.tables import Column, Table
+
+if TYPE_CHECKING:
+    from seal.core.runs import Run
 
 WORD = re.compile(r"\w+")
 

@@ -50,6 +50,8 @@ class Run:
         self.config = config
         self._records: dict[str, dict] = {}
         self._good_end: int | None = None  # where the last complete record ends, when a torn tail follows it
+        self._written = 0  # records in the file: the step at which experiment trackers log the next one
+        self._trackers = None  # core/tracking.py, opened at the first append (a run only read opens none)
         file = path / RECORDS
         if file.exists():
             self._load(file)
@@ -75,6 +77,7 @@ class Run:
                     print(f"warning: {file}:{n} is not a record and is skipped", file=sys.stderr)
                 else:
                     self._records[record["key"]] = record
+                    self._written += 1
             offset = end + 1
     @classmethod
     def create(cls, config: Section, command: str, inputs: dict | None = None) -> Run:
@@ -132,8 +135,29 @@ class Run:
             f.flush()
             os.fsync(f.fileno())
         self._records[key] = record
+        self._written += 1
         crash_point("record")
+        self.trackers.record(record, self._written)
         return record
+
+    @property
+    def trackers(self):
+        """The run's experiment trackers (logging.backend), opened on first use."""
+        if self._trackers is None:
+            from seal.core.tracking import Trackers
+
+            self._trackers = Trackers(self)
+        return self._trackers
+
+    def track_table(self, name: str, table) -> None:
+        """Hand a printed comparison table to the trackers (once per state of the records)."""
+        if self.config.logging.trackers:
+            self.trackers.table(name, table, self._written)
+
+    def close(self) -> None:
+        """Close the trackers (flushing what they hold); the records themselves are always on disk."""
+        if self._trackers is not None:
+            self._trackers.close()
 
     def cached(self, kind: str, key: str, compute) -> dict:
         """The record under `key`, computing and appending it first if this run has none yet."""
