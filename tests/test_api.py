@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import seal
 from test_cli import overrides
 
@@ -52,3 +54,27 @@ def test_a_library_run_saves_the_task_ids_of_its_task_list_file(tiny_dir, tmp_pa
     again = seal.resume(run.path)
     assert again.config.data.eval_ids == ["66e6c45b"] and again.config.data.train_ids == ["5582e5ca"]
     assert again.meta["inputs"]["pinned"] == {"data.eval_ids": str(listed), "model.precision": "auto"}
+
+
+def test_the_library_learns_documents_and_answers_as_the_command_line_does(tiny_config, tmp_path):
+    """seal.learn writes the folder `seal ask` loads, its table equals the run's learned.md, and
+    seal.ask gives the answer the command line prints."""
+    from typer.testing import CliRunner
+
+    from seal.cli import app
+    from seal.knowledge.learn import LearnError
+    from test_cli import overrides
+    from test_documents import EXAMPLES
+
+    sets = [a for a in overrides(tiny_config) if a != "--set"] + ["learn.k=2", "learn.epochs=1", "learn.rank=4",
+                                                                  "learn.alpha=8", "learn.max_passage_tokens=120"]
+    learned = seal.learn([EXAMPLES], tmp_path / "learned", overrides=sets)
+    assert learned.path == tmp_path / "learned" and (learned.path / "manifest.json").is_file()
+    assert learned.documents == 3 and learned.passages >= 3 and not learned.known
+    assert (learned.run.path / "learned.md").read_text().strip() == learned.table.markdown().strip()
+    with pytest.raises(LearnError, match="exists"):
+        seal.learn([EXAMPLES], tmp_path / "learned", overrides=sets)
+    question = "Who was the first keeper of the Velmora lighthouse?"
+    printed = CliRunner().invoke(app, ["ask", str(learned.path), question])
+    assert printed.exit_code == 0, printed.output
+    assert seal.ask(learned.path, question) + "    [from " in printed.output  # the same greedy answer

@@ -380,9 +380,9 @@ def test_reuse_round1_reads_what_arc_declares_about_its_own_sections(tmp_path):
     prediction changes the evaluations but not the self-edits (only the samples are taken), and its
     self-edit sampling is refused; the core knows none of these sections (ArcPlugin declares them)."""
     from seal.arc.plugin import PLUGIN
-    from seal.core.commands import reuse_level
     from seal.core.config import ConfigError, load_config
     from seal.core.runs import Run
+    from seal.core.starting import reuse_level
 
     base = [f"runs_dir={tmp_path}", "model.precision=fp32"]
     source = Run.create(load_config(None, base, domain="arc"), "arc-restem").path

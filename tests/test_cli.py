@@ -120,8 +120,8 @@ def test_every_check_runs_before_the_run_directory_exists(tiny_config, command, 
 
 
 def test_a_policy_is_checked_against_the_model_and_the_scored_passages(tiny_config):
-    from seal.core.commands import check_policy
     from seal.core.config import ConfigError
+    from seal.core.starting import check_policy
     from seal.knowledge.plugin import PLUGIN
 
     assert runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *overrides(tiny_config)]).exit_code == 0
@@ -195,8 +195,8 @@ KNOWLEDGE_COMMANDS = ["generate", "restem", "evaluate", "cpt", "continual", "lea
 def test_every_command_farms_out_to_workers_or_refuses_them(tiny_config, command):
     """`distributed.workers: 1` is honoured by the commands that send work to Ray workers and refused
     in one line, before any work, by every command that runs in its own process only."""
-    from seal.core.commands import check_run
     from seal.core.config import ConfigError
+    from seal.core.starting import check_run
     from seal.knowledge.plugin import PLUGIN
 
     config = tiny_config.model_copy(update=dict(distributed=tiny_config.distributed.model_copy(update=dict(workers=1))))
@@ -232,7 +232,7 @@ def test_a_worker_count_on_a_local_command_is_one_line_and_no_run_directory(tiny
 
 
 def test_settings_a_command_does_not_read_are_named(tiny_config):
-    from seal.core.commands import unread_settings
+    from seal.core.starting import unread_settings
     from seal.knowledge.plugin import PLUGIN
 
     config = load_config(None, [f"model.name={tiny_config.model.name}", "restem.k=3", "eval.bootstrap=300",

@@ -49,7 +49,7 @@ def test_metadata_is_never_torn_by_a_kill_and_a_change_is_recorded_first(tiny_co
     run = Run.create(tiny_config, "restem")
     before = (run.path / "config.yaml").read_text()
     assert json.loads((run.path / "meta.json").read_text())["command"] == "restem"
-    code = (f"from seal.core.runs import Run\nfrom seal.core.commands import record_change\n"
+    code = (f"from seal.core.runs import Run\nfrom seal.core.starting import record_change\n"
             f"run = Run.resume({str(run.path)!r})\nconfig = run.config.model_copy(deep=True)\n"
             f"config.inner_loop.adapters_per_batch = 3\n"
             f"record_change(run, config, {{'inner_loop.adapters_per_batch': [None, 3]}})\n")

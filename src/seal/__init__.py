@@ -1,7 +1,7 @@
 """seal: self-adapting language models (SEAL) as one library and CLI.
 
 The library API (see seal/api.py): `load_config`, `load_model`, `start`, `resume`, `restem`,
-`evaluate`, `table`, and the `Run`, `Table` and `plugin` objects behind them. Imported on first use,
+`evaluate`, `table`, `learn`, `ask`, and the `Run`, `Table` and `plugin` objects behind them. Imported on first use,
 so that `import seal` stays light.
 """
 
@@ -9,8 +9,9 @@ __version__ = "0.1.0"
 
 _API = {
     "load_config": "seal.core.config", "load_model": "seal.core.models", "Run": "seal.core.runs",
-    "Table": "seal.core.tables", "plugin": "seal.core.domain",
+    "Table": "seal.core.tables", "plugin": "seal.core.registry",
     "start": "seal.api", "resume": "seal.api", "restem": "seal.api", "evaluate": "seal.api", "table": "seal.api",
+    "learn": "seal.api", "ask": "seal.api", "Learned": "seal.api",
 }
 __all__ = list(_API)
 

@@ -94,52 +94,18 @@ def register_learning(app: typer.Typer, plugin: DomainPlugin) -> None:
                   quiet: QuietOpt = False):
         """Teach the model the documents: passages, self-written questions, the best of k self-edits each
         (chosen on half of the questions), one update on them all, scored on the other half."""
-        from seal.core.models import load_configured, token_counter
-        from seal.core.restem import policy_rounds
-        from seal.knowledge.documents import read_documents
-        from seal.knowledge.learn import Earlier, LearnError, check_documents, learn, report_table, write_output
+        from seal import api
 
-        earlier = Earlier.read(out) if add else None
-        if out.exists() and earlier is None:
-            raise LearnError(f"--out {out} exists; choose another folder, or learn more into it with --add")
-        documents, skipped = read_documents(docs, field, title_field)
-        if earlier is not None:
-            known = earlier.known()
-            for d in documents:
-                if d.sha256 in known:
-                    console.print(f"[dim]already learned: {d.path}[/dim]")
-            documents = [d for d in documents if d.sha256 not in known]
-            if not documents:
-                console.print(f"nothing new to learn: every document is already in {out}")
-                return
-            if config is None and resume is None:
-                config = out / "config.yaml"  # learning more keeps the folder's settings
-        overrides = None if resume else ([] if earlier else ["reward.metric=loglik"]) + list(set or [])  # learn's default reward: loglik
-        s = open_run(plugin, "learn", config, overrides, resume, policy=policy, allow_overlap=True)
-        if earlier is not None:
-            before = earlier.manifest["settings"]
-            for field_name, now, then in (("model.name", s.run.config.model.name, before["model"]["name"]),
-                                          ("learn.mode", s.run.config.learn.mode, before["learn"]["mode"])):
-                if now != then:
-                    raise LearnError(f"--add {out}: it was learned with {field_name}={then!r}, this run has {now!r}")
-        if merge and (s.run.config.learn.mode == "per-document" or earlier is not None):
-            raise LearnError("--merge writes one checkpoint: it needs learn.mode pooled and a new folder (no --add)")
-        check_documents(s.run, documents)
-        for skip in skipped:
-            console.print(f"[yellow]skipped[/yellow] {skip.path}: {skip.reason}")
-        cfg = s.run.config
-        lm = load_configured(cfg.model)
-        policy = s.policy  # on --resume: the one the run started with
-        if policy is not None:
-            for _ in policy_rounds(lm, policy):  # the last finished round's policy writes the self-edits
-                pass
-        with progress_for(s.run, quiet) as progress:
-            items, kept = learn(s.run, lm, s.domain, documents, skipped, token_counter(cfg.model.name), progress, earlier)
-        table = report_table(s.run, items, earlier)
-        print(table.write(s.run.path, "learned"))
-        path = write_output(s.run, lm, out, items, kept, str(policy) if policy else None, merge, earlier)
-        console.print(f"learned {len(items)} passages of {len(documents)} documents; written to {path} "
-                      f"(ask it: seal ask {path} \"your question\")")
+        learned = api.learn(docs, out, config, set or [], policy, resume, merge, add, field, title_field,
+                            show_progress=not quiet)
+        for path in learned.known:
+            console.print(f"[dim]already learned: {path}[/dim]")
+        if learned.run is None:
+            console.print(f"nothing new to learn: every document is already in {out}")
+            return
+        print(learned.table.markdown())
+        console.print(f"learned {learned.passages} passages of {learned.documents} documents; written to {learned.path} "
+                      f"(ask it: seal ask {learned.path} \"your question\")")
 
     @app.command("ask")
     @guard
