@@ -17,7 +17,7 @@ as it arrives, so `--resume` works as always. A call whose worker dies is run ag
 the actor (it loads the model and the policy again) and sends it the calls it had; an actor that died
 RESTARTS times is given up and its call goes to another. Calls are pure computations, so running one
 twice changes nothing. With the same seeds and batch sizes (`inner_loop.adapters_per_batch`), the
-records equal a single-process run's (tests/test_distributed.py).
+records equal a single-process run's (tests/core/test_distributed.py).
 
 A cluster needs the run directory on a filesystem every node sees (workers read the policy adapters
 from it) and this package installed on every node.

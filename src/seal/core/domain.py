@@ -89,7 +89,7 @@ class Domain(ABC):
         """What the self-edit becomes (None: the context alone): its training examples and recipe, or an
         unusable record (a zero reward with the reason). Never raises for bad model output. The record's
         fields are the domain's own: the core adds round, context_id, sample, repeat, seed, self_edit,
-        seconds and batch itself (tests/test_toy_domain.py is a whole domain in one file)."""
+        seconds and batch itself (tests/core/test_toy_domain.py is a whole domain in one file)."""
 
     @abstractmethod
     def score_updated(self, lm: LoadedModel, contexts: list, adapters: list[int] | None) -> list[dict]:

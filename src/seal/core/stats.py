@@ -22,7 +22,7 @@ T_BELOW = 20  # units: below this many, intervals are Student's t; from it on, t
 def interval(values: np.ndarray, n: int, seed: int) -> tuple[float, float]:
     """A 95% interval of the mean of per-unit values. Below T_BELOW units: mean +- t * sd / sqrt(units),
     since the percentile bootstrap over a handful of units covers far less than 95% (about 81% at 4 units,
-    88% at 11; tests/test_stats.py measures both); from T_BELOW units on: the percentile bootstrap over
+    88% at 11; tests/core/test_stats.py measures both); from T_BELOW units on: the percentile bootstrap over
     `n` resamples of whole units, which needs no normality of the unit means. NaN below two units."""
     units = len(values)
     if units < 2:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from helpers import overrides
 from seal.cli import app
 from seal.core.runs import Run
-from test_cli import overrides
 
 runner = CliRunner()
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")

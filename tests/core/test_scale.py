@@ -8,11 +8,11 @@ import json
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import ROOT
 from seal.core import models, objectives, training
 from seal.core.config import LoraTrainConfig
 from seal.core.models import ModelLoadError, load_model, resolve_dtype
@@ -237,7 +237,7 @@ print(before - resident_mb())
 def test_peak_memory_benchmark_sees_a_child_process_and_traces_it(tmp_path):
     """benchmarks/peak_memory.py measures the command's whole process tree, sampled and traced: here a
     child that holds 300 MB while its parent holds little."""
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     child = "import time; x = bytearray(300 * 2**20); time.sleep(1.5)"
     parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}], check=True)"
     out, trace = tmp_path / "row.json", tmp_path / "trace.csv"
@@ -252,7 +252,7 @@ def test_peak_memory_benchmark_sees_a_child_process_and_traces_it(tmp_path):
 
 def test_peak_memory_benchmark_tells_file_backed_pages_from_anonymous_ones(tmp_path):
     """A memory-mapped file that is read is resident, but file-backed: RSS, not the anonymous column."""
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     data = tmp_path / "weights.bin"
     data.write_bytes(b"\1" * (200 * 2**20))
     child = (f"import hashlib, mmap, time; f = open({str(data)!r}, 'rb'); m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ); "

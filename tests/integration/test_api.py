@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import seal
-from test_cli import overrides
+from helpers import overrides
 
 
 def test_the_library_runs_a_round_and_builds_the_table(tiny_config):
@@ -61,10 +61,9 @@ def test_the_library_learns_documents_and_answers_as_the_command_line_does(tiny_
     seal.ask gives the answer the command line prints."""
     from typer.testing import CliRunner
 
+    from helpers import EXAMPLES, overrides
     from seal.cli import app
     from seal.knowledge.learn import LearnError
-    from test_cli import overrides
-    from test_documents import EXAMPLES
 
     sets = [a for a in overrides(tiny_config) if a != "--set"] + ["learn.k=2", "learn.epochs=1", "learn.rank=4",
                                                                   "learn.alpha=8", "learn.max_passage_tokens=120"]

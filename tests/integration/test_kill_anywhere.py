@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_config_at
+from helpers import arc_args, overrides
 from seal.core.runs import Run
-from test_arc_pipeline import arc_args
-from test_cli import overrides
 
 CLI = [sys.executable, "-m", "seal.cli"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")

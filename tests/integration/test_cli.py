@@ -6,24 +6,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from helpers import ROOT, overrides
 from seal.cli import app
 from seal.core.config import load_config
 
 runner = CliRunner()
-
-
-def overrides(cfg) -> list[str]:
-    args = []
-    for key in ["model.name", "runs_dir", "model.precision", "data.train_passages", "data.eval_passages",
-                "self_edit.max_new_tokens", "answer.max_new_tokens", "answer.max_questions",
-                "inner_loop.epochs", "inner_loop.rank", "inner_loop.alpha", "restem.k", "restem.sft.epochs",
-                "restem.sft.rank", "restem.sft.alpha", "eval.bootstrap"]:
-        section, *rest = key.split(".")
-        value = getattr(cfg, section)
-        for part in rest:
-            value = getattr(value, part)
-        args += ["--set", f"{key}={value}"]
-    return args
 
 
 def test_restem_then_table_then_resume(tiny_config):
@@ -83,11 +70,10 @@ def test_bad_input_is_one_clear_line(args, message, tmp_path):
 
 
 def test_every_shipped_config_loads():
-    from pathlib import Path
 
     from seal.arc.tasks import task_ids
 
-    configs = sorted(Path(__file__).parents[1].glob("configs/*.yaml"))
+    configs = sorted(ROOT.glob("configs/*.yaml"))
     assert configs
     for path in configs:
         assert path.read_text().startswith("# seal "), f"{path} must start with the command that runs it"

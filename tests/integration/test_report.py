@@ -8,12 +8,12 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import tiny_config_at
+from helpers import overrides
 from seal.cli import app
 from seal.core.runs import Run
 from seal.knowledge.continual import summary
 from seal.knowledge.evaluate import table
 from seal.report import round_series
-from test_cli import overrides
 
 runner = CliRunner()
 

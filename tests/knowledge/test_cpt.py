@@ -8,11 +8,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers import overrides
 from seal.cli import app
 from seal.core.runs import Run
 from seal.core.token_store import TokenStore
 from seal.core.training import temporary_update
-from test_cli import overrides
 
 runner = CliRunner()
 

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-SRC = Path(__file__).parent.parent / "src"
+from helpers import ROOT
+
+SRC = ROOT / "src"
 
 
 def module_names() -> dict[str, Path]:

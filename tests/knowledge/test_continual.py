@@ -7,6 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers import overrides
 from seal.cli import app
 from seal.core.config import LoraTrainConfig
 from seal.core.continual import SequentialLora, kl_loss, kl_to_reference, orthogonal_penalty, project_out, replay_sample
@@ -15,7 +16,6 @@ from seal.core.training import Example, collate, train
 from seal.knowledge.continual import draw_sequences, summary
 from seal.knowledge.data import load_builtin
 from seal.knowledge.retrieval import TfIdf
-from test_cli import overrides
 
 runner = CliRunner()
 CFG = LoraTrainConfig(rank=4, alpha=8, epochs=2, batch_size=2, lr=1e-2)

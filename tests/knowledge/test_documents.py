@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import EXAMPLES
 from seal.knowledge.data import Passage, Question
 from seal.knowledge.documents import DocumentError, read_documents, split_passages
 from seal.knowledge.grading import normalize_answer
@@ -18,7 +19,6 @@ from seal.knowledge.questions import (
     split_questions,
 )
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "documents"
 words = lambda text: len(text.split())
 
 
@@ -145,10 +145,10 @@ def test_learn_then_ask_on_the_tiny_model(tiny_config, tmp_path):
     from peft import PeftModel
     from typer.testing import CliRunner
 
+    from helpers import overrides
     from seal.cli import app
     from seal.core.models import load_model
     from seal.core.runs import Run
-    from test_cli import overrides
 
     runner = CliRunner()
     args = overrides(tiny_config) + ["--set", "learn.k=2", "--set", "learn.epochs=1", "--set", "learn.rank=4",
@@ -186,9 +186,9 @@ def test_self_written_questions_reward_restem(tiny_config):
     they wrote themselves, recorded once; the held-out table still asks the gold questions."""
     from typer.testing import CliRunner
 
+    from helpers import overrides
     from seal.cli import app
     from seal.core.runs import Run
-    from test_cli import overrides
 
     result = CliRunner().invoke(app, ["knowledge", "restem", "--quiet", *overrides(tiny_config),
                                       "--set", "reward.questions=self", "--set", "restem.evaluate_policy=false"])
@@ -213,9 +213,9 @@ def test_a_self_rewarded_run_whose_writer_writes_nothing_usable_stops_with_one_l
     a run rewarded on gold questions throughout while it says "self", one line that names the cause."""
     from typer.testing import CliRunner
 
+    from helpers import overrides
     from seal.cli import app
     from seal.core.runs import Run
-    from test_cli import overrides
 
     result = CliRunner().invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *overrides(tiny_config),
                                       "--set", "reward.questions=self", "--set", "questions.writer=model"])
@@ -253,10 +253,10 @@ def test_watched_gold_questions_are_scored_beside_the_reward_and_never_change_it
 def test_watched_gold_rewards_are_recorded_by_a_self_rewarded_run_and_tabled(tiny_config):
     from typer.testing import CliRunner
 
+    from helpers import overrides
     from seal.cli import app
     from seal.core.noise import watched_rows
     from seal.core.runs import Run
-    from test_cli import overrides
 
     runner = CliRunner()
     bad = runner.invoke(app, ["knowledge", "restem", "--quiet", *overrides(tiny_config), "--set", "reward.watch_gold=true"])
@@ -288,8 +288,8 @@ def test_learning_more_later_skips_known_documents_and_keeps_the_earlier_ones(ti
 
     from typer.testing import CliRunner
 
+    from helpers import overrides
     from seal.cli import app
-    from test_cli import overrides
 
     runner = CliRunner()
     first, second = tmp_path / "first", tmp_path / "second"
@@ -393,8 +393,8 @@ def test_an_output_folder_must_hold_exactly_what_its_manifest_lists(tmp_path):
 def test_learn_refuses_documents_that_give_nothing_to_choose_by(tiny_config, tmp_path):
     from typer.testing import CliRunner
 
+    from helpers import overrides
     from seal.cli import app
-    from test_cli import overrides
 
     docs = tmp_path / "docs"
     docs.mkdir()

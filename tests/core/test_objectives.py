@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from helpers import overrides
 from seal.cli import app
 from seal.core.config import DistillConfig, LoraTrainConfig, load_config
 from seal.core.models import load_model
@@ -20,7 +21,6 @@ from seal.knowledge.documents import sentences
 from seal.knowledge.domain import KnowledgeDomain
 from seal.knowledge.grading import discrimination, distractors
 from seal.knowledge.self_edit import training_set
-from test_cli import overrides
 
 TEXTS = ["The lighthouse of Varn was lit in 1821.", "Its keeper was Ida Morrow.", "Barges pay a toll of three coins."]
 PREFIX = "Topic: Varn\nThe lighthouse of Varn was lit in 1821 by Ida Morrow, its first keeper.\n"
@@ -143,9 +143,9 @@ def train_alone(lm, data, cfg, seed, objective):
                        for n, p in wrapped.named_parameters() if "lora_" in n}
 
 
-def assert_bank_trains_as_alone(lm, datasets, cfg, seeds, objective):
+def assert_bank_trains_as_alone(lm, datasets, cfg, seeds, objective, atol: float = 1e-5):
     """The batched adapter bank trains each adapter to what one PEFT adapter at a time trains (the first
-    loss, the steps, every LoRA weight), and the adapters did move."""
+    loss, the steps, every LoRA weight to `atol`), and the adapters did move."""
     alone = [train_alone(lm, data, cfg, seed, objective) for data, seed in zip(datasets, seeds)]
     with adapter_bank(lm, cfg, seeds) as bank:
         stats = train_bank(lm, bank, datasets, cfg, seeds=seeds, max_tokens=40, objective=objective)
@@ -153,7 +153,7 @@ def assert_bank_trains_as_alone(lm, datasets, cfg, seeds, objective):
     for (st, state), got, bst in zip(alone, batched, stats):
         assert bst.first_loss == pytest.approx(st.first_loss, rel=1e-4) and bst.steps == st.steps
         for n, expected in state.items():
-            torch.testing.assert_close(got[n], expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(got[n], expected, atol=atol, rtol=1e-5)
         assert any(v.abs().max() > 0 for n, v in got.items() if "lora_B" in n)
 
 
@@ -391,7 +391,7 @@ def test_continual_trains_its_steps_with_the_inner_loops_objective(tiny_config, 
 
 def test_learn_trains_the_kept_self_edits_with_learn_objective(tiny_config, tmp_path, monkeypatch):
     import seal.knowledge.learn as learn
-    from test_documents import EXAMPLES
+    from helpers import EXAMPLES
 
     seen = _spy_on_teach(monkeypatch, learn)
     args = overrides(tiny_config) + ["--set", "learn.k=1", "--set", "learn.epochs=1", "--set", "learn.rank=4",

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_restem import CountingDomain
 from typer.testing import CliRunner
 
 import seal
+from helpers import overrides
 from seal.cli import app
 from seal.core.config import PolicySftConfig
 from seal.core.curves import coverage, degenerate, distinct_2, learning_curve
@@ -25,8 +27,6 @@ from seal.core.restem import restem, rloo_weights, select
 from seal.core.runs import Run
 from seal.core.training import collate, objective_loss, reference_nll, sft_and_merge, target_nll
 from seal.knowledge.data import load_builtin
-from test_cli import overrides
-from test_restem import CountingDomain
 
 runner = CliRunner()
 

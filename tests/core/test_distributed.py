@@ -11,13 +11,13 @@ import pytest
 import ray
 from typer.testing import CliRunner
 
+from helpers import overrides
 from seal.cli import app
 from seal.core.distributed import Workers, load_run_model
 from seal.core.restem import EvalJob, evaluate_jobs
 from seal.core.runs import Run
 from seal.knowledge.data import load_builtin
 from seal.knowledge.domain import KnowledgeDomain
-from test_cli import overrides
 
 runner = CliRunner()
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from helpers import ROOT
 from seal.core.config import load_config
 from seal.core.models import load_model
 from seal.knowledge.data import load_builtin
@@ -85,7 +86,7 @@ def test_learning_the_example_documents_raises_the_gold_score(smol, tmp_path):
     from seal.cli import app
     from seal.knowledge.data import Passage, Question
 
-    examples = Path(__file__).resolve().parents[1] / "examples"
+    examples = ROOT / "examples"
     out = tmp_path / "learned"
     result = CliRunner().invoke(app, ["learn", str(examples / "documents"), "--out", str(out), "--quiet",
                                       "--set", f"runs_dir={tmp_path / 'runs'}", "--set", "learn.k=1",
@@ -111,9 +112,8 @@ def test_speed_benchmark_runs_all_four_paths_on_a_random_architecture(tmp_path):
     import json
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).parents[1]
+    root = ROOT
     out = tmp_path / "speed.json"
     done = subprocess.run([sys.executable, str(root / "benchmarks/inner_loop_speed.py"), "--arch", "tiny-llama",
                            "--recipe", "project", "--self-edits", "3", "--epochs", "1", "--reference", "1",

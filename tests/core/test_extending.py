@@ -2,14 +2,14 @@
 trained by both training paths, and with eps = 0 it is the LM loss."""
 
 import re
-from pathlib import Path
 
 import pytest
+from test_objectives import assert_bank_trains_as_alone, train_alone
 
+from helpers import ROOT
 from seal.core.config import LoraTrainConfig
 from seal.core.objectives import OBJECTIVES, make_objective
 from seal.core.training import lm_examples
-from test_objectives import assert_bank_trains_as_alone, train_alone
 
 TEXTS = ["The lighthouse of Varn was lit in 1821.", "Its keeper was Ida Morrow.", "Barges pay a toll of three coins."]
 
@@ -17,7 +17,7 @@ TEXTS = ["The lighthouse of Varn was lit in 1821.", "Its keeper was Ida Morrow."
 @pytest.fixture
 def smoothed():
     """The page's code block, executed; the objective it registers is removed again afterwards."""
-    page = (Path(__file__).parent.parent / "docs" / "extending.md").read_text()
+    page = (ROOT / "docs" / "extending.md").read_text()
     block = re.search(r"## A worked example.*?```python\n(.*?)```", page, re.S).group(1)
     scope: dict = {}
     exec(compile(block, "docs/extending.md", "exec"), scope)
@@ -36,4 +36,7 @@ def test_the_worked_objective_trains_on_both_paths_and_is_lm_at_eps_0(tiny, smoo
     seeds, datasets = [5, 6], [data[:2], data]
     # the smoothing term counts (a random model is near uniform, so it counts little: 2.7e-3 here)
     assert train_alone(tiny, data, cfg, 3, objective)[0].first_loss != pytest.approx(lm.first_loss, abs=1e-3)
-    assert_bank_trains_as_alone(tiny, datasets, cfg, seeds, objective)
+    # The smoothing term sums the whole vocabulary (49k terms) in an order that depends on the batch's
+    # layout; with AVX-512 kernels that moves a weight by up to 2e-5 after the steps (within 1e-5 on AVX2).
+    # A leak between the bank's adapters moves them by orders of magnitude more.
+    assert_bank_trains_as_alone(tiny, datasets, cfg, seeds, objective, atol=5e-5)

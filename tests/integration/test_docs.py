@@ -4,7 +4,8 @@ in it and in docs/ points to a file that exists and, with an #anchor, to a headi
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).parent.parent
+from helpers import ROOT
+
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 

@@ -86,8 +86,8 @@ def test_passages_without_a_teacher_signal_are_left_out(tiny, label_free, monkey
 def test_rest_em_on_the_label_free_reward_with_distillation_watches_the_gold_one(label_free, monkeypatch):
     from typer.testing import CliRunner
 
+    from helpers import overrides
     from seal.cli import app
-    from test_cli import overrides
 
     runner = CliRunner()
     args = [*overrides(label_free), "--set", "reward.questions=self", "--set", "reward.metric=teacher",
