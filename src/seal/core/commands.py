@@ -123,8 +123,11 @@ def run_contexts(run) -> tuple[Domain | None, list]:
         return None, []
 
 
-def show_run(run_dir: Path) -> None:
-    """Print what a run holds: its comparison table, or its domain's own summary."""
+ColumnsOpt = Annotated[Optional[str], typer.Option("--columns", help="Print only these columns, in this order, as a results page shows them: headers or keys separated by | (e.g. \"condition | reward (loglik) | 95% CI\"); the run's table files stay whole.")]
+
+
+def show_run(run_dir: Path, columns: Optional[str] = None) -> None:
+    """Print what a run holds: its comparison table (`columns`: only those), or its domain's own summary."""
     from seal.core.runs import Run
 
     run = Run.resume(run_dir)
@@ -133,7 +136,11 @@ def show_run(run_dir: Path) -> None:
     if text is not None:
         print(text)
         return
-    print_table(run, p.table(run), track=False)
+    table = p.table(run)
+    if columns:
+        print(table.select(columns).markdown())
+        return
+    print_table(run, table, track=False)
 
 
 def domain_commands(p: DomainPlugin) -> typer.Typer:
@@ -185,11 +192,12 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
     @app.command("table")
     @guard
     def table(run_dirs: Annotated[list[Path], typer.Argument(help="A run directory of this domain, or several evaluated on different contexts.")],
-              out: Annotated[Optional[Path], typer.Option(help="With several runs: also write table.md/table.csv of the joined table here.")] = None):
+              out: Annotated[Optional[Path], typer.Option(help="With several runs: also write table.md/table.csv of the joined table here.")] = None,
+              columns: ColumnsOpt = None):
         """Print (and rewrite table.md/table.csv of) what a run directory recorded. With several run
         directories (one domain and model, different contexts), one table over all their contexts."""
         if len(run_dirs) == 1 and out is None:
-            show_run(run_dirs[0])
+            show_run(run_dirs[0], columns)
             return
         from seal.core.runs import RunSet
 
@@ -202,7 +210,10 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
         if not joined.rows:
             console.print("no evaluation records in these runs yet")
             return
-        print(joined.markdown() if out is None else joined.write(out))
+        shown = joined.select(columns)
+        if out is not None:
+            joined.write(out)
+        print(shown.markdown())
         if joined.extra:
             print()
             print(joined.extra)
@@ -213,11 +224,16 @@ def domain_commands(p: DomainPlugin) -> typer.Typer:
 
     @app.command("curve")
     @guard
-    def curve(run_dir: Annotated[Path, typer.Argument(help="A restem run directory of this domain.")]):
+    def curve(run_dir: Annotated[Path, typer.Argument(help="A restem run directory of this domain.")],
+              columns: ColumnsOpt = None):
         """Print a restem run's learning curve: every policy's own self-edits on the training contexts."""
+        from seal.core.curves import learning_curve, sources
         from seal.core.runs import Run
 
         run = Run.resume(run_dir)
+        if columns:
+            print(learning_curve(run, sources(*run_contexts(run))).select(columns).markdown())
+            return
         print_curve(run, *run_contexts(run), track=False)
 
     @app.command("noise")

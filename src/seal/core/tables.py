@@ -46,6 +46,24 @@ class Table:
     extra: str = ""  # markdown written after the table (e.g. a per-task breakdown)
     notes: list[str] = field(default_factory=list)  # lines printed under the table
 
+    def select(self, spec: str | None) -> Table:
+        """The table with only the columns `spec` names, in its order ("condition | F1 | 95% CI": headers
+        or keys, separated by |, as a markdown header reads); None: the table as it is."""
+        if not spec:
+            return self
+        by_name = {name: c for c in self.columns for name in (c.key, c.header) if name}
+        chosen = []
+        for name in (n.strip() for n in spec.split("|")):
+            if not name:
+                continue
+            if name not in by_name:
+                from seal.core.errors import ConfigError
+
+                raise ConfigError(f"--columns: no column {name!r}; this table has: "
+                                  + " | ".join(c.header or c.key for c in self.columns))
+            chosen.append(by_name[name])
+        return Table(chosen, self.rows, self.score, self.score_label, self.extra, self.notes)
+
     def markdown(self) -> str:
         lines = ["| " + " | ".join(c.header or c.key for c in self.columns) + " |",
                  "|" + "|".join("---" for _ in self.columns) + "|"]
