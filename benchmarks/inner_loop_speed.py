@@ -45,11 +45,11 @@ from pathlib import Path
 import torch
 
 from harness import PeakMemory, arch_model, machine, matmul_peak, matmul_size
+from seal.core.bank_size import widest_batch
 from seal.core.config import load_config
 from seal.core.examples import Example
 from seal.core.generation import resolve_precision
 from seal.core.models import load_configured
-from seal.core.multi_lora import widest_batch
 from seal.core.restem import derive_seed, sample_self_edits
 from seal.core.runs import Run
 from seal.core.training import TrainStats, epoch_batches, fresh_adapter

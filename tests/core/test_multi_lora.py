@@ -125,7 +125,7 @@ def test_micro_batches_keep_short_rows_away_from_long_ones(tokenizer):
 
 
 def test_k_comes_from_memory_and_never_exceeds_the_work(tiny, monkeypatch):
-    import seal.core.multi_lora as ml
+    import seal.core.bank_size as ml
 
     size = ml.lora_size(tiny.model, _cfg())
     monkeypatch.setattr(ml, "available_memory", lambda: 64 << 30)
@@ -141,7 +141,7 @@ def test_k_comes_from_memory_and_never_exceeds_the_work(tiny, monkeypatch):
 
 
 def test_k_is_the_devices_fastest_within_memory_and_time_and_does_not_collapse(tiny, monkeypatch):
-    import seal.core.multi_lora as ml
+    import seal.core.bank_size as ml
     from seal.core.config import InnerLoopBase
 
     monkeypatch.setattr(ml, "available_memory", lambda: 64 << 30)
@@ -168,7 +168,7 @@ def test_k_is_the_devices_fastest_within_memory_and_time_and_does_not_collapse(t
 
 
 def test_a_memory_budget_too_small_for_one_forward_pass_is_refused(tiny):
-    import seal.core.multi_lora as ml
+    import seal.core.bank_size as ml
     from seal.core.config import ConfigError, InnerLoopBase
 
     cfg = InnerLoopBase(memory_budget=1e-4)

@@ -140,7 +140,7 @@ def test_a_batch_holds_about_max_batch_seconds_of_work(tiny_config, monkeypatch,
     FIRST_BATCH (narrower loses throughput) and the device's throughput K."""
     import types
 
-    from seal.core import multi_lora
+    from seal.core import bank_size
     from seal.core import restem as restem_module
     from seal.core.restem import EvalJob, evaluate_jobs
 
@@ -150,8 +150,8 @@ def test_a_batch_holds_about_max_batch_seconds_of_work(tiny_config, monkeypatch,
     lm = load_model(cfg.model.name, "cpu")
     domain = ClockedDomain(cfg, per_eval=0.25)
     monkeypatch.setattr(restem_module, "time", types.SimpleNamespace(perf_counter=lambda: domain.now))
-    monkeypatch.setattr(multi_lora, "CPU_K", 16)  # as wide as a GPU would allow
-    monkeypatch.setattr(multi_lora, "memory_adapters", lambda *args: 16)
+    monkeypatch.setattr(bank_size, "CPU_K", 16)  # as wide as a GPU would allow
+    monkeypatch.setattr(bank_size, "memory_adapters", lambda *args: 16)
     passage = load_builtin()[0]
     pre = domain.pre_update(lm, passage)
     jobs = [EvalJob(f"e/{i}", passage, "It was built long ago.", pre, ("e", i)) for i in range(13)]

@@ -24,8 +24,7 @@ from peft import PeftModel, get_peft_model
 
 from seal.core.config import LoraTrainConfig
 from seal.core.models import LoadedModel
-from seal.core.multi_lora import target_linears
-from seal.core.training import Example, check_targets, collate, init_like_bank, peft_config, save_adapter, stashed
+from seal.core.training import Example, check_targets, collate, init_like_bank, peft_config, save_adapter, stashed, target_linears
 
 PREFIX = "base_model.model."
 

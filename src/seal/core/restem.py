@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from seal.core.bank_size import adapters_per_batch, widest_batch
 from seal.core.distributed import executor, map_unordered
 from seal.core.domain import Domain
 from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
 from seal.core.models import DeferredModel, LoadedModel, load_model, merge_saved_adapter, release_memory
-from seal.core.multi_lora import adapters_per_batch, widest_batch
 from seal.core.objectives import Objective, make_objective
 from seal.core.progress import Progress
 from seal.core.runs import Run

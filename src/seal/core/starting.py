@@ -46,9 +46,9 @@ def check_run(p: DomainPlugin, command: str, config, policy: Optional[Path | lis
               allow_overlap: bool = False, reuse: Optional[Path] = None) -> tuple[list, list, Domain]:
     """Every check a command needs before its run directory may exist (`policy`: one restem run
     directory, or several); returns (training contexts, held-out contexts, the domain's inner loop)."""
+    from seal.core.bank_size import check_memory_budget
     from seal.core.config import InnerLoopBase
     from seal.core.models import meta_model, native_bf16_cpu, pick_device, resolve_checkpoint, resolve_dtype
-    from seal.core.multi_lora import check_memory_budget
     from seal.core.training import check_targets, linear_names
 
     train, held = p.contexts(config)

@@ -61,6 +61,13 @@ def linear_names(model: torch.nn.Module) -> set[str]:
     return {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
+def target_linears(model: torch.nn.Module, cfg: LoraTrainConfig) -> list[tuple[str, torch.nn.Linear]]:
+    """The linear layers LoRA targets (`cfg.target_modules`, by the last part of their name)."""
+    targets = set(cfg.target_modules)
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in targets]
+
+
 def check_targets(model: torch.nn.Module | set[str], cfg: LoraTrainConfig, field: str = "target_modules") -> None:
     """Refuse target modules that are not linear layers of `model` (or of these layer names)."""
     names = model if isinstance(model, set) else linear_names(model)
