@@ -129,8 +129,9 @@ def learn(docs: list[str | Path], out: str | Path, config: str | Path | None = N
     from seal.core.restem import policy_rounds
     from seal.core.starting import open_run
     from seal.knowledge.documents import read_documents
-    from seal.knowledge.learn import Earlier, LearnError, check_documents, report_table, write_output
+    from seal.knowledge.learn import check_documents
     from seal.knowledge.learn import learn as learn_passages
+    from seal.knowledge.learned import Earlier, LearnError, report_table, write_output
 
     out, docs = Path(out), [Path(d) for d in docs]
     earlier = Earlier.read(out) if add else None
@@ -178,6 +179,6 @@ def learn(docs: list[str | Path], out: str | Path, config: str | Path | None = N
 def ask(folder: str | Path, question: str, base: bool = False) -> str:
     """The answer of a `learn` folder's model to `question`, closed-book (`base`: the model before it
     learned). For many questions, `seal.knowledge.learn.Asker(folder)` loads the model once."""
-    from seal.knowledge.learn import Asker
+    from seal.knowledge.learned import Asker
 
     return Asker(Path(folder)).answer(question, base=base)

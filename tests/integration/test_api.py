@@ -63,7 +63,7 @@ def test_the_library_learns_documents_and_answers_as_the_command_line_does(tiny_
 
     from helpers import EXAMPLES, overrides
     from seal.cli import app
-    from seal.knowledge.learn import LearnError
+    from seal.knowledge.learned import LearnError
 
     sets = [a for a in overrides(tiny_config) if a != "--set"] + ["learn.k=2", "learn.epochs=1", "learn.rank=4",
                                                                   "learn.alpha=8", "learn.max_passage_tokens=120"]

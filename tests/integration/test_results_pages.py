@@ -53,7 +53,7 @@ def producers() -> dict[str, set[str]]:
     from seal.core.noise import WATCHED_COLUMNS
     from seal.knowledge.config import RewardConfig
     from seal.knowledge.evaluate import columns as knowledge_columns
-    from seal.knowledge.learn import COLUMNS as LEARN
+    from seal.knowledge.learned import COLUMNS as LEARN
 
     header = lambda cols: {c.header or c.key for c in cols}
     metrics = get_args(RewardConfig.model_fields["metric"].annotation)

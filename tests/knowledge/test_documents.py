@@ -359,7 +359,7 @@ def test_untrusted_files_are_skipped_with_their_reason_and_never_read(tmp_path, 
 
 
 def test_an_output_folder_must_hold_exactly_what_its_manifest_lists(tmp_path):
-    from seal.knowledge.learn import LearnError, folder_files, verify_folder
+    from seal.knowledge.learned import LearnError, folder_files, verify_folder
 
     def folder(name):
         f = tmp_path / name

@@ -114,7 +114,7 @@ def register_learning(app: typer.Typer, plugin: DomainPlugin) -> None:
                 compare: Annotated[bool, typer.Option(help="Also show the base model's answer.")] = False,
                 interactive: Annotated[bool, typer.Option(help="Ask one question after another (an empty line ends).")] = False):
         """Answer closed-book with the learned weights."""
-        from seal.knowledge.learn import Asker
+        from seal.knowledge.learned import Asker
 
         if question is None and not interactive:
             raise ConfigError("give a question, or --interactive")
