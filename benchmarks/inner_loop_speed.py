@@ -40,7 +40,9 @@ import json
 import math
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -191,7 +193,7 @@ def run_path(name: str, fn) -> dict:
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--self-edits", type=int, default=8, help="self-edits evaluated by (b) and (c)")
     parser.add_argument("--reference", type=int, default=1, help="of those, how many (a) evaluates (it is slow)")
@@ -215,17 +217,34 @@ def main() -> None:
                         "evaluations/min and peak memory against K, e.g. 1,2,4,8,12")
     parser.add_argument("--set", action="append", default=[], help="a configuration override, e.g. inner_loop.tokens_per_forward=2048")
     parser.add_argument("--out", default="benchmarks/results/inner_loop_speed.json")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    return parser.parse_args()
 
-    # the demo's self-edit and answer lengths; the inner loop from --recipe
+
+@dataclass
+class Bench:
+    """What every path shares: the model, the domain, the self-edits with their seeds, K and the peak."""
+
+    config: Any
+    lm: Any
+    domain: KnowledgeDomain
+    pairs: list
+    seeds: list[int]
+    k: int
+    precision: str
+    n_params: int
+    peak: float  # FLOP/s of a large matmul on this device, now
+
+    @property
+    def cfg(self):
+        return self.config.inner_loop
+
+
+def setup(args) -> Bench:
+    """The configuration (the demo's self-edit and answer lengths; the inner loop from --recipe), the
+    model (or a random-weight --arch), the self-edits, and the matmul peak."""
     overrides = ["reward.metric=loglik", "self_edit.max_new_tokens=96", "answer.max_new_tokens=16"]
-    if args.recipe == "reference":
-        overrides += ["inner_loop.preset=reference"]
-    else:
-        overrides += ["inner_loop.epochs=5", "inner_loop.batch_size=4"]
-    if args.epochs:
-        overrides += [f"inner_loop.epochs={args.epochs}"]
+    overrides += ["inner_loop.preset=reference"] if args.recipe == "reference" else ["inner_loop.epochs=5", "inner_loop.batch_size=4"]
+    overrides += [f"inner_loop.epochs={args.epochs}"] if args.epochs else []
     overrides += args.set
     overrides += [f"model.device={args.device}"] if args.device else []
     overrides += [f"model.dtype={args.dtype}"] if args.dtype else []
@@ -246,91 +265,106 @@ def main() -> None:
     peak = matmul_peak(dtype, lm.device)
     n = matmul_size(lm.device)
     print(f"matmul peak ({dtype}, {n}x{n}): {peak / 1e9:.0f} GFLOP/s", flush=True)
-
     seeds = [derive_seed(args.seed, "bench", i) for i in range(len(pairs))]
     k = args.k or widest_batch(lm, cfg, len(pairs))
     lines = [len(training_set(p, s, split_lines=cfg.split_lines, include_passage=cfg.include_passage,
                               max_lines=cfg.max_lines).sequences) for p, s in pairs]
     print(f"{len(pairs)} self-edits on {len({p.id for p, _ in pairs})} passages, {sum(lines) / len(lines):.1f} "
           f"training sequences each; K = {k}", flush=True)
+    return Bench(config, lm, domain, pairs, seeds, k, precision, n_params, peak)
 
-    def one_at_a_time():
-        pre, results, train_s, tokens = {}, [], 0.0, 0
-        for (p, s), seed in zip(pairs, seeds):
-            if p.id not in pre:
-                pre[p.id] = domain.pre_update(lm, p)
-            r = domain.evaluate(lm, p, s, seed, pre[p.id])
+
+def _pre_updates(b: Bench) -> dict:
+    pre = {}
+    for p, _ in b.pairs:
+        if p.id not in pre:
+            pre[p.id] = b.domain.pre_update(b.lm, p)
+    return pre
+
+
+def one_at_a_time(b: Bench) -> dict:
+    """(b): the project's one-at-a-time path."""
+    pre, results, train_s, tokens = _pre_updates(b), [], 0.0, 0
+    for (p, s), seed in zip(b.pairs, b.seeds):
+        r = b.domain.evaluate(b.lm, p, s, seed, pre[p.id])
+        results.append(r)
+        train_s += r.get("train", {}).get("seconds", 0.0)
+        tokens += r.get("train", {}).get("tokens", 0)
+    return dict(results=results, train_seconds=train_s, tokens=tokens, computed_tokens=tokens)
+
+
+def batched(b: Bench, k: int | None = None) -> dict:
+    """(c): K adapters a batch (default: the bench's K)."""
+    k = k or b.k
+    pre = _pre_updates(b)
+    items = [(p, s, seed, pre[p.id]) for (p, s), seed in zip(b.pairs, b.seeds)]
+    results = []
+    for start in range(0, len(items), k):
+        results += b.domain.evaluate_batch(b.lm, items[start:start + k])
+    trained = [r["train"] for r in results if r.get("train")]
+    return dict(results=results, train_seconds=sum(t["seconds"] for t in trained),
+                tokens=sum(t["tokens"] for t in trained), computed_tokens=sum(t["tokens"] for t in trained))
+
+
+def careful(b: Bench, n: int | None) -> dict:
+    """(d): the careful user's PEFT + Trainer path, on the first n self-edits (None: all)."""
+    pre, results, train_s, tokens = _pre_updates(b), [], 0.0, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for (p, s), seed in list(zip(b.pairs, b.seeds))[:len(b.pairs) if n is None else n]:
+            r, secs, real = careful_user(b.lm, b.domain, p, s, seed, pre[p.id], tmp)
             results.append(r)
-            train_s += r.get("train", {}).get("seconds", 0.0)
-            tokens += r.get("train", {}).get("tokens", 0)
-        return dict(results=results, train_seconds=train_s, tokens=tokens, computed_tokens=tokens)
+            train_s, tokens = train_s + secs, tokens + real
+    return dict(results=results, train_seconds=train_s, tokens=tokens, computed_tokens=tokens)
 
-    def batched(k=k):
-        pre = {}
-        for p, _ in pairs:
-            if p.id not in pre:
-                pre[p.id] = domain.pre_update(lm, p)
-        items = [(p, s, seed, pre[p.id]) for (p, s), seed in zip(pairs, seeds)]
-        results = []
-        for start in range(0, len(items), k):
-            results += domain.evaluate_batch(lm, items[start:start + k])
-        trained = [r["train"] for r in results if r.get("train")]
-        return dict(results=results, train_seconds=sum(t["seconds"] for t in trained),
-                    tokens=sum(t["tokens"] for t in trained), computed_tokens=sum(t["tokens"] for t in trained))
 
-    def careful():
-        pre, results, train_s, tokens = {}, [], 0.0, 0
-        n = len(pairs) if args.careful is None else args.careful
-        with tempfile.TemporaryDirectory() as tmp:
-            for (p, s), seed in list(zip(pairs, seeds))[:n]:
-                if p.id not in pre:
-                    pre[p.id] = domain.pre_update(lm, p)
-                r, secs, real = careful_user(lm, domain, p, s, seed, pre[p.id], tmp)
-                results.append(r)
-                train_s, tokens = train_s + secs, tokens + real
-        return dict(results=results, train_seconds=train_s, tokens=tokens, computed_tokens=tokens)
+def reference(b: Bench, n: int, pad_to: int) -> dict:
+    """(a): reference-style, on the first n self-edits."""
+    results, train_s, tokens, computed = [], 0.0, 0, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for (p, s), seed in list(zip(b.pairs, b.seeds))[:n]:
+            r, secs, real, padded = reference_style(b.lm, b.domain, p, s, seed, pad_to, tmp)
+            results.append(r)
+            train_s, tokens, computed = train_s + secs, tokens + real, computed + padded
+    return dict(results=results, train_seconds=train_s, tokens=tokens, computed_tokens=computed)
 
-    def reference():
-        results, train_s, tokens, computed = [], 0.0, 0, 0
-        with tempfile.TemporaryDirectory() as tmp:
-            for (p, s), seed in list(zip(pairs, seeds))[:args.reference]:
-                r, secs, real, padded = reference_style(lm, domain, p, s, seed, args.pad_to, tmp)
-                results.append(r)
-                train_s, tokens, computed = train_s + secs, tokens + real, computed + padded
-        return dict(results=results, train_seconds=train_s, tokens=tokens, computed_tokens=computed)
 
-    # Warm-up, untimed: the first pass through each code path pays one-off allocation costs.
-    warm = KnowledgeDomain(config.model_copy(update=dict(inner_loop=cfg.model_copy(update=dict(epochs=1)))))
-    p, s = pairs[0]
-    pre = warm.pre_update(lm, p)
-    warm.evaluate_batch(lm, [(p, s, 0, pre)] * min(2, k))
-    warm.evaluate(lm, p, s, 0, pre)
+def warm_up(b: Bench) -> None:
+    """Untimed: the first pass through each code path pays one-off allocation costs."""
+    warm = KnowledgeDomain(b.config.model_copy(update=dict(inner_loop=b.cfg.model_copy(update=dict(epochs=1)))))
+    p, s = b.pairs[0]
+    pre = warm.pre_update(b.lm, p)
+    warm.evaluate_batch(b.lm, [(p, s, 0, pre)] * min(2, b.k))
+    warm.evaluate(b.lm, p, s, 0, pre)
 
-    if args.k_sweep:
-        sweep(args, pairs, batched, n_params, peak)
-        return
 
+def run_paths(args, b: Bench) -> list[dict]:
     paths = []
-    for name, fn in [("(c) batched", batched), ("(b) one at a time", one_at_a_time),
-                     ("(d) careful user", careful), ("(a) reference-style", reference)]:
+    for name, fn in [("(c) batched", lambda: batched(b)), ("(b) one at a time", lambda: one_at_a_time(b)),
+                     ("(d) careful user", lambda: careful(b, args.careful)),
+                     ("(a) reference-style", lambda: reference(b, args.reference, args.pad_to))]:
         if (name.startswith("(a)") and args.reference == 0) or (name.startswith("(d)") and args.careful == 0):
             continue
         print(f"running {name} ...", flush=True)
-        paths.append(run_path(name, fn))
-        out = paths[-1]
+        out = run_path(name, fn)
         out["evals"] = len(out["results"])
         out["per_min"] = 60 * out["evals"] / out["wall"]
         out["tok_s"] = out["tokens"] / out["train_seconds"] if out["train_seconds"] else math.nan
-        out["flops"] = 4 * n_params * out["tok_s"]
+        out["flops"] = 4 * b.n_params * out["tok_s"]
         print(f"  {out['evals']} evaluations in {out['wall']:.0f} s", flush=True)
+        paths.append(out)
+    return paths
 
+
+def report(args, b: Bench, paths: list[dict]) -> dict:
+    """The table of paths, their ratios against the targets, generation speed, and whether the paths
+    gave the same rewards; returns what goes to --out."""
     by = {p["name"][:3]: p for p in paths}
     print()
     print("| path | evaluations | wall s | evaluations / min | train tokens/s | train GFLOP/s | % of matmul peak | peak RSS GiB |")
     print("|---|---|---|---|---|---|---|---|")
     for p in paths:
         print(f"| {p['name']} | {p['evals']} | {p['wall']:.0f} | {p['per_min']:.2f} | {p['tok_s']:.0f} | "
-              f"{p['flops'] / 1e9:.0f} | {100 * p['flops'] / peak:.0f}% | {p['peak_rss'] / 2**30:.2f} |")
+              f"{p['flops'] / 1e9:.0f} | {100 * p['flops'] / b.peak:.0f}% | {p['peak_rss'] / 2**30:.2f} |")
     print()
     if "(a)" in by:
         a = by["(a)"]
@@ -339,17 +373,27 @@ def main() -> None:
     for x, target in [("(a)", 20), ("(d)", 5), ("(b)", 3)]:
         if x in by:
             print(f"(c)/{x} = {by['(c)']['per_min'] / by[x]['per_min']:.2f}x   (target on a GPU at 1B: >= {target}x)")
-    print(f"(c) training at {100 * by['(c)']['flops'] / peak:.0f}% of the matmul peak (model FLOP utilisation; "
+    print(f"(c) training at {100 * by['(c)']['flops'] / b.peak:.0f}% of the matmul peak (model FLOP utilisation; "
           f"target on a GPU at 1B: >= 35%)")
-    gen = generation_speed(lm)
-    fits = largest_k(domain, lm, pairs, seeds)
+    gen = generation_speed(b.lm)
+    fits = largest_k(b.domain, b.lm, b.pairs, b.seeds)
     print(f"generation: {gen:.0f} tokens/s (greedy, batch 8 x 64 new tokens); largest K that fits: "
           f"{fits if fits is not None else '- (CPU)'}")
+    checks = reward_checks(args, b, by)
+    rewards = [r["reward"] for r in by["(c)"]["results"]]
+    print(f"rewards (c): mean {sum(rewards) / len(rewards):.4f}, min {min(rewards):.4f}, max {max(rewards):.4f}")
+    return dict(args=vars(args), k=b.k, precision=b.precision, weights=b.lm.dtype, device=str(b.lm.device),
+                matmul_peak=b.peak, n_params=b.n_params, reward_checks=checks, generation_tokens_per_s=gen, largest_k=fits,
+                paths=[{key: v for key, v in p.items() if key != "results"} | dict(rewards=[r["reward"] for r in p["results"]])
+                       for p in paths], machine=machine())
 
+
+def reward_checks(args, b: Bench, by: dict) -> dict:
+    """Whether (b) equals (c) and (a) equals (b), reward by reward, absolutely and against the spread."""
     checks = {}
     for x, y in [("(b)", "(c)"), ("(a)", "(b)")]:
-        if x == "(a)" and cfg.batch_size != 1:
-            print(f"rewards (a) vs (b): not compared, (a) trains at batch 1 and this recipe at batch {cfg.batch_size}")
+        if x == "(a)" and b.cfg.batch_size != 1:
+            print(f"rewards (a) vs (b): not compared, (a) trains at batch 1 and this recipe at batch {b.cfg.batch_size}")
             continue
         if x in by and y in by:
             n = min(len(by[x]["results"]), len(by[y]["results"]))
@@ -364,18 +408,23 @@ def main() -> None:
             print(f"rewards {x} vs {y}: max difference {max(diffs):.2e} over {n} self-edits -> {verdict} "
                   f"(tolerance {args.tolerance}); {checks[f'{x} vs {y} / spread']:.1e} of the self-edits' spread "
                   f"{spread:.2e}")
-    rewards = [r["reward"] for r in by["(c)"]["results"]]
-    print(f"rewards (c): mean {sum(rewards) / len(rewards):.4f}, min {min(rewards):.4f}, max {max(rewards):.4f}")
+    return checks
 
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    b = setup(args)
+    warm_up(b)
+    if args.k_sweep:
+        sweep(args, b.pairs, lambda k: batched(b, k), b.n_params, b.peak)
+        return
+    paths = run_paths(args, b)
+    summary = report(args, b, paths)
     if args.profile:
-        profile_batch(lm, domain, pairs[:k], seeds[:k])
-
+        profile_batch(b.lm, b.domain, b.pairs[:b.k], b.seeds[:b.k])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    summary = dict(args=vars(args), k=k, precision=precision, weights=lm.dtype, device=str(lm.device), matmul_peak=peak,
-                   n_params=n_params, reward_checks=checks, generation_tokens_per_s=gen, largest_k=fits,
-                   paths=[{key: v for key, v in p.items() if key != "results"} | dict(rewards=[r["reward"] for r in p["results"]])
-                          for p in paths])
-    Path(args.out).write_text(json.dumps(dict(summary, machine=machine()), indent=1))
+    Path(args.out).write_text(json.dumps(summary, indent=1))
     print(f"written {args.out}")
 
 
