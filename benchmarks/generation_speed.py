@@ -1,0 +1,186 @@
+"""How fast the project samples self-edits and answers questions, against what the same machine computes
+in a forward pass, in one run; and where the time of one decode step goes.
+
+    .venv/bin/python benchmarks/generation_speed.py                       # the embedded model, ~5 min on 2 cores
+    .venv/bin/python benchmarks/generation_speed.py --batches 8,32 --new-tokens 128
+    python benchmarks/generation_speed.py --arch llama-3.2-1b --device cuda
+
+Three measurements on the same model (the embedded one, or a random-weight --arch):
+
+  forward   a teacher-forced forward pass without gradient over B x L positions (B = 8, L = 160):
+            positions/s, the rate the matmuls allow;
+  sample    `generation.generate` as ReST-EM writes self-edits: self-edit prompts of the built-in
+            passages (about 300 tokens in the chat template), temperature 1, top-p 0.95, up to
+            --new-tokens new tokens, at each batch size in --batches;
+  answer    `generation.generate` as questions are answered after the inner loop: closed-book answer
+            prompts (about 40 tokens), greedy, up to 32 new tokens, stopping at a newline, each row
+            through its own adapter of a bank of K adapters, at each batch size.
+
+For each: generated tokens/s (tokens the rows kept), decoded positions/s (every row of every decode
+step, finished or not: what the model computed), and both as a share of the forward rate. Then one
+decode step profiled (a KV-cached step of batch 8 after a self-edit prompt): the share of its time in
+the matmuls (of which the vocabulary projection, timed alone), attention, the cache, sampling (softmax,
+sort, top-p, multinomial) and the rest (Python and the dispatcher: the wall time no operator accounts
+for).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from harness import arch_model, machine, save
+from seal.core.config import load_config
+from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
+from seal.core.models import load_configured
+from seal.knowledge.data import load_builtin
+from seal.knowledge.domain import KnowledgeDomain
+from seal.knowledge.prompts import answer_prompt
+
+SHAPES = {"forward": (8, 160)}
+SAMPLING = dict(temperature=1.0, top_p=0.95)
+
+
+def forward_rate(lm, precision: str, batch: int, length: int, repeats: int = 3) -> float:
+    """Positions/s of a teacher-forced forward pass without gradient (the best of `repeats`)."""
+    from seal.core.generation import autocast, half_weights
+
+    ids = torch.randint(10, len(lm.tokenizer) - 10, (batch, length), device=lm.device)
+    best = float("inf")
+    with torch.no_grad(), half_weights(lm.model, precision), autocast(precision, lm.device):
+        lm.model(input_ids=ids[:, :16])  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            lm.model(input_ids=ids)
+            best = min(best, time.perf_counter() - start)
+    return batch * length / best
+
+
+def timed_generate(lm, prompts: list[str], batch: int, new_tokens: int, precision: str, **kw) -> dict:
+    """One `generate` call over `prompts` at this batch size: tokens kept and positions decoded a second."""
+    start = time.perf_counter()
+    out = generate(lm, prompts, max_new_tokens=new_tokens, batch_size=batch, precision=precision, **kw)
+    seconds = time.perf_counter() - start
+    kept = sum(g.n_tokens for g in out)
+    # every decode step of a batch computes all of its rows, until its longest row ends
+    decoded = sum(len(prompts[i:i + batch]) * max(g.n_tokens for g in out[i:i + batch]) for i in range(0, len(out), batch))
+    return dict(batch=batch, rows=len(prompts), seconds=seconds, tokens=kept, decoded=decoded,
+                tokens_per_s=kept / seconds, decoded_per_s=decoded / seconds,
+                prompt_tokens=sum(len(lm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts) / len(prompts))
+
+
+def profile_decode_step(lm, prompt: str, precision: str, batch: int = 8, steps: int = 8) -> dict:
+    """Shares of one KV-cached decode step's wall time by kind of operator (see the module's docstring)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from seal.core.generation import autocast, half_weights
+
+    enc = lm.tokenizer([prompt] * batch, return_tensors="pt", add_special_tokens=False).to(lm.device)
+    with torch.no_grad(), half_weights(lm.model, precision), autocast(precision, lm.device):
+        out = lm.model(**enc, use_cache=True)
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        mask = enc["attention_mask"]
+        for _ in range(2):  # warm-up steps
+            mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+            out = lm.model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
+            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            for _ in range(steps):
+                mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+                out = lm.model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+                probs = torch.softmax(out.logits[:, -1].float(), dim=-1)  # what sampling adds: top-p over the vocabulary
+                sorted_probs, order = torch.sort(probs, descending=True)
+                keep = sorted_probs.cumsum(-1) <= SAMPLING["top_p"]
+                token = order.gather(1, torch.multinomial(sorted_probs * keep + 1e-12, 1))
+            wall = time.perf_counter() - start
+    kinds = {"matmuls": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"),
+             "attention": ("scaled_dot_product", "aten::_efficient_attention", "aten::_scaled_dot_product"),
+             "cache": ("aten::cat", "aten::index_copy", "aten::copy_", "aten::slice"),
+             "sampling": ("aten::softmax", "aten::_softmax", "aten::sort", "aten::cumsum", "aten::multinomial", "aten::gather")}
+    shares = dict.fromkeys([*kinds, "other operators"], 0.0)
+    total = 0.0
+    for event in prof.key_averages():
+        seconds = event.self_cpu_time_total / 1e6
+        total += seconds
+        kind = next((k for k, names in kinds.items() if any(event.key.startswith(n) for n in names)), "other operators")
+        shares[kind] += seconds
+    shares = {k: v / wall for k, v in shares.items()}
+    shares["python and dispatch (no operator)"] = max(0.0, 1 - total / wall)
+    with torch.no_grad(), half_weights(lm.model, precision), autocast(precision, lm.device):
+        hidden = torch.randn(batch, 1, lm.model.config.hidden_size, device=lm.device)
+        head = lm.model.get_output_embeddings()
+        head(hidden)
+        start = time.perf_counter()
+        for _ in range(steps):
+            head(hidden)
+        shares["of the matmuls: the vocabulary projection"] = (time.perf_counter() - start) / wall
+    return dict(seconds_per_step=wall / steps, batch=batch, shares=shares)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", default="8,32", help="generation batch sizes, comma-separated")
+    parser.add_argument("--new-tokens", type=int, default=256, help="self-edit length limit (as self_edit.max_new_tokens)")
+    parser.add_argument("--prompts", type=int, default=32, help="self-edit prompts and questions per measurement")
+    parser.add_argument("--k", type=int, default=4, help="adapters in the bank the answers go through")
+    parser.add_argument("--arch", default=None, help="a random-weight model of this architecture (benchmarks/archs/NAME.json)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--set", action="append", default=[], help="a configuration override, e.g. model.precision=fp32")
+    parser.add_argument("--out", default="benchmarks/results/generation_speed.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = load_config(None, [*( [f"model.device={args.device}"] if args.device else []), *args.set])
+    lm = load_configured(config.model)
+    if args.arch:
+        lm = arch_model(args.arch, lm.tokenizer, config.model.dtype, config.model.device)
+    precision = resolve_precision(config.model.precision, lm.device)
+    domain = KnowledgeDomain(config)
+    passages = load_builtin()
+    chat = use_chat(lm, config.model.chat_template)
+    self_edit_prompts = [format_prompt(lm, domain.self_edit_prompt(passages[i % len(passages)]), chat=chat)
+                         for i in range(args.prompts)]
+    questions = [(p, q) for p in passages for q in p.questions]
+    answer_prompts = [format_prompt(lm, answer_prompt(config.answer.prompt_style, p.title, q.question), chat=False)
+                      for p, q in (questions[i % len(questions)] for i in range(args.prompts))]
+    batches = [int(b) for b in args.batches.split(",")]
+    print(f"device {lm.device}, threads {torch.get_num_threads()}, weights {lm.dtype}, autocast {precision}, "
+          f"model {args.arch or config.model.name}", flush=True)
+
+    rate = forward_rate(lm, precision, *SHAPES["forward"])
+    print(f"forward: {rate:.0f} positions/s (batch {SHAPES['forward'][0]} x {SHAPES['forward'][1]})", flush=True)
+    rows = []
+    for b in batches:
+        print(f"sampling, batch {b} ...", flush=True)
+        rows.append(dict(what="sample self-edits", **timed_generate(lm, self_edit_prompts, b, args.new_tokens, precision,
+                                                                   seed=0, **SAMPLING)))
+    from seal.core.multi_lora import adapter_bank
+
+    with adapter_bank(lm, config.inner_loop, list(range(args.k))):
+        for b in batches:
+            print(f"answering, batch {b}, through {args.k} adapters ...", flush=True)
+            adapters = [i % args.k for i in range(len(answer_prompts))]
+            rows.append(dict(what=f"answer ({args.k} adapters)", **timed_generate(
+                lm, answer_prompts, b, 32, precision, stop_at_newline=True, adapter_rows=adapters)))
+    step = profile_decode_step(lm, self_edit_prompts[0], precision)
+
+    print(f"\nforward pass: {rate:.0f} positions/s; {machine()['cpu']}, autocast {precision}\n")
+    print("| what | batch | prompt tokens | generated tokens/s | decoded positions/s | generated / forward | decoded / forward |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['what']} | {r['batch']} | {r['prompt_tokens']:.0f} | {r['tokens_per_s']:.1f} | {r['decoded_per_s']:.1f} | "
+              f"{r['tokens_per_s'] / rate:.2f} | {r['decoded_per_s'] / rate:.2f} |")
+    print(f"\none decode step (batch {step['batch']}, after a self-edit prompt): {1000 * step['seconds_per_step']:.0f} ms\n")
+    print("| part of a decode step | share of its wall time |")
+    print("|---|---|")
+    for k, v in step["shares"].items():
+        print(f"| {k} | {v:.2f} |")
+    save(args, rows, forward_positions_per_s=rate, precision=precision, decode_step=step)
+
+
+if __name__ == "__main__":
+    main()
