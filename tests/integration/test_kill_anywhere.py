@@ -5,7 +5,7 @@ moments: right after its n-th record, half-way through writing a record, while a
 policy, a CPT update, a continual step) is being saved, and at a random time from outside. After
 each kill it is resumed (`--resume RUN_DIR`) until it completes. The final records must equal those of
 an uninterrupted run with the same seed: the same keys, no key written twice, the same self-edits and
-the same rewards to 1e-6.
+the same rewards to 1e-6. The cases run two at a time (each a chain of single-threaded subprocesses).
 """
 
 from __future__ import annotations
@@ -97,10 +97,10 @@ def assert_same(reference: list[dict], resumed: list[dict]) -> None:
                 assert actual[field] == value, (key, field)
 
 
-@pytest.mark.parametrize("name", list(COMMANDS))
-def test_killed_anywhere_and_resumed_equals_uninterrupted(name, tiny_dir, tmp_path):
+def killed_and_resumed(name: str, tiny_dir, root: Path) -> tuple[list[dict], list[dict], int]:
+    """One case: the uninterrupted run's records, the killed-and-resumed run's, and how many kills."""
     rng = random.Random(f"kill/{name}")
-    reference_runs, killed_runs = tmp_path / "reference" / "runs", tmp_path / "killed" / "runs"
+    reference_runs, killed_runs = root / "reference" / "runs", root / "killed" / "runs"
     assert start(COMMANDS[name](tiny_dir, reference_runs)) == 0
     [reference_dir] = list(reference_runs.iterdir())
     reference = record_lines(reference_dir)
@@ -125,5 +125,27 @@ def test_killed_anywhere_and_resumed_equals_uninterrupted(name, tiny_dir, tmp_pa
     assert len(run_dirs) == 1  # resumed every time, never a second run
     while start([*args[:2], "--resume", str(run_dirs[0])]) != 0:
         pass
+    return reference, record_lines(run_dirs[0]), kills
+
+
+@pytest.fixture(scope="module")
+def outcomes(tiny_dir, tmp_path_factory):
+    """Every case, two at a time: each is a chain of single-threaded subprocesses, so two chains keep
+    two cores busy (the cases are independent; each has its own directories and seeds)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path_factory.mktemp("kill-anywhere")
+    with ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as pool:
+        futures = {name: pool.submit(killed_and_resumed, name, tiny_dir, root / f"case{i}")
+                   for i, name in enumerate(COMMANDS)}
+        return {name: future.exception() or future.result() for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_killed_anywhere_and_resumed_equals_uninterrupted(name, outcomes):
+    outcome = outcomes[name]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    reference, resumed, kills = outcome
     assert kills >= 3
-    assert_same(reference, record_lines(run_dirs[0]))
+    assert_same(reference, resumed)
