@@ -79,3 +79,20 @@ def test_resumed_sampling_counts_every_recorded_context_as_found_done(capsys, tm
     lines = capsys.readouterr().err.strip().splitlines()
     assert "writing self-edits: 3/4 (3 found done)" in lines[-2]
     assert "writing self-edits: 4/4 (3 found done)" in lines[-1]
+
+
+def test_the_line_shows_tokens_per_second_beside_the_eta(capsys, monkeypatch):
+    import seal.core.progress as module
+
+    now = {"t": 0.0}
+    monkeypatch.setattr(module.time, "monotonic", lambda: now["t"])
+    with Progress(enabled=True, interval=0) as progress:
+        progress.start("sampling", "writing self-edits", 2)
+        now["t"] = 10.0
+        progress.advance("sampling", 1, tokens=300, unit="generated tokens")
+        now["t"] = 20.0
+        progress.advance("sampling", 1, tokens=100, unit="generated tokens")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[1].endswith("1/2, 0:00:10 elapsed, eta 0:00:10, 30 generated tokens/s"), lines
+    assert lines[2].endswith("2/2, 0:00:20 elapsed, eta 0:00:00, 20 generated tokens/s"), lines  # 400 in 20 s
+    assert "tokens/s" not in lines[0]  # nothing generated yet

@@ -28,7 +28,7 @@ class Progress:
     def __init__(self, enabled: bool = True, log: str | Path | None = None, interval: float = 30.0):
         self.plain = enabled and not console.is_terminal
         self._bars = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[rate]}"),
                                   console=console, disable=not enabled or self.plain)
         self._tasks: dict[str, int] = {}
         self._state: dict[str, dict] = {}  # name -> description, total, done, started, last line
@@ -45,9 +45,10 @@ class Progress:
     def start(self, name: str, description: str, total: int) -> None:
         if name in self._tasks:
             self._bars.remove_task(self._tasks[name])
-        self._tasks[name] = self._bars.add_task(description, total=total)
+        self._tasks[name] = self._bars.add_task(description, total=total, rate="")
         now = time.monotonic()
-        self._state[name] = dict(description=description, total=total, done=0, skipped=0, started=now, last=now)
+        self._state[name] = dict(description=description, total=total, done=0, skipped=0, started=now, last=now,
+                                 tokens=0, unit="")
         self._line(name)
 
     def skip(self, name: str, n: int) -> None:
@@ -65,11 +66,17 @@ class Progress:
             state["last"] = now
             self._line(name)
 
-    def advance(self, name: str, n: int = 1) -> None:
+    def advance(self, name: str, n: int = 1, tokens: int | None = None, unit: str = "tokens") -> None:
+        """`n` more items done; `tokens`: the tokens they generated or trained on, so that the line shows
+        the rate (`unit`/s) beside the eta."""
         if name not in self._tasks:
             return
-        self._bars.advance(self._tasks[name], n)
         state = self._state[name]
+        if tokens:
+            state["tokens"] += tokens
+            state["unit"] = unit
+            self._bars.update(self._tasks[name], rate=self._rate(state))
+        self._bars.advance(self._tasks[name], n)
         state["done"] += n
         now = time.monotonic()
         if state["done"] >= state["total"] or now - state["last"] >= self.interval:
@@ -90,7 +97,13 @@ class Progress:
         worked = s["done"] - s["skipped"]
         eta = "?" if not worked else _clock(elapsed / worked * max(0, s["total"] - s["done"]))
         found = f" ({s['skipped']} found done)" if s["skipped"] else ""
-        self._write(f"{s['description']}: {s['done']}/{s['total']}{found}, {_clock(elapsed)} elapsed, eta {eta}")
+        rate = f", {self._rate(s)}" if s["tokens"] else ""
+        self._write(f"{s['description']}: {s['done']}/{s['total']}{found}, {_clock(elapsed)} elapsed, eta {eta}{rate}")
+
+    @staticmethod
+    def _rate(state: dict) -> str:
+        elapsed = time.monotonic() - state["started"]
+        return f"{state['tokens'] / elapsed:.0f} {state['unit']}/s" if elapsed > 0 else ""
 
     def _write(self, message: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"

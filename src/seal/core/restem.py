@@ -136,7 +136,9 @@ def record_samples(run: Run, jobs: list[tuple[str, Any, dict]], write: Callable[
             if todo:
                 run.append("samples", key, **tags, **sample)
         if progress:
-            progress.advance("sampling", sum(missing))
+            progress.advance("sampling", sum(missing), tokens=sum(sum(s.get("n_tokens") or [0])
+                                                                 for s, todo in zip(samples, missing) if todo),
+                             unit="generated tokens")
     if calls:
         release_memory()
 
@@ -220,7 +222,8 @@ def evaluate_jobs(run: Run, lm: LoadedModel, domain: Domain, jobs: list[EvalJob]
                 run.append("self_edit_eval", key, self_edit=job.self_edit, repeat=t, seed=seed, seconds=seconds,
                            batch=len(chunk), **job.tags, **result)
             if progress:
-                progress.advance(bar, len(chunk))
+                progress.advance(bar, len(chunk), tokens=sum((r.get("train") or {}).get("tokens", 0) for r in results),
+                                 unit="training tokens")
     finally:
         lm.on_train_step = None
     if todo:  # after a phase, not a batch: the next batch would only fault the pages in again
