@@ -34,7 +34,7 @@ NOT_A_COMMAND_S = {
 def tables(page) -> list[tuple[int, list[str]]]:
     """(line, header cells) of every markdown table on a page, outside code blocks."""
     out, fence = [], False
-    lines = page.read_text().splitlines()
+    lines = [line.strip() for line in page.read_text().splitlines()]  # tables inside list items are indented
     for i, line in enumerate(lines[:-1]):
         if line.startswith("```"):
             fence = not fence
