@@ -62,3 +62,21 @@ def test_metadata_is_never_torn_by_a_kill_and_a_change_is_recorded_first(tiny_co
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True)  # the same change again
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert Run.resume(run.path).config.inner_loop.adapters_per_batch == 3
+
+
+def test_a_new_run_records_the_source_commit_it_ran(tiny_config):
+    """meta.json says which commit of seal made the run (provenance), and whether src/ had changes."""
+    import subprocess
+
+    from helpers import ROOT
+
+    run = Run.create(tiny_config, "restem")
+    meta = json.loads((run.path / "meta.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode:  # not a git checkout: nothing to record
+        assert meta["source"] is None
+        return
+    assert meta["source"]["commit"] == head.stdout.strip()
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src"], cwd=ROOT,
+                             capture_output=True, text=True).stdout.strip()
+    assert meta["source"]["dirty"] == bool(changed)

@@ -32,6 +32,23 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def source_commit() -> dict | None:
+    """The git commit of the seal source this process runs, and whether it had uncommitted changes
+    (None: not a git checkout, e.g. an installed package). Recorded in meta.json for provenance."""
+    import subprocess
+
+    source = Path(__file__).resolve().parents[3]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10)
+        if commit.returncode:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src"], cwd=source,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return dict(commit=commit.stdout.strip(), dirty=bool(dirty.stdout.strip()))
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write a whole file or nothing: to a temporary file beside it, flushed to disk, then renamed over
     it (a kill leaves the old file or the new one, never a torn one)."""
@@ -94,7 +111,7 @@ class Run:
             except FileExistsError:
                 continue
         meta = dict(command=command, argv=sys.argv, seed=config.seed, started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    host=platform.node(), versions=package_versions(), inputs=inputs or {})
+                    host=platform.node(), versions=package_versions(), source=source_commit(), inputs=inputs or {})
         write_atomic(path / "meta.json", json.dumps(meta, indent=2))
         write_atomic(path / "config.yaml", dump_config(config))  # last: what makes the folder a run directory
         return cls(path, config)
