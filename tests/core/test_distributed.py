@@ -19,6 +19,8 @@ from seal.core.runs import Run
 from seal.knowledge.data import load_builtin
 from seal.knowledge.domain import KnowledgeDomain
 
+pytestmark = pytest.mark.slow  # a local Ray cluster per test; `make test-fast` leaves them out
+
 runner = CliRunner()
 
 
