@@ -47,11 +47,12 @@ def resume(path: str | Path) -> Run:
     return Run.resume(path)
 
 
-def _progress(run: Run, progress: Progress | None):
-    """The caller's progress (already started: left running), else lines to the run's progress.log."""
+def _progress(run: Run, progress: Progress | None, show: bool = False):
+    """The caller's progress (already started: left running), else lines to the run's progress.log
+    (`show`: and bars)."""
     if progress is not None:
         return contextlib.nullcontext(progress)
-    return Progress(enabled=False, log=run.path / "progress.log")
+    return Progress(enabled=show, log=run.path / "progress.log")
 
 
 def restem(run: Run, lm: LoadedModel | None = None, progress: Progress | None = None) -> LoadedModel:
@@ -167,8 +168,7 @@ def learn(docs: list[str | Path], out: str | Path, config: str | Path | None = N
     if s.policy is not None:  # on a resume: the one the run started with
         for _ in policy_rounds(lm, s.policy):  # the last finished round's policy writes the self-edits
             pass
-    bars = contextlib.nullcontext(progress) if progress else Progress(enabled=show_progress, log=s.run.path / "progress.log")
-    with bars as bars:
+    with _progress(s.run, progress, show_progress) as bars:
         items, kept = learn_passages(s.run, lm, s.domain, documents, skipped, token_counter(cfg.model.name), bars, earlier)
     table = report_table(s.run, items, earlier)
     table.write(s.run.path, "learned")

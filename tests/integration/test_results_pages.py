@@ -10,6 +10,7 @@ the pages exactly, so a new hand-made table fails here, and so does one that has
 from __future__ import annotations
 
 import ast
+import functools
 
 import pytest
 from typer.testing import CliRunner
@@ -43,6 +44,7 @@ def tables(page) -> list[tuple[int, list[str]]]:
     return out
 
 
+@functools.cache
 def producers() -> dict[str, set[str]]:
     """The column headers each command can print, by the command."""
     from typing import get_args
@@ -66,6 +68,7 @@ def producers() -> dict[str, set[str]]:
     }
 
 
+@functools.cache
 def benchmark_headers() -> list[set[str]]:
     """The headers the benchmark scripts print (`print("| a | b |")` in benchmarks/, a literal string)."""
     out = []
