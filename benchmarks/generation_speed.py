@@ -33,7 +33,7 @@ import torch
 
 from harness import arch_model, machine, save
 from seal.core.config import load_config
-from seal.core.generation import format_prompt, generate, resolve_precision, use_chat
+from seal.core.generation import format_prompt, generate, hf_generate, resolve_precision, use_chat
 from seal.core.models import load_configured
 from seal.knowledge.data import load_builtin
 from seal.knowledge.domain import KnowledgeDomain
@@ -58,16 +58,24 @@ def forward_rate(lm, precision: str, batch: int, length: int, repeats: int = 3) 
     return batch * length / best
 
 
-def timed_generate(lm, prompts: list[str], batch: int, new_tokens: int, precision: str, **kw) -> dict:
-    """One `generate` call over `prompts` at this batch size: tokens kept and positions decoded a second."""
-    start = time.perf_counter()
-    out = generate(lm, prompts, max_new_tokens=new_tokens, batch_size=batch, precision=precision, **kw)
-    seconds = time.perf_counter() - start
+def timed_generate(lm, prompts: list[str], batch: int, new_tokens: int, precision: str, engine=generate, **kw) -> dict:
+    """One call of `engine` over `prompts` at this batch size: tokens kept and positions decoded a second
+    (every row of every decode step, counted at the model's input, finished or not)."""
+    decoded = []
+    hook = lm.model.register_forward_pre_hook(
+        lambda _, args, kwargs: decoded.append(kwargs["input_ids"].shape[0])
+        if kwargs.get("input_ids") is not None and kwargs["input_ids"].shape[1] == 1 else None, with_kwargs=True)
+    try:
+        start = time.perf_counter()
+        out = engine(lm, prompts, max_new_tokens=new_tokens, batch_size=batch, precision=precision, **kw)
+        seconds = time.perf_counter() - start
+    finally:
+        hook.remove()
     kept = sum(g.n_tokens for g in out)
-    # every decode step of a batch computes all of its rows, until its longest row ends
-    decoded = sum(len(prompts[i:i + batch]) * max(g.n_tokens for g in out[i:i + batch]) for i in range(0, len(out), batch))
-    return dict(batch=batch, rows=len(prompts), seconds=seconds, tokens=kept, decoded=decoded,
-                tokens_per_s=kept / seconds, decoded_per_s=decoded / seconds,
+    # the prefill's forward pass gives each row its first token; every later one is a decode step
+    positions = sum(decoded) + len(prompts)
+    return dict(batch=batch, rows=len(prompts), seconds=seconds, tokens=kept, decoded=positions,
+                tokens_per_s=kept / seconds, decoded_per_s=positions / seconds, texts=[g.text for g in out],
                 prompt_tokens=sum(len(lm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts) / len(prompts))
 
 
@@ -75,32 +83,30 @@ def profile_decode_step(lm, prompt: str, precision: str, batch: int = 8, steps: 
     """Shares of one KV-cached decode step's wall time by kind of operator (see the module's docstring)."""
     from torch.profiler import ProfilerActivity, profile
 
+    from seal.core.decoding import Nucleus, decode
     from seal.core.generation import autocast, half_weights
 
-    enc = lm.tokenizer([prompt] * batch, return_tensors="pt", add_special_tokens=False).to(lm.device)
+    nucleus = Nucleus(SAMPLING["temperature"], SAMPLING["top_p"], list(range(batch)), lm.device)
+    prof, calls = profile(activities=[ProfilerActivity.CPU]), []
+
+    def pick(logits, rows):  # called once a forward pass: the profile spans `steps` decode steps after 2 warm-up ones
+        calls.append(time.perf_counter())
+        if len(calls) == 3:
+            prof.start()
+        if len(calls) == 3 + steps:
+            prof.stop()
+        return nucleus(logits, rows)
+
+    ids = [lm.tokenizer(prompt, add_special_tokens=False)["input_ids"]] * batch
     with torch.no_grad(), half_weights(lm.model, precision), autocast(precision, lm.device):
-        out = lm.model(**enc, use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        mask = enc["attention_mask"]
-        for _ in range(2):  # warm-up steps
-            mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-            out = lm.model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
-            cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            start = time.perf_counter()
-            for _ in range(steps):
-                mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-                out = lm.model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
-                probs = torch.softmax(out.logits[:, -1].float(), dim=-1)  # what sampling adds: top-p over the vocabulary
-                sorted_probs, order = torch.sort(probs, descending=True)
-                keep = sorted_probs.cumsum(-1) <= SAMPLING["top_p"]
-                token = order.gather(1, torch.multinomial(sorted_probs * keep + 1e-12, 1))
-            wall = time.perf_counter() - start
+        decode(lm.model, ids, max_new_tokens=steps + 4, slots=batch, pick=pick, pad_id=lm.tokenizer.pad_token_id,
+               end_ids=set(), cache_dtype=torch.bfloat16 if precision == "bf16" else None)
+    wall = calls[2 + steps] - calls[2]
     kinds = {"matmuls": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"),
              "attention": ("scaled_dot_product", "aten::_efficient_attention", "aten::_scaled_dot_product"),
-             "cache": ("aten::cat", "aten::index_copy", "aten::copy_", "aten::slice"),
-             "sampling": ("aten::softmax", "aten::_softmax", "aten::sort", "aten::cumsum", "aten::multinomial", "aten::gather")}
+             "cache": ("aten::cat", "aten::index_copy", "aten::copy_", "aten::slice", "aten::_to_copy"),
+             "sampling": ("aten::softmax", "aten::_softmax", "aten::sort", "aten::topk", "aten::cumsum",
+                          "aten::multinomial", "aten::gather", "aten::where")}
     shares = dict.fromkeys([*kinds, "other operators"], 0.0)
     total = 0.0
     for event in prof.key_averages():
@@ -126,6 +132,9 @@ def main() -> None:
     parser.add_argument("--batches", default="8,32", help="generation batch sizes, comma-separated")
     parser.add_argument("--new-tokens", type=int, default=256, help="self-edit length limit (as self_edit.max_new_tokens)")
     parser.add_argument("--prompts", type=int, default=32, help="self-edit prompts and questions per measurement")
+    parser.add_argument("--engines", default="hf,seal",
+                        help="decoders to measure: hf (Hugging Face's generate, batch by batch), seal (core/decoding.py)")
+    parser.add_argument("--profile-batch", type=int, default=8, help="batch of the profiled decode step")
     parser.add_argument("--k", type=int, default=4, help="adapters in the bank the answers go through")
     parser.add_argument("--arch", default=None, help="a random-weight model of this architecture (benchmarks/archs/NAME.json)")
     parser.add_argument("--device", default=None)
@@ -153,27 +162,36 @@ def main() -> None:
 
     rate = forward_rate(lm, precision, *SHAPES["forward"])
     print(f"forward: {rate:.0f} positions/s (batch {SHAPES['forward'][0]} x {SHAPES['forward'][1]})", flush=True)
+    engines = {"hf": hf_generate, "seal": generate}
     rows = []
     for b in batches:
-        print(f"sampling, batch {b} ...", flush=True)
-        rows.append(dict(what="sample self-edits", **timed_generate(lm, self_edit_prompts, b, args.new_tokens, precision,
-                                                                   seed=0, **SAMPLING)))
+        for name in args.engines.split(","):
+            print(f"sampling, batch {b}, {name} ...", flush=True)
+            rows.append(dict(what="sample self-edits", decoder=name, **timed_generate(
+                lm, self_edit_prompts, b, args.new_tokens, precision, engines[name], seed=0, **SAMPLING)))
     from seal.core.multi_lora import adapter_bank
 
     with adapter_bank(lm, config.inner_loop, list(range(args.k))):
         for b in batches:
-            print(f"answering, batch {b}, through {args.k} adapters ...", flush=True)
-            adapters = [i % args.k for i in range(len(answer_prompts))]
-            rows.append(dict(what=f"answer ({args.k} adapters)", **timed_generate(
-                lm, answer_prompts, b, 32, precision, stop_at_newline=True, adapter_rows=adapters)))
-    step = profile_decode_step(lm, self_edit_prompts[0], precision)
+            for name in args.engines.split(","):
+                print(f"answering, batch {b}, through {args.k} adapters, {name} ...", flush=True)
+                adapters = [i % args.k for i in range(len(answer_prompts))]
+                rows.append(dict(what=f"answer ({args.k} adapters)", decoder=name, **timed_generate(
+                    lm, answer_prompts, b, 32, precision, engines[name], stop_at_newline=True, adapter_rows=adapters)))
+    for r in rows:  # greedy answers: the same text as Hugging Face's generate at the same batch size?
+        hf = next((h for h in rows if h["decoder"] == "hf" and h["what"] == r["what"] and h["batch"] == r["batch"]), None)
+        r["same_as_hf"] = (sum(a == b for a, b in zip(r["texts"], hf["texts"])) if hf and r["what"].startswith("answer")
+                           else None)
+    step = profile_decode_step(lm, self_edit_prompts[0], precision, batch=args.profile_batch)
 
     print(f"\nforward pass: {rate:.0f} positions/s; {machine()['cpu']}, autocast {precision}\n")
-    print("| what | batch | prompt tokens | generated tokens/s | decoded positions/s | generated / forward | decoded / forward |")
-    print("|---|---|---|---|---|---|---|")
+    print("| what | decoder | batch | prompt tokens | generated tokens/s | decoded positions/s | generated / forward "
+          "| decoded / forward | answers as hf's |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['what']} | {r['batch']} | {r['prompt_tokens']:.0f} | {r['tokens_per_s']:.1f} | {r['decoded_per_s']:.1f} | "
-              f"{r['tokens_per_s'] / rate:.2f} | {r['decoded_per_s'] / rate:.2f} |")
+        same = "-" if r["same_as_hf"] is None else f"{r['same_as_hf']} of {r['rows']}"
+        print(f"| {r['what']} | {r['decoder']} | {r['batch']} | {r['prompt_tokens']:.0f} | {r['tokens_per_s']:.1f} | "
+              f"{r['decoded_per_s']:.1f} | {r['tokens_per_s'] / rate:.2f} | {r['decoded_per_s'] / rate:.2f} | {same} |")
     print(f"\none decode step (batch {step['batch']}, after a self-edit prompt): {1000 * step['seconds_per_step']:.0f} ms\n")
     print("| part of a decode step | share of its wall time |")
     print("|---|---|")

@@ -89,7 +89,7 @@ class ArcPredictConfig(Section):
     candidates: int = Field(4, ge=1, le=32, description="likelihood: answers (most voted first) that are scored")
     compare_methods: bool = Field(True, description="also record whether each other method would have solved the task (likelihood costs candidates x views more forward passes), to compare them on the same trained adapters")
     max_new_tokens: int = Field(512, ge=8, description="answer length cap; each task also gets a limit from its own grid sizes")
-    batch_size: int = Field(16, ge=1, description="prompts generated together")
+    batch_size: int = Field(16, ge=1, description="rows decoded together (a row that ends makes room for the next prompt)")
 
 
 class ArcRewardConfig(RewardBase):

@@ -83,7 +83,7 @@ class SamplingBase(Section):
     temperature: float = Field(1.0, ge=0, le=5, description="0 = greedy")
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=1, le=8192, description="self-edit length limit in tokens")
-    batch_size: int = Field(8, ge=1, description="prompts generated together")
+    batch_size: int = Field(32, ge=1, description="rows decoded together (a row that ends makes room for the next prompt; what a row writes does not depend on this): more is faster per token, at the cost of their KV cache (docs/performance.md#generation)")
     max_resamples: int = Field(0, ge=0, le=20, description="a self-edit the domain cannot use (e.g. unparseable) is sampled again at most this many times; the last try is kept and scored")
 
 

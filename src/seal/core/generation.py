@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from seal.core.decoding import Nucleus, decode
 from seal.core.models import LoadedModel, native_bf16_cpu
 
 
@@ -77,24 +78,88 @@ def use_chat(lm: LoadedModel, setting: str) -> bool:
     return setting == "always" or (setting == "auto" and bool(lm.tokenizer.chat_template))
 
 
+def first_line_written(text: str) -> bool:
+    """Whether an answer has written a non-empty line and a newline after it. (A plain stop string would
+    end answers that start with a newline, as the embedded model's often do, empty.)"""
+    return "\n" in text.lstrip()
+
+
 class FirstLineDone(StoppingCriteria):
-    """Stops a row once it has written a non-empty line and a newline after it. (A plain stop string
-    would end rows whose answer starts with a newline, as the embedded model's often do, empty.)"""
+    """`first_line_written` for each row, as a stopping criterion of Hugging Face's `generate`."""
 
     def __init__(self, tokenizer, prompt_width: int):
         self.tokenizer, self.prompt_width = tokenizer, prompt_width
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
-        return torch.tensor([("\n" in t.lstrip()) for t in texts], device=input_ids.device)
+        return torch.tensor([first_line_written(t) for t in texts], device=input_ids.device)
+
+
+def row_seed(seed: int, row: int) -> int:
+    """The seed of row `row`'s generator in a sampled call with `seed` (distinct for rows below a million)."""
+    return (seed * 1_000_003 + row) % 2**63
 
 
 @torch.no_grad()
 def generate(lm: LoadedModel, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, batch_size: int = 8, seed: int = 0, stop_at_newline: bool = False,
              precision: str = "fp32", adapter_rows: list[int] | None = None) -> list[Generation]:
-    """Continue each (already formatted) prompt; greedy when temperature is 0. With `adapter_rows`,
-    prompt i goes through adapter adapter_rows[i] of the model's installed adapter bank."""
+    """Continue each (already formatted) prompt; greedy when temperature is 0, else sampled at
+    `temperature` with top-p. Up to `batch_size` rows decode together (core/decoding.py: a row that ends
+    makes room for the next prompt). Row i samples from its own generator, seeded by `seed` and i, so its
+    text does not depend on `batch_size`. With `adapter_rows`, prompt i goes through adapter
+    adapter_rows[i] of the model's installed adapter bank. With `stop_at_newline`, an answer ends once
+    it has written its first line, and that line is its text."""
+    if adapter_rows is not None and lm.bank is None:
+        raise ValueError("adapter_rows given but no adapter bank is installed in the model")
+    tok = lm.tokenizer
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    if empty := [i for i, row in enumerate(ids) if not row]:
+        raise ValueError(f"generate: prompt {empty[0]} has no tokens")
+    end_ids = {tok.eos_token_id, *_as_list(lm.model.generation_config.eos_token_id)} - {None}
+
+    def done(row: int, tokens: list[int]) -> bool:  # decodes a row only when its newest token holds a newline
+        return "\n" in tok.decode(tokens[-1:]) and first_line_written(tok.decode(tokens, skip_special_tokens=True))
+
+    def route(rows: list[int]) -> None:
+        lm.bank.route([adapter_rows[r] for r in rows])
+
+    if lm.bank is not None and adapter_rows is None:
+        lm.bank.route(None)
+    with half_weights(lm.model, precision), autocast(precision, lm.device):  # weights cast once, not at every token
+        try:
+            results = decode(lm.model, ids, max_new_tokens=max_new_tokens, slots=batch_size, pad_id=tok.pad_token_id,
+                             pick=Nucleus(temperature, top_p, [row_seed(seed, i) for i in range(len(ids))], lm.device),
+                             end_ids=end_ids, done=done if stop_at_newline else None,
+                             route=route if adapter_rows is not None else None,
+                             cache_dtype=torch.bfloat16 if precision == "bf16" else None)
+        except NotImplementedError:  # a sliding-window or static cache: Hugging Face's generate, batch by batch
+            _route(lm, None, 0, 0)
+            return hf_generate(lm, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                               batch_size=batch_size, seed=seed, stop_at_newline=stop_at_newline,
+                               precision=precision, adapter_rows=adapter_rows)
+    _route(lm, None, 0, 0)
+    out = []
+    for tokens, stopped in results:
+        text = tok.decode(tokens, skip_special_tokens=True)
+        hit_limit = not stopped and len(tokens) >= max_new_tokens
+        if stop_at_newline and first_line_written(text):
+            text, hit_limit = text.lstrip().split("\n", 1)[0], False
+        out.append(Generation(text=text.strip(), n_tokens=len(tokens), hit_limit=hit_limit))
+    return out
+
+
+def _as_list(ids) -> list:
+    return [] if ids is None else list(ids) if isinstance(ids, (list, tuple)) else [ids]
+
+
+@torch.no_grad()
+def hf_generate(lm: LoadedModel, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.0,
+                top_p: float = 1.0, batch_size: int = 8, seed: int = 0, stop_at_newline: bool = False,
+                precision: str = "fp32", adapter_rows: list[int] | None = None) -> list[Generation]:
+    """`generate` through Hugging Face's `generate`, batch after batch, every row of a batch decoded until
+    its longest row ends; a batch's samples depend on the seed and the batch's position. For models whose
+    cache `decode` cannot rearrange, and the reference `generate` is tested against."""
     tok = lm.tokenizer
     out: list[Generation] = []
     sampling = temperature > 0
@@ -102,7 +167,7 @@ def generate(lm: LoadedModel, prompts: list[str], *, max_new_tokens: int, temper
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
             enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
-            torch.manual_seed(seed + start)  # a batch's samples depend on the seed and its position only
+            torch.manual_seed(seed + start)
             width = enc["input_ids"].shape[1]
             _route(lm, adapter_rows, start, len(chunk))
             extra = dict(stopping_criteria=StoppingCriteriaList([FirstLineDone(tok, width)])) if stop_at_newline else {}
@@ -117,7 +182,7 @@ def generate(lm: LoadedModel, prompts: list[str], *, max_new_tokens: int, temper
                 n = int(ended[0]) if len(ended) else int((row != tok.pad_token_id).sum())
                 text = tok.decode(row[:n], skip_special_tokens=True)
                 hit_limit = not len(ended) and n >= max_new_tokens
-                if stop_at_newline and "\n" in text.lstrip():
+                if stop_at_newline and first_line_written(text):
                     text, hit_limit = text.lstrip().split("\n", 1)[0], False
                 out.append(Generation(text=text.strip(), n_tokens=n, hit_limit=hit_limit))
     _route(lm, None, 0, 0)

@@ -1,0 +1,150 @@
+"""Decoding with rows that come and go gives what decoding each row alone gives; sampling draws from the
+top-p distribution; generated text equals Hugging Face's `generate` where the batch layout is the same."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+from seal.core.config import LoraTrainConfig
+from seal.core.decoding import Nucleus, decode
+from seal.core.generation import generate, hf_generate
+from seal.core.models import model_from_config
+from seal.core.multi_lora import adapter_bank
+
+PROMPTS = ["Question: when was the lighthouse of Varn lit? Answer:", "Hi", "x",
+           "The observatory on the hill was built by a man whose name nobody in the valley remembers", "A B C D E F G"]
+
+
+@pytest.fixture
+def untied(tokenizer):
+    """A tiny model with its own output layer and sharp attention: its greedy rows differ from each other
+    and depend on positions (the tied one repeats its prompt's last token), so a misplaced row shows."""
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    lm = model_from_config(config, tokenizer, seed=0)
+    with torch.no_grad():  # sharp attention (at initialisation it is nearly uniform, blind to positions)
+        for layer in lm.model.model.layers:
+            layer.self_attn.q_proj.weight *= 30
+            layer.self_attn.k_proj.weight *= 30
+    return lm
+
+
+@pytest.fixture
+def exact(untied):
+    """The untied model in float64, where a row's numbers do not depend on the rows beside it, so that
+    'the same as alone' can be asserted exactly."""
+    untied.model.double()
+    return untied
+
+
+def _ids(lm, prompts):
+    return [lm.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+
+def _decode(lm, prompts, slots, lengths=None, **kw):
+    """Greedy decode; with `lengths`, row r ends after lengths[r] tokens (rows leave at different steps)."""
+    done = (lambda r, tokens: len(tokens) >= lengths[r]) if lengths else None
+    return decode(lm.model, _ids(lm, prompts), max_new_tokens=12, slots=slots, pick=Nucleus(0.0, 1.0, [], lm.device),
+                  pad_id=lm.tokenizer.pad_token_id, end_ids={lm.tokenizer.eos_token_id}, done=done, **kw)
+
+
+def test_rows_that_leave_and_join_decode_what_they_decode_alone(exact):
+    prompts = PROMPTS * 2  # ten rows of five lengths
+    lengths = [1, 7, 3, 12, 5, 2, 9, 4, 12, 6]
+    alone = [_decode(exact, [p], 1, [n]) for p, n in zip(prompts, lengths)]
+    for slots in (1, 2, 3, 8):
+        together = _decode(exact, prompts, slots, lengths)
+        assert together == [a[0] for a in alone], slots
+        assert [len(t) for t, _ in together] == lengths
+
+
+def test_each_row_keeps_its_own_adapter_as_rows_come_and_go(exact):
+    prompts = PROMPTS * 2
+    lengths = [2, 9, 4, 12, 6, 1, 8, 3, 12, 5]
+    rows = [2, 0, 1, 1, 0, 2, 2, 0, 1, 0]
+    cfg = LoraTrainConfig(rank=4, alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    with adapter_bank(exact, cfg, [1, 2, 3]) as bank:
+        torch.manual_seed(0)
+        bank.data.normal_(0, 0.3)  # three adapters that change what the model writes
+        solo = [_decode(exact, [p], 1, [n], route=lambda _, k=k: bank.route([k]))[0]
+                for p, n, k in zip(prompts, lengths, rows)]
+        mixed = _decode(exact, prompts, 3, lengths, route=lambda batch: bank.route([rows[r] for r in batch]))
+        unrouted = _decode(exact, prompts, 3, lengths, route=lambda batch: bank.route(None))
+    assert mixed == solo
+    assert unrouted != mixed  # the adapters matter, so the routing was tested
+
+
+def test_sampled_rows_do_not_depend_on_the_batch_size(exact):
+    kw = dict(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=7)
+    one = [g.text for g in generate(exact, PROMPTS * 2, batch_size=1, **kw)]
+    assert [g.text for g in generate(exact, PROMPTS * 2, batch_size=4, **kw)] == one
+    assert [g.text for g in generate(exact, PROMPTS * 2, batch_size=16, **kw)] == one
+    assert [g.text for g in generate(exact, PROMPTS * 2, batch_size=4, **{**kw, "seed": 8})] != one
+    assert len(set(one[:5]) & set(one[5:])) == 0  # equal prompts, different rows: different samples
+
+
+def test_greedy_text_equals_hugging_faces_generate(tiny):
+    """The same batch layout (every row to the limit), the same float32 numbers: the same tokens."""
+    for batch_size in (1, 2, 5):
+        ours = generate(tiny, PROMPTS, max_new_tokens=16, batch_size=batch_size)
+        theirs = hf_generate(tiny, PROMPTS, max_new_tokens=16, batch_size=batch_size)
+        assert [(g.text, g.n_tokens, g.hit_limit) for g in ours] == [(g.text, g.n_tokens, g.hit_limit) for g in theirs]
+
+
+def _wins(lm, tokens: list[int]) -> None:
+    """Token i wins wherever the token that distinct prompt i writes at step 2 + 3i wins, so rows end
+    (at an end token, at a newline) at different steps, and one prompt's rows not at all."""
+    rows = [g for g, _ in _decode(lm, PROMPTS, 1)]
+    head = lm.model.get_output_embeddings()
+    with torch.no_grad():
+        for i, token in enumerate(tokens):
+            head.weight[token] = head.weight[rows[i][2 + 3 * i]] * 1.05
+
+
+def test_rows_that_end_early_match_hugging_faces_generate(untied):
+    _wins(untied, [untied.tokenizer.eos_token_id])
+    ours = generate(untied, PROMPTS * 2, max_new_tokens=16, batch_size=3)
+    theirs = hf_generate(untied, PROMPTS * 2, max_new_tokens=16, batch_size=3)
+    assert [(g.text, g.n_tokens, g.hit_limit) for g in ours] == [(g.text, g.n_tokens, g.hit_limit) for g in theirs]
+    assert {g.hit_limit for g in ours} == {True, False}  # some rows ended early, some ran to the limit
+
+
+def test_answers_stop_after_their_first_line_as_before(untied):
+    tok = untied.tokenizer
+    newlines = [i for i in range(len(tok)) if "\n" in tok.decode([i]) and tok.decode([i]).strip()][:3]
+    _wins(untied, [tok("\n", add_special_tokens=False)["input_ids"][0], *newlines])
+    ours = generate(untied, PROMPTS * 2, max_new_tokens=16, batch_size=3, stop_at_newline=True)
+    theirs = hf_generate(untied, PROMPTS * 2, max_new_tokens=16, batch_size=3, stop_at_newline=True)
+    assert [(g.text, g.n_tokens, g.hit_limit) for g in ours] == [(g.text, g.n_tokens, g.hit_limit) for g in theirs]
+    assert {g.hit_limit for g in ours} == {True, False}  # some answers ended at a newline, some ran on
+
+
+def test_top_p_keeps_the_tokens_hugging_face_keeps_and_samples_their_distribution(monkeypatch):
+    torch.manual_seed(0)
+    logits = torch.randn(6, 40) * 3
+    for candidates in (40, 5):  # with 5 candidates, rows whose nucleus is wider fall back to the full sort
+        monkeypatch.setattr(Nucleus, "CANDIDATES", candidates)
+        for temperature, top_p in ((1.0, 0.9), (0.7, 0.5), (1.3, 0.99)):
+            warped = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, logits.clone()))
+            expected = torch.softmax(warped, -1)
+            nucleus = Nucleus(temperature, top_p, list(range(6)), torch.device("cpu"))
+            counts = torch.zeros_like(logits)
+            draws = 4000
+            for _ in range(draws):
+                counts[torch.arange(6), nucleus(logits, list(range(6)))] += 1
+            assert ((counts > 0) <= (expected > 0)).all()  # never a token outside the nucleus
+            assert (counts / draws - expected).abs().max() < 0.03  # its distribution (4,000 draws a row)
+
+
+def test_greedy_picks_the_most_likely_token():
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 2.9]])
+    assert Nucleus(0.0, 0.9, [], torch.device("cpu"))(logits, [0, 1]).tolist() == [1, 0]
+
+
+def test_an_empty_prompt_is_refused(tiny):
+    with pytest.raises(ValueError, match="prompt 1 has no tokens"):
+        generate(tiny, ["Hi", ""], max_new_tokens=3)
