@@ -96,3 +96,33 @@ def test_the_line_shows_tokens_per_second_beside_the_eta(capsys, monkeypatch):
     assert lines[1].endswith("1/2, 0:00:10 elapsed, eta 0:00:10, 30 generated tokens/s"), lines
     assert lines[2].endswith("2/2, 0:00:20 elapsed, eta 0:00:00, 20 generated tokens/s"), lines  # 400 in 20 s
     assert "tokens/s" not in lines[0]  # nothing generated yet
+
+
+def test_a_bar_shows_the_rate_of_the_generation_and_training_it_waits_on(capsys, monkeypatch, tiny):
+    """A bar whose items report no tokens (writing questions, answering, an update) shows the tokens
+    this process generated or trained on while it was open, by kind."""
+    import seal.core.progress as module
+    from seal.core.config import LoraTrainConfig
+    from seal.core.generation import generate
+    from seal.core.training import Example, fresh_adapter, train
+
+    capsys.readouterr()  # the fixture's loading bars
+    now = {"t": 0.0}
+    monkeypatch.setattr(module.time, "monotonic", lambda: now["t"])
+    module.count("generated tokens", 1000)  # before the bar: not its work
+    with Progress(enabled=True, interval=0) as progress:
+        progress.start("answers", "answering", 2)
+        out = generate(tiny, ["Question: what is it? Answer:"] * 2, max_new_tokens=5)
+        made = sum(g.n_tokens for g in out)
+        now["t"] = 2.0
+        progress.advance("answers")
+        progress.start("update", "update", 1)
+        example = Example(input_ids=list(range(5, 15)), labels=list(range(5, 15)))
+        cfg = LoraTrainConfig(epochs=1, batch_size=1)
+        with fresh_adapter(tiny, cfg, seed=0) as wrapped:
+            stats = train(wrapped, [example], cfg, seed=0, pad_id=tiny.tokenizer.pad_token_id, device=tiny.device)
+        now["t"] = 6.0
+        progress.advance("update")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert made > 0 and lines[1].endswith(f"eta 0:00:02, {made / 2:.0f} generated tokens/s"), lines
+    assert lines[-1].endswith(f"eta 0:00:00, {stats.tokens / 4:.0f} training tokens/s"), lines

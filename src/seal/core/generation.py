@@ -13,6 +13,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from seal.core.decoding import Nucleus, decode
 from seal.core.models import LoadedModel, native_bf16_cpu
+from seal.core.progress import count
 
 
 @dataclass
@@ -146,6 +147,7 @@ def generate(lm: LoadedModel, prompts: list[str], *, max_new_tokens: int, temper
         if stop_at_newline and first_line_written(text):
             text, hit_limit = text.lstrip().split("\n", 1)[0], False
         out.append(Generation(text=text.strip(), n_tokens=len(tokens), hit_limit=hit_limit))
+    count("generated tokens", sum(g.n_tokens for g in out))
     return out
 
 
@@ -186,6 +188,7 @@ def hf_generate(lm: LoadedModel, prompts: list[str], *, max_new_tokens: int, tem
                     text, hit_limit = text.lstrip().split("\n", 1)[0], False
                 out.append(Generation(text=text.strip(), n_tokens=n, hit_limit=hit_limit))
     _route(lm, None, 0, 0)
+    count("generated tokens", sum(g.n_tokens for g in out))
     return out
 
 

@@ -32,6 +32,7 @@ from seal.core.config import ConfigError, LoraTrainConfig
 from seal.core.generation import autocast, half_weights
 from seal.core.models import LoadedModel
 from seal.core.objectives import LanguageModelling, Objective, Targets, coefficients, target_count
+from seal.core.progress import count
 from seal.core.training import (
     Example,
     TrainStats,
@@ -331,6 +332,7 @@ def train_bank(lm: LoadedModel, bank: AdapterBank, datasets: list[list[Example]]
             packed = [pack([datasets[k][i] for i in plans[k][t]], k, objective) for k in active]
             for row in packed:
                 tokens[row.adapter] += len(row.input_ids)
+            count("training tokens", sum(len(row.input_ids) for row in packed))
             step_loss = torch.zeros(bank.k, device=lm.device)
             for part in micro_batches(packed, max_tokens):
                 batch = {key: v.to(lm.device) for key, v in collate_packed(part, pad_id).items()}

@@ -4,12 +4,17 @@ On a terminal: rich progress bars on stderr. Elsewhere (a background run writing
 lines on stderr, one when a bar starts, one when it completes, and in between at most one per bar
 every `interval` seconds. With `log`, the same plain lines are also appended to that file (a run
 directory's progress.log), whatever stderr is.
+
+Every bar shows a rate beside its eta: the tokens its items report (`advance(tokens=...)`), or else
+the tokens this process generated or trained on while the bar was open (`count`, called by
+generation and the training loops), so that a user waiting on any long step sees how fast it goes.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
@@ -17,6 +22,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichProgress
 
 console = Console(stderr=True)
+
+_counted: Counter[str] = Counter()  # tokens this process has worked on, by kind, since it started
+
+
+def count(kind: str, n: int) -> None:
+    """`n` more tokens of one kind of work ("generated tokens", "training tokens"): every bar open
+    meanwhile shows their rate."""
+    _counted[kind] += n
 
 
 def _clock(seconds: float) -> str:
@@ -48,7 +61,7 @@ class Progress:
         self._tasks[name] = self._bars.add_task(description, total=total, rate="")
         now = time.monotonic()
         self._state[name] = dict(description=description, total=total, done=0, skipped=0, started=now, last=now,
-                                 tokens=0, unit="")
+                                 tokens=0, unit="", counted=Counter(_counted))
         self._line(name)
 
     def skip(self, name: str, n: int) -> None:
@@ -75,7 +88,7 @@ class Progress:
         if tokens:
             state["tokens"] += tokens
             state["unit"] = unit
-            self._bars.update(self._tasks[name], rate=self._rate(state))
+        self._bars.update(self._tasks[name], rate=self._rate(state))
         self._bars.advance(self._tasks[name], n)
         state["done"] += n
         now = time.monotonic()
@@ -97,13 +110,19 @@ class Progress:
         worked = s["done"] - s["skipped"]
         eta = "?" if not worked else _clock(elapsed / worked * max(0, s["total"] - s["done"]))
         found = f" ({s['skipped']} found done)" if s["skipped"] else ""
-        rate = f", {self._rate(s)}" if s["tokens"] else ""
+        rate = f", {self._rate(s)}" if self._rate(s) else ""
         self._write(f"{s['description']}: {s['done']}/{s['total']}{found}, {_clock(elapsed)} elapsed, eta {eta}{rate}")
 
     @staticmethod
     def _rate(state: dict) -> str:
+        """The bar's own tokens per second, or else those `count`ed since it started, by kind."""
         elapsed = time.monotonic() - state["started"]
-        return f"{state['tokens'] / elapsed:.0f} {state['unit']}/s" if elapsed > 0 else ""
+        if elapsed <= 0:
+            return ""
+        if state["tokens"]:
+            return f"{state['tokens'] / elapsed:.0f} {state['unit']}/s"
+        moved = (_counted - state["counted"]).items()
+        return ", ".join(f"{n / elapsed:.0f} {kind}/s" for kind, n in sorted(moved))
 
     def _write(self, message: str) -> None:
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"

@@ -114,7 +114,8 @@ SAMPLES_FREE = ("inner_loop", "reward")
 
 
 ROUND1_FREE = (*SCHEDULING, "runs_dir", "restem.rounds", "restem.algorithm", "restem.rloo_clip", "restem.sft",
-               "restem.evaluate_policy", "restem.keep", "restem.min_reward", "reward.require_improvement", "reward.baseline")
+               "restem.evaluate_policy", "restem.keep", "restem.min_reward", "restem.min_distinct_2", "restem.coverage_bonus",
+               "reward.require_improvement", "reward.baseline")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -26,6 +26,7 @@ from seal.core.faults import crash_point
 from seal.core.generation import autocast, half_weights
 from seal.core.models import LoadedModel
 from seal.core.objectives import Clipped, LanguageModelling, Objective, Targets, coefficients, target_nll
+from seal.core.progress import count
 
 
 @dataclass
@@ -290,7 +291,9 @@ def train(model: torch.nn.Module, examples: Sequence[Example], cfg: LoraTrainCon
             losses.append(loss.item())
             if extra is not None:
                 extras.append(extra.item())
-            tokens += int(batch["attention_mask"].sum())
+            seen = int(batch["attention_mask"].sum())
+            tokens += seen
+            count("training tokens", seen)
             if on_step:
                 on_step(len(losses), total)
     model.eval()
