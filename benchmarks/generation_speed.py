@@ -16,7 +16,12 @@ Three measurements on the same model (the embedded one, or a random-weight --arc
             prompts (about 40 tokens), greedy, up to 32 new tokens, stopping at a newline, each row
             through its own adapter of a bank of K adapters, at each batch size.
 
-For each: generated tokens/s (tokens the rows kept), decoded positions/s (every row of every decode
+  score     `generation.completion_logprobs` as answers are graded: each question's prompt with its gold
+            answer and up to 8 distractor spans of its passage (answer discrimination), closed-book
+            and open-book, through the K adapters: completions/s with a row per completion and with
+            the completions of a prompt sharing its row, and the largest difference between the two.
+
+For sample and answer: generated tokens/s (tokens the rows kept), decoded positions/s (every row of every decode
 step, finished or not: what the model computed), and both as a share of the forward rate. Then one
 decode step profiled (a KV-cached step of batch 8 after a self-edit prompt): the share of its time in
 the matmuls (of which the vocabulary projection, timed alone), attention, the cache, sampling (softmax,
@@ -33,10 +38,11 @@ import torch
 
 from harness import arch_model, machine, save
 from seal.core.config import load_config
-from seal.core.generation import format_prompt, generate, hf_generate, resolve_precision, use_chat
+from seal.core.generation import completion_logprobs, format_prompt, generate, hf_generate, resolve_precision, use_chat
 from seal.core.models import load_configured
 from seal.knowledge.data import load_builtin
 from seal.knowledge.domain import KnowledgeDomain
+from seal.knowledge.grading import distractors
 from seal.knowledge.prompts import answer_prompt
 
 SHAPES = {"forward": (8, 160)}
@@ -77,6 +83,18 @@ def timed_generate(lm, prompts: list[str], batch: int, new_tokens: int, precisio
     return dict(batch=batch, rows=len(prompts), seconds=seconds, tokens=kept, decoded=positions,
                 tokens_per_s=kept / seconds, decoded_per_s=positions / seconds, texts=[g.text for g in out],
                 prompt_tokens=sum(len(lm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts) / len(prompts))
+
+
+def timed_scores(lm, asked: list[tuple[str, list[str], int]], precision: str, batch: int, share: bool) -> dict:
+    """`completion_logprobs` over every (prompt, completions, adapter) of `asked`, one call: completions/s."""
+    prompts = [p for p, cs, _ in asked for _ in cs]
+    start = time.perf_counter()
+    scores = completion_logprobs(lm, prompts, [c for _, cs, _ in asked for c in cs], batch_size=batch,
+                                 precision=precision, adapter_rows=[k for _, cs, k in asked for _ in cs],
+                                 share_prompts=share)
+    seconds = time.perf_counter() - start
+    return dict(seconds=seconds, completions=len(prompts), per_s=len(prompts) / seconds, scores=scores,
+                prompt_tokens=sum(len(lm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p, _, _ in asked) / len(asked))
 
 
 def profile_decode_step(lm, prompt: str, precision: str, batch: int = 8, steps: int = 8) -> dict:
@@ -134,6 +152,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32, help="self-edit prompts and questions per measurement")
     parser.add_argument("--engines", default="hf,seal",
                         help="decoders to measure: hf (Hugging Face's generate, batch by batch), seal (core/decoding.py)")
+    parser.add_argument("--only", default="forward,sample,answer,score,profile",
+                        help="measurements to make, comma-separated (forward is always made)")
     parser.add_argument("--profile-batch", type=int, default=8, help="batch of the profiled decode step")
     parser.add_argument("--k", type=int, default=4, help="adapters in the bank the answers go through")
     parser.add_argument("--arch", default=None, help="a random-weight model of this architecture (benchmarks/archs/NAME.json)")
@@ -163,26 +183,41 @@ def main() -> None:
     rate = forward_rate(lm, precision, *SHAPES["forward"])
     print(f"forward: {rate:.0f} positions/s (batch {SHAPES['forward'][0]} x {SHAPES['forward'][1]})", flush=True)
     engines = {"hf": hf_generate, "seal": generate}
+    only = set(args.only.split(","))
     rows = []
-    for b in batches:
+    for b in (batches if "sample" in only else []):
         for name in args.engines.split(","):
             print(f"sampling, batch {b}, {name} ...", flush=True)
             rows.append(dict(what="sample self-edits", decoder=name, **timed_generate(
                 lm, self_edit_prompts, b, args.new_tokens, precision, engines[name], seed=0, **SAMPLING)))
     from seal.core.multi_lora import adapter_bank
 
+    scoring = []
     with adapter_bank(lm, config.inner_loop, list(range(args.k))):
-        for b in batches:
+        for b in (batches if "answer" in only else []):
             for name in args.engines.split(","):
                 print(f"answering, batch {b}, through {args.k} adapters, {name} ...", flush=True)
                 adapters = [i % args.k for i in range(len(answer_prompts))]
                 rows.append(dict(what=f"answer ({args.k} adapters)", decoder=name, **timed_generate(
                     lm, answer_prompts, b, 32, precision, engines[name], stop_at_newline=True, adapter_rows=adapters)))
+        for book in (("closed book", "open book") if "score" in only else ()):
+            asked = []
+            for i, (p, q) in enumerate(questions[i % len(questions)] for i in range(args.prompts)):
+                others = [o.answers[0] for o in p.questions if o is not q]
+                prompt = format_prompt(lm, answer_prompt(config.answer.prompt_style, p.title, q.question,
+                                                         p.context if book == "open book" else None), chat=False)
+                asked.append((prompt, [q.answers[0], *distractors(p.context, list(q.answers), others, 8)], i % args.k))
+            print(f"scoring, {book}, {len(asked)} questions ...", flush=True)
+            alone, shared = (timed_scores(lm, asked, precision, config.answer.batch_size, share) for share in (False, True))
+            scoring.append(dict(book=book, questions=len(asked), completions=alone["completions"],
+                                prompt_tokens=alone["prompt_tokens"], alone_per_s=alone["per_s"],
+                                shared_per_s=shared["per_s"], largest_difference=max(
+                                    abs(a - b) for a, b in zip(alone["scores"], shared["scores"]))))
     for r in rows:  # greedy answers: the same text as Hugging Face's generate at the same batch size?
         hf = next((h for h in rows if h["decoder"] == "hf" and h["what"] == r["what"] and h["batch"] == r["batch"]), None)
         r["same_as_hf"] = (sum(a == b for a, b in zip(r["texts"], hf["texts"])) if hf and r["what"].startswith("answer")
                            else None)
-    step = profile_decode_step(lm, self_edit_prompts[0], precision, batch=args.profile_batch)
+    step = profile_decode_step(lm, self_edit_prompts[0], precision, batch=args.profile_batch) if "profile" in only else None
 
     print(f"\nforward pass: {rate:.0f} positions/s; {machine()['cpu']}, autocast {precision}\n")
     print("| what | decoder | batch | prompt tokens | generated tokens/s | decoded positions/s | generated / forward "
@@ -192,12 +227,20 @@ def main() -> None:
         same = "-" if r["same_as_hf"] is None else f"{r['same_as_hf']} of {r['rows']}"
         print(f"| {r['what']} | {r['decoder']} | {r['batch']} | {r['prompt_tokens']:.0f} | {r['tokens_per_s']:.1f} | "
               f"{r['decoded_per_s']:.1f} | {r['tokens_per_s'] / rate:.2f} | {r['decoded_per_s'] / rate:.2f} | {same} |")
-    print(f"\none decode step (batch {step['batch']}, after a self-edit prompt): {1000 * step['seconds_per_step']:.0f} ms\n")
-    print("| part of a decode step | share of its wall time |")
-    print("|---|---|")
-    for k, v in step["shares"].items():
-        print(f"| {k} | {v:.2f} |")
-    save(args, rows, forward_positions_per_s=rate, precision=precision, decode_step=step)
+    if scoring:
+        print(f"\n| scoring ({args.k} adapters) | questions | prompt tokens | completions | a row per completion: "
+              "completions/s | sharing the prompt's row: completions/s | speed-up | largest difference |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in scoring:
+            print(f"| {r['book']} | {r['questions']} | {r['prompt_tokens']:.0f} | {r['completions']} | {r['alone_per_s']:.1f} "
+                  f"| {r['shared_per_s']:.1f} | {r['shared_per_s'] / r['alone_per_s']:.2f} | {r['largest_difference']:.1e} |")
+    if step:
+        print(f"\none decode step (batch {step['batch']}, after a self-edit prompt): {1000 * step['seconds_per_step']:.0f} ms\n")
+        print("| part of a decode step | share of its wall time |")
+        print("|---|---|")
+        for k, v in step["shares"].items():
+            print(f"| {k} | {v:.2f} |")
+    save(args, rows, forward_positions_per_s=rate, precision=precision, decode_step=step, scoring=scoring)
 
 
 if __name__ == "__main__":

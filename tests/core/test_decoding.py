@@ -148,3 +148,40 @@ def test_greedy_picks_the_most_likely_token():
 def test_an_empty_prompt_is_refused(tiny):
     with pytest.raises(ValueError, match="prompt 1 has no tokens"):
         generate(tiny, ["Hi", ""], max_new_tokens=3)
+
+
+@torch.no_grad()
+def _logprob_alone(lm, prompt: str, completion: str, adapter: int | None = None) -> float:
+    """The mean log-probability of a completion from one forward pass over its prompt and it, by hand."""
+    p = lm.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = lm.tokenizer(" " + completion.strip(), add_special_tokens=False)["input_ids"]
+    if lm.bank is not None:
+        lm.bank.route([adapter])
+    logits = lm.model(input_ids=torch.tensor([p + c])).logits[0].log_softmax(-1)
+    return float(sum(logits[len(p) - 1 + t, token] for t, token in enumerate(c)) / len(c))
+
+
+def test_completions_of_one_prompt_share_its_row_and_score_as_alone(exact, monkeypatch):
+    """A prompt asked with several completions is one row (the prompt once, each completion at the
+    positions right after it, seeing the prompt and itself); through different adapters, not shared."""
+    import seal.core.generation as generation
+
+    prompts = [PROMPTS[0]] * 4 + [PROMPTS[3]] * 3 + [PROMPTS[0], PROMPTS[2]]
+    completions = ["1873", "in the spring of 1873", "never", "1873", "Ilse Marrowind", "a sailor", "Varn",
+                   "the keeper", "y z"]
+    alone = [_logprob_alone(exact, p, c) for p, c in zip(prompts, completions)]
+    rows = []
+    real = generation._Packed.add
+    monkeypatch.setattr(generation._Packed, "add", lambda self, i, ids: (rows.append(id(self)), real(self, i, ids)))
+    assert generation.completion_logprobs(exact, prompts, completions, batch_size=2) == pytest.approx(alone, abs=1e-5)
+    assert len(set(rows)) == 3  # one row per distinct prompt
+    monkeypatch.setattr(generation, "PACKED_ROW_TOKENS", 30)  # full rows start new ones: same numbers
+    assert generation.completion_logprobs(exact, prompts, completions, batch_size=3) == pytest.approx(alone, abs=1e-5)
+    adapters = [0, 1, 0, 1, 1, 1, 0, 0, 1]
+    cfg = LoraTrainConfig(rank=4, alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    with adapter_bank(exact, cfg, [1, 2]) as bank:
+        torch.manual_seed(0)
+        bank.data.normal_(0, 0.3)
+        routed = [_logprob_alone(exact, p, c, k) for p, c, k in zip(prompts, completions, adapters)]
+        assert generation.completion_logprobs(exact, prompts, completions, adapter_rows=adapters) == pytest.approx(routed, abs=1e-5)
+    assert routed != pytest.approx(alone, abs=1e-3)  # the adapters matter, so the routing was tested

@@ -199,44 +199,102 @@ def _route(lm: LoadedModel, adapter_rows: list[int] | None, start: int, n: int) 
         lm.bank.route(None if adapter_rows is None else adapter_rows[start:start + n])
 
 
+PACKED_ROW_TOKENS = 1024  # a row of completions sharing a prompt holds at most this many tokens (or one completion)
+
+
 @torch.no_grad()
 def completion_logprobs(lm: LoadedModel, prompts: list[str], completions: list[str], *,
                         batch_size: int = 16, precision: str = "fp32",
-                        adapter_rows: list[int] | None = None, as_is: bool = False) -> list[float]:
+                        adapter_rows: list[int] | None = None, as_is: bool = False,
+                        share_prompts: bool = True) -> list[float]:
     """Mean per-token log-probability of each completion after its prompt (teacher-forced); with
     `adapter_rows`, row i through adapter adapter_rows[i] of the installed bank. The completion is
     stripped and follows a space (an answer after "Answer:"), or with `as_is` follows the prompt
-    exactly as given (a grid after "output:\n")."""
+    exactly as given (a grid after "output:\n").
+
+    Completions of one prompt through one adapter share a row: the prompt once, then each completion
+    at the positions it would have after the prompt, seeing the prompt and itself only (a question with
+    its gold answer and 8 distractors is one row of the prompt and 9 short answers, not 9 rows that
+    each repeat the prompt). The same numbers as a row per completion; `batch_size` rows a pass. With
+    `share_prompts` false, or under an attention that reads no ready-made mask (flash attention), a
+    row per completion."""
     tok = lm.tokenizer
-    scores: list[float] = []
+    if adapter_rows is not None and lm.bank is None:
+        raise ValueError("adapter_rows given but no adapter bank is installed in the model")
+    shared = share_prompts and getattr(lm.model.config, "_attn_implementation", None) == "sdpa"
+    prompt_ids: dict[str, list[int]] = {}
+    groups: dict[tuple, list[tuple[int, list[int]]]] = {}  # (prompt, adapter) -> [(completion index, its ids)]
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        if prompt not in prompt_ids:
+            prompt_ids[prompt] = tok(prompt, add_special_tokens=False)["input_ids"]
+        ids = tok(completion if as_is else " " + completion.strip(), add_special_tokens=False)["input_ids"]
+        groups.setdefault((prompt, None if adapter_rows is None else adapter_rows[i]), []).append((i, ids))
+    rows: list[_Packed] = []
+    for (prompt, adapter), members in groups.items():
+        row = None
+        for i, ids in members:
+            if row is None or not shared or row.width + len(ids) > PACKED_ROW_TOKENS:
+                row = _Packed(prompt_ids[prompt], adapter)
+                rows.append(row)
+            row.add(i, ids)
+    scores = [float("nan")] * len(prompts)
     with half_weights(lm.model, precision):
-        for start in range(0, len(prompts), batch_size):
-            rows = []
-            for prompt, completion in zip(prompts[start:start + batch_size], completions[start:start + batch_size]):
-                p = tok(prompt, add_special_tokens=False)["input_ids"]
-                c = tok(completion if as_is else " " + completion.strip(), add_special_tokens=False)["input_ids"]
-                rows.append((p + c, len(p)))
-            width = max(len(ids) for ids, _ in rows)
-            input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(input_ids)
-            for i, (ids, _) in enumerate(rows):  # right padding: positions stay aligned with the prompt
-                input_ids[i, :len(ids)] = torch.tensor(ids)
-                mask[i, :len(ids)] = 1
-            _route(lm, adapter_rows, start, len(rows))
-            # Vocabulary logits only where a completion token is predicted, not for every prompt token.
-            wanted = torch.zeros_like(input_ids, dtype=torch.bool)
-            for i, (ids, n_prompt) in enumerate(rows):
-                wanted[i, n_prompt - 1:len(ids) - 1] = True  # position t predicts token t + 1
+        for start in range(0, len(rows), batch_size):
+            part = rows[start:start + batch_size]
+            if lm.bank is not None:
+                lm.bank.route(None if adapter_rows is None else [r.adapter for r in part])
+            width = max(r.width for r in part)
+            input_ids = torch.full((len(part), width), tok.pad_token_id, dtype=torch.long)
+            positions = torch.arange(width).repeat(len(part), 1)
+            segments = torch.full((len(part), width), -1, dtype=torch.long)  # -1: padding
+            for j, r in enumerate(part):
+                input_ids[j, :r.width] = torch.tensor(r.ids)
+                positions[j, :r.width] = torch.tensor(r.positions)
+                segments[j, :r.width] = torch.tensor(r.segments)
+            if shared:  # a token sees the tokens before it in the prompt and in its own completion
+                before = torch.ones(width, width, dtype=torch.bool).tril()
+                seen = (segments[:, :, None] == segments[:, None, :]) | (segments[:, None, :] == 0)
+                inputs = dict(attention_mask=(seen & before)[:, None], position_ids=positions)
+            else:
+                inputs = dict(attention_mask=(segments >= 0).long())
+            rows_at = torch.tensor([j for j, r in enumerate(part) for _ in r.targets])
+            columns = torch.tensor([c for r in part for c, _ in r.targets])
+            targets = torch.tensor([t for r in part for _, t in r.targets], device=lm.device)
             with autocast(precision, lm.device):
                 hidden = lm.model.get_decoder()(input_ids=input_ids.to(lm.device),
-                                                attention_mask=mask.to(lm.device)).last_hidden_state
-                logits = lm.model.get_output_embeddings()(hidden[wanted.to(lm.device)]).float()
-            targets = input_ids[:, 1:][wanted[:, :-1]].to(lm.device)
-            token_logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+                                                **{k: v.to(lm.device) for k, v in inputs.items()}).last_hidden_state
+                # vocabulary logits only where a completion token is predicted
+                logits = lm.model.get_output_embeddings()(hidden[rows_at.to(lm.device), columns.to(lm.device)]).float()
+            token_logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1).tolist()
             at = 0
-            for ids, n_prompt in rows:
-                n = len(ids) - n_prompt
-                scores.append(float(token_logp[at:at + n].mean()))
-                at += n
+            for r in part:
+                for i, n in r.members:
+                    scores[i] = sum(token_logp[at:at + n]) / n if n else float("nan")
+                    at += n
         _route(lm, None, 0, 0)
     return scores
+
+
+class _Packed:
+    """One row of `completion_logprobs`: a prompt and completions after it, each at the positions it has
+    right after the prompt (segment 0 is the prompt, segment k the k-th completion); `targets` lists,
+    per completion token, the column whose output predicts it and the token."""
+
+    def __init__(self, prompt: list[int], adapter: int | None):
+        self.adapter, self.n_prompt = adapter, len(prompt)
+        self.ids, self.positions, self.segments = list(prompt), list(range(len(prompt))), [0] * len(prompt)
+        self.members: list[tuple[int, int]] = []  # (completion index, its number of tokens)
+        self.targets: list[tuple[int, int]] = []
+
+    @property
+    def width(self) -> int:
+        return len(self.ids)
+
+    def add(self, index: int, ids: list[int]) -> None:
+        first = self.width
+        for t, token in enumerate(ids):  # its first token is predicted by the prompt's last position
+            self.targets.append((self.n_prompt - 1 if t == 0 else first + t - 1, token))
+        self.ids += ids
+        self.positions += range(self.n_prompt, self.n_prompt + len(ids))
+        self.segments += [len(self.members) + 1] * len(ids)
+        self.members.append((index, len(ids)))
