@@ -531,6 +531,35 @@ def test_watched_reward_table_equals_a_hand_computation(tiny_config):
     assert row["gain"][0] == pytest.approx(0.25 - 1 / 3)
 
 
+def test_the_curve_shows_the_watched_reward_of_each_policy(tiny_config):
+    """A run that watches a second reward gets its columns on the curve: each policy's self-edits, no
+    update and the passage alone scored by it, and the paired differences, by hand."""
+    run = Run.create(tiny_config.model_copy(deep=True), "restem")
+    watched = {1: {"a": [[0.1, 0.3], [0.2, 0.2]], "b": [[0.5, 0.7], [0.4, 0.4]]},
+               2: {"a": [[0.4, 0.4], [0.3, 0.5]], "b": [[0.5, 0.5], [0.6, 0.8]]}}
+    for r, ctxs in watched.items():
+        for cid, matrix in ctxs.items():
+            run.append("samples", f"round{r}/samples/{cid}", round=r, context_id=cid, prompt="p", self_edits=["x", "y"])
+            run.append("pre_update", f"round{r}/pre/{cid}", round=r, context_id=cid, reward=0.0,
+                       watched={"reward": 0.05 if cid == "a" else 0.15})
+            for t in range(2):
+                run.append("self_edit_eval", f"round{r}/passage/{cid}/{t}", round=r, context_id=cid, repeat=t,
+                           baseline="passage", reward=0.2, watched={"reward": 0.3}, self_edit=None)
+                for i, row in enumerate(matrix):
+                    run.append("self_edit_eval", f"round{r}/eval/{cid}/{i}/{t}", round=r, context_id=cid, sample=i,
+                               repeat=t, reward=1.0, watched={"reward": row[t]}, self_edit="x")
+    table = learning_curve(run)
+    first, second = table.rows
+    mean = {r: {c: statistics.fmean(x for row in m for x in row) for c, m in ctxs.items()} for r, ctxs in watched.items()}
+    assert first["watched"] == pytest.approx(statistics.fmean(mean[1].values()))  # (0.2 + 0.5) / 2
+    assert first["watched pre"] == pytest.approx(0.1) and first["watched alone"] == pytest.approx(0.3)
+    assert first["watched vs alone"][0] == pytest.approx(statistics.fmean(mean[1].values()) - 0.3)
+    assert first["watched vs previous"] is None and second["watched vs base"] is None  # round 1's is "vs previous"
+    assert second["watched vs previous"][0] == pytest.approx(statistics.fmean(mean[2][c] - mean[1][c] for c in "ab"))
+    assert "watched: vs previous policy (paired, 95% CI)" in table.markdown()
+    assert "watched reward" not in learning_curve(fake_run(tiny_config)[0]).markdown()  # only where watched
+
+
 def test_policy_rounds_caps_the_rows_of_each_policy_run(tiny_config):
     args = overrides(tiny_config)
     assert runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *args, "--set", "restem.rounds=2",

@@ -51,6 +51,7 @@ def producers() -> dict[str, set[str]]:
 
     from seal.arc.evaluate import COLUMNS as ARC
     from seal.core.curves import columns as curve_columns
+    from seal.core.curves import watched_columns
     from seal.core.noise import COLUMNS as NOISE
     from seal.core.noise import WATCHED_COLUMNS
     from seal.knowledge.config import RewardConfig
@@ -62,7 +63,7 @@ def producers() -> dict[str, set[str]]:
     return {
         "seal knowledge table": set().union(*(header(knowledge_columns(m)) for m in metrics)),
         "seal arc table": header(ARC),
-        "seal knowledge curve": header(curve_columns("passage")),
+        "seal knowledge curve": header(curve_columns("passage")) | header(watched_columns("passage")),
         "seal knowledge noise": header(NOISE) | header(WATCHED_COLUMNS),
         "seal learn (learned.md)": header(LEARN),
     }

@@ -75,27 +75,34 @@ def by_round(run: Run) -> dict[int, dict]:
     """{E-step round: {"samples": {cid: record}, "evals": {cid: {sample: {repeat: reward}}},
     "valid": {cid: {sample: bool}}, "pre": {cid: reward}, "alone": {cid: [rewards]} (trained on the context
     alone, recorded under the domain's Domain.context_alone name, e.g. round1/passage/...),
-    "watched": {cid: {sample: {repeat: the evaluation's watched reward}}}}}."""
+    "watched": {cid: {sample: {repeat: the evaluation's watched reward}}}, and the watched reward of "pre" and
+    "alone" as "watched pre" and "watched alone"}."""
     rounds: dict[int, dict] = defaultdict(lambda: {"samples": {}, "evals": defaultdict(lambda: defaultdict(dict)),
                                                    "valid": defaultdict(dict), "pre": {}, "alone": defaultdict(list),
-                                                   "watched": defaultdict(lambda: defaultdict(dict))})
+                                                   "watched": defaultdict(lambda: defaultdict(dict)),
+                                                   "watched pre": {}, "watched alone": defaultdict(list)})
     for rec in run.records():
         m = re.match(r"^round(\d+)/(samples|eval|pre|[a-z_]+)/", rec["key"])
         if not m:
             continue
         r, part, cid = int(m.group(1)), m.group(2), rec.get("context_id")
+        watched = (rec.get("watched") or {}).get("reward")
         if part == "samples" and not rec.get("error"):
             rounds[r]["samples"][cid] = rec
         elif part == "pre":
             rounds[r]["pre"][cid] = rec.get("reward")
+            if watched is not None:
+                rounds[r]["watched pre"][cid] = watched
         elif rec.get("reward") is not None:
             if part == "eval":
                 rounds[r]["evals"][cid][rec["sample"]][rec.get("repeat", 0)] = rec["reward"]
                 rounds[r]["valid"][cid][rec["sample"]] = rec.get("valid", True)
-                if (watched := rec.get("watched")) and watched.get("reward") is not None:
-                    rounds[r]["watched"][cid][rec["sample"]][rec.get("repeat", 0)] = watched["reward"]
+                if watched is not None:
+                    rounds[r]["watched"][cid][rec["sample"]][rec.get("repeat", 0)] = watched
             elif rec.get("baseline") == part:
                 rounds[r]["alone"][cid].append(rec["reward"])
+                if watched is not None:
+                    rounds[r]["watched alone"][cid].append(watched)
     return dict(sorted(rounds.items()))
 
 
@@ -103,6 +110,18 @@ def per_context(data: dict) -> dict[str, list[float]]:
     """{context: [each sample's mean reward over its repeats]} for the contexts with an evaluated sample."""
     return {cid: [statistics.fmean(v.values()) for _, v in sorted(samples.items()) if v]
             for cid, samples in data["evals"].items() if any(samples.values())}
+
+
+def watched_columns(alone: str = "context") -> list[Column]:
+    """The curve's columns for a run that records a watched reward beside its reward (`reward.watch_gold`):
+    the same policies' self-edits scored by the reward they were not selected by."""
+    return [
+        Column("watched", "watched reward"),
+        Column("watched vs previous", "watched: vs previous policy (paired, 95% CI)", kind="diff"),
+        Column("watched vs base", "watched: vs base model (paired, 95% CI)", kind="diff"),
+        Column("watched pre", "watched: no update"), Column("watched alone", f"watched: {alone} only"),
+        Column("watched vs alone", f"watched: self-edit minus {alone} only (paired, 95% CI)", kind="diff"),
+    ]
 
 
 def columns(alone: str = "context") -> list[Column]:
@@ -124,6 +143,7 @@ def learning_curve(run: Run, sources: dict[str, str] | None = None, bootstrap: i
     """One row per policy (the E-step of round r is policy r-1's), from the run's records. `sources`
     ({context id: its text}) adds the coverage column."""
     rows, previous, base = [], None, None
+    watched_previous = watched_base = None
     last_round = run.config.restem.rounds
     alone_name = next((r["baseline"] for r in run.records() if r.get("baseline") and r["key"].startswith("round")), "context")
     for r, data in by_round(run).items():
@@ -155,4 +175,18 @@ def learning_curve(run: Run, sources: dict[str, str] | None = None, bootstrap: i
         })
         previous = ctx_mean
         base = base or ctx_mean
-    return Table(columns(alone_name), rows, "mean", "self-edit reward on the training contexts")
+        watched = {cid: statistics.fmean(statistics.fmean(v.values()) for v in samples.values() if v)
+                   for cid, samples in data["watched"].items() if any(samples.values())}
+        if watched:
+            seed = run.config.seed
+            alone = {cid: statistics.fmean(v) for cid, v in data["watched alone"].items() if v}
+            rows[-1].update({
+                "watched": mean(watched.values()),
+                "watched vs previous": paired_difference(watched, watched_previous, bootstrap, seed) if watched_previous else None,
+                "watched vs base": paired_difference(watched, watched_base, bootstrap, seed)
+                if watched_base and watched_base is not watched_previous else None,
+                "watched pre": mean(data["watched pre"].values()), "watched alone": mean(alone.values()) if alone else None,
+                "watched vs alone": paired_difference(watched, alone, bootstrap, seed) if alone else None})
+            watched_previous, watched_base = watched, watched_base or watched
+    shown = columns(alone_name) + (watched_columns(alone_name) if any("watched" in r for r in rows) else [])
+    return Table(shown, rows, "mean", "self-edit reward on the training contexts")
