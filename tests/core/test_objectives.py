@@ -151,7 +151,9 @@ def assert_bank_trains_as_alone(lm, datasets, cfg, seeds, objective, atol: float
         stats = train_bank(lm, bank, datasets, cfg, seeds=seeds, max_tokens=40, objective=objective)
         batched = [bank.adapter_state(k) for k in range(len(seeds))]
     for (st, state), got, bst in zip(alone, batched, stats):
-        assert bst.first_loss == pytest.approx(st.first_loss, rel=1e-4) and bst.steps == st.steps
+        # abs: a distillation loss starts near 0 (the student is its teacher), where float32 rounding of the
+        # log-probabilities it subtracts (about 1e-7 of them) is most of its value
+        assert bst.first_loss == pytest.approx(st.first_loss, rel=1e-4, abs=1e-7) and bst.steps == st.steps
         for n, expected in state.items():
             torch.testing.assert_close(got[n], expected, atol=atol, rtol=1e-5)
         assert any(v.abs().max() > 0 for n, v in got.items() if "lora_B" in n)
