@@ -151,21 +151,26 @@ def assert_bank_trains_as_alone(lm, datasets, cfg, seeds, objective, atol: float
         stats = train_bank(lm, bank, datasets, cfg, seeds=seeds, max_tokens=40, objective=objective)
         batched = [bank.adapter_state(k) for k in range(len(seeds))]
     for (st, state), got, bst in zip(alone, batched, stats):
-        # abs: a distillation loss starts near 0 (the student is its teacher), where float32 rounding of the
-        # log-probabilities it subtracts (about 1e-7 of them) is most of its value
-        assert bst.first_loss == pytest.approx(st.first_loss, rel=1e-4, abs=1e-7) and bst.steps == st.steps
+        assert bst.first_loss == pytest.approx(st.first_loss, rel=1e-4) and bst.steps == st.steps
         for n, expected in state.items():
             torch.testing.assert_close(got[n], expected, atol=atol, rtol=1e-5)
         assert any(v.abs().max() > 0 for n, v in got.items() if "lora_B" in n)
 
 
 @pytest.mark.parametrize("name", ["distill", "mix"])
-def test_batched_training_equals_one_at_a_time_under_distillation(sharp, name):
+def test_batched_training_equals_one_at_a_time_under_distillation(sharp, tiny_dir, name):
+    """The teacher is another model (perturbed weights): a student that starts as its own teacher has a
+    loss near 0 and gradients of float32 rounding, which Adam scales up to full steps (machine noise)."""
     tiny = sharp
+    teacher = load_model(str(tiny_dir), "cpu")
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in teacher.model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.5 * p.std())
     objective = _distill(name=name, top_k=4)
     cfg = _cfg()
     seeds = [5, 6]
-    datasets = [_with_teacher(tiny, objective, texts=TEXTS[:2])[0], _with_teacher(tiny, objective, texts=TEXTS)[0]]
+    datasets = [_with_teacher(teacher, objective, texts=TEXTS[:2])[0], _with_teacher(teacher, objective, texts=TEXTS)[0]]
     assert_bank_trains_as_alone(tiny, datasets, cfg, seeds, objective)
 
 
