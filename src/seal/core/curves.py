@@ -179,14 +179,15 @@ def learning_curve(run: Run, sources: dict[str, str] | None = None, bootstrap: i
                    for cid, samples in data["watched"].items() if any(samples.values())}
         if watched:
             seed = run.config.seed
-            alone = {cid: statistics.fmean(v) for cid, v in data["watched alone"].items() if v}
+            watched_alone = {cid: statistics.fmean(v) for cid, v in data["watched alone"].items() if v}
             rows[-1].update({
                 "watched": mean(watched.values()),
                 "watched vs previous": paired_difference(watched, watched_previous, bootstrap, seed) if watched_previous else None,
                 "watched vs base": paired_difference(watched, watched_base, bootstrap, seed)
                 if watched_base and watched_base is not watched_previous else None,
-                "watched pre": mean(data["watched pre"].values()), "watched alone": mean(alone.values()) if alone else None,
-                "watched vs alone": paired_difference(watched, alone, bootstrap, seed) if alone else None})
+                "watched pre": mean(data["watched pre"].values()),
+                "watched alone": mean(watched_alone.values()) if watched_alone else None,
+                "watched vs alone": paired_difference(watched, watched_alone, bootstrap, seed) if watched_alone else None})
             watched_previous, watched_base = watched, watched_base or watched
     shown = columns(alone_name) + (watched_columns(alone_name) if any("watched" in r for r in rows) else [])
     return Table(shown, rows, "mean", "self-edit reward on the training contexts")

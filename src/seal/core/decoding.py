@@ -160,6 +160,12 @@ def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
+def reads_ready_mask(model) -> bool:
+    """Whether the model's attention takes a boolean (batch, 1, queries, keys) mask as given (True:
+    attend): Hugging Face's SDPA path does; eager adds a mask to its scores, flash attention reads none."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) == "sdpa"
+
+
 def plain_cache(cache) -> bool:
     """Whether every layer of `cache` is a growing full-attention layer, the only kind `decode` rearranges
     (a sliding-window or static layer keeps positions it would misplace)."""
@@ -190,7 +196,7 @@ def decode(model, prompts: list[list[int]], *, max_new_tokens: int, slots: int, 
     # folds the query heads that share a key head into one query of several rows; without, it asks torch
     # for grouped-query attention, whose CPU kernel for a single query is slow in bf16 (a layer at batch
     # 32 of the embedded model: 3.5 ms against 0.7 ms). The same attention either way.
-    ready_mask = getattr(getattr(model, "config", None), "_attn_implementation", None) == "sdpa"
+    ready_mask = reads_ready_mask(model)
 
     def forward(rows: list[int], **inputs):
         if route:

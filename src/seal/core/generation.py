@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from seal.core.decoding import Nucleus, decode
+from seal.core.decoding import Nucleus, decode, reads_ready_mask
 from seal.core.models import LoadedModel, native_bf16_cpu
 from seal.core.progress import count
 
@@ -221,7 +221,7 @@ def completion_logprobs(lm: LoadedModel, prompts: list[str], completions: list[s
     tok = lm.tokenizer
     if adapter_rows is not None and lm.bank is None:
         raise ValueError("adapter_rows given but no adapter bank is installed in the model")
-    shared = share_prompts and getattr(lm.model.config, "_attn_implementation", None) == "sdpa"
+    shared = share_prompts and reads_ready_mask(lm.model)
     prompt_ids: dict[str, list[int]] = {}
     groups: dict[tuple, list[tuple[int, list[int]]]] = {}  # (prompt, adapter) -> [(completion index, its ids)]
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):

@@ -332,7 +332,7 @@ def train_bank(lm: LoadedModel, bank: AdapterBank, datasets: list[list[Example]]
             packed = [pack([datasets[k][i] for i in plans[k][t]], k, objective) for k in active]
             for row in packed:
                 tokens[row.adapter] += len(row.input_ids)
-            count("training tokens", sum(len(row.input_ids) for row in packed))
+                count("training tokens", len(row.input_ids))
             step_loss = torch.zeros(bank.k, device=lm.device)
             for part in micro_batches(packed, max_tokens):
                 batch = {key: v.to(lm.device) for key, v in collate_packed(part, pad_id).items()}

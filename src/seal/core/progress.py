@@ -110,7 +110,8 @@ class Progress:
         worked = s["done"] - s["skipped"]
         eta = "?" if not worked else _clock(elapsed / worked * max(0, s["total"] - s["done"]))
         found = f" ({s['skipped']} found done)" if s["skipped"] else ""
-        rate = f", {self._rate(s)}" if self._rate(s) else ""
+        rate = self._rate(s)
+        rate = f", {rate}" if rate else ""
         self._write(f"{s['description']}: {s['done']}/{s['total']}{found}, {_clock(elapsed)} elapsed, eta {eta}{rate}")
 
     @staticmethod
