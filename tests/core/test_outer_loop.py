@@ -574,3 +574,37 @@ def test_policy_rounds_caps_the_rows_of_each_policy_run(tiny_config):
     assert runner.invoke(app, evaluate).exit_code == 0  # 0, the default: every finished round
     [other] = [p for p in policy.parent.iterdir() if p.name.startswith("evaluate") and p != run_dir]
     assert {r["round"] for r in seal.table(Run.resume(other)).rows if "SEAL" in r["condition"]} == {1, 2}
+
+
+def test_the_table_shows_how_diverse_each_rows_self_edits_are(tiny_config):
+    """distinct-2 and passage coverage of a row's self-edits (one a passage), by hand; a row under a second
+    objective trains the first objective's self-edits and shows theirs; rows without self-edits show none."""
+    from seal.knowledge.evaluate import table
+
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.eval.objectives = ["lm", "distill"]
+    run = Run.create(cfg, "evaluate")
+    a, b = load_builtin()[:2]
+    texts = {a.id: "the observatory the observatory founded", b.id: "zzz qqq www"}  # bigrams 3 of 4 distinct; 2 of 2
+    for p in (a, b):
+        row = dict(context_id=p.id, answers=["x"], grades={"loglik": [0.1]}, reward=0.1)
+        run.append("pre_update", f"eval/pre/base model, no update/{p.id}", condition="base model, no update",
+                   row="no-update", round=0, **row)
+        run.append("samples", f"eval/samples/passage + base self-edits/{p.id}", condition="passage + base self-edits",
+                   context_id=p.id, prompt="p", self_edits=[texts[p.id]], error=None)
+        for name, objective in (("passage only", "lm"), ("passage + base self-edits", "lm"),
+                                ("passage + base self-edits [distill]", "distill")):
+            run.append("self_edit_eval", f"eval/eval/{name}/{p.id}/0", condition=name, row="self-edits", round=0,
+                       objective={"name": objective}, **{**row, "reward": 0.2})
+    rows = {r["condition"]: r for r in table(run).rows}
+    from seal.core.curves import words
+
+    content = lambda p: {w for w in words(p.context) if len(w) >= 4}
+    for name in ("passage + base self-edits", "passage + base self-edits [distill]"):
+        assert rows[name]["distinct-2"] == pytest.approx((3 / 4 + 2 / 2) / 2)
+        assert rows[name]["coverage"] == pytest.approx((coverage([texts[a.id]], a.context)
+                                                       + coverage([texts[b.id]], b.context)) / 2)
+    assert rows["passage + base self-edits"]["coverage"] == pytest.approx(
+        (len({"observatory", "founded"}) / len(content(a)) + 0.0) / 2)
+    assert rows["passage only"]["distinct-2"] is None and rows["base model, no update"]["coverage"] is None
+    assert "passage coverage" in table(run).markdown().splitlines()[0]

@@ -13,6 +13,7 @@ import ctypes.util
 import gc
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,10 +137,17 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
-    tmp = out.with_name(out.name + ".tmp")
+    # A folder of this process's own, renamed into place at once: a half-written cache is never mistaken
+    # for a finished one, and two processes converting at the same time (test workers) do not collide.
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(out)  # atomic: a half-written cache is never mistaken for a finished one
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished first: its copy is the same
+        if not out.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_checkpoint(name: str) -> Path | str:

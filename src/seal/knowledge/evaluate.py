@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from seal.core.curves import coverage, distinct_2
 from seal.core.distributed import load_run_model
 from seal.core.endpoint import ChatEndpoint, EndpointError
 from seal.core.models import LoadedModel, load_model
@@ -46,14 +47,17 @@ def columns(metric: str) -> list[Column]:
     the reference row's, passage by passage (repeats averaged); vs own passage only: a self-edit row
     minus the passage-only row of the model that is trained (the base model's, or with
     eval.policy_passage_only its round's policy's) with the same objective: what the self-edits add;
-    discrim vs base: the paired difference on discrimination; vs best lm row: the reward minus that of
+    distinct-2, passage coverage: of a row's self-edits (one a passage), the share of word bigrams that
+    are distinct within the self-edit and the share of the passage's content words it uses (as the
+    learning curve's columns), means over passages: a policy that collapses onto short or repetitive
+    text shows here; discrim vs base: the paired difference on discrimination; vs best lm row: the reward minus that of
     the best trained row under the lm objective, when a table has several objectives; vs table's recipe: an
     eval.recipes row minus the same row under the table's own inner_loop (same objective)."""
     return [Column("condition", kind="text"), Column("EM"), Column("F1"), Column("contains"), Column("loglik"),
             Column("discrim"), Column("judge"), Column("questions", kind="int"), Column("missing", kind="int"),
             Column("steps", digits=1), Column("first loss"), Column("last loss"),
             Column("reward", f"reward ({metric})"), Column("95% CI", kind="ci"), Column("gap closed"),
-            Column("discrim gap closed"),
+            Column("discrim gap closed"), Column("distinct-2", digits=2), Column("coverage", "passage coverage", digits=2),
             *[Column(key, f"{key} (paired, 95% CI)", kind="diff") for key in REFERENCES],
             Column(OWN, f"{OWN} (paired, 95% CI)", kind="diff"),
             Column(DISCRIM_VS_BASE, f"{DISCRIM_VS_BASE} (paired, 95% CI)", kind="diff"),
@@ -227,6 +231,7 @@ def table(run: Run) -> Table:
     """
     config = run.config
     rows: dict[str, dict] = {}
+    self_edits: dict[str, dict[str, str]] = {}  # {the row that wrote them: {passage id: self-edit}}
     new_row = lambda record: {"grades": {}, "rewards": {}, "discrim": {}, "questions": {}, "missing": 0, "steps": [],
                               "first": [], "last": [],
                               "kind": record.get("row"), "round": record.get("round"), "policy": record.get("policy", ""),
@@ -234,6 +239,8 @@ def table(run: Run) -> Table:
     for record in run.records():
         if record["key"].startswith("eval/samples/") and record.get("error"):
             rows.setdefault(record["condition"], new_row(record))["missing"] += 1
+        if record["key"].startswith("eval/samples/") and record.get("self_edits"):
+            self_edits.setdefault(record["key"].split("/")[2], {})[record["context_id"]] = record["self_edits"][0]
         if not record["key"].startswith(("eval/pre/", "eval/eval/")):
             continue
         row = rows.setdefault(record["condition"], new_row(record))
@@ -256,9 +263,12 @@ def table(run: Run) -> Table:
     lm_rows = [name for name, row in rows.items() if row["objective"] == "lm" and row["kind"] != "no-update"]
     several = len({row["objective"] for row in rows.values() if row["objective"]}) > 1
     best_lm = max(lm_rows, key=lambda n: mean(by_passage[n].values()) or 0.0, default=None) if several else None
+    passages = _passage_texts(config) if self_edits else {}
     out = []
     for name, row in rows.items():
         per_passage = list(by_passage[name].values())
+        texts = self_edits.get(name) or self_edits.get(name.rsplit(" [", 1)[0]) or {}  # rows named "[objective]"
+        #                                                                   train the first objective's self-edits
         g = row["grades"]
         out.append({
             "condition": name, "kind": row["kind"], "round": row["round"], "policy": row["policy"],
@@ -266,6 +276,8 @@ def table(run: Run) -> Table:
             "EM": mean(g.get("em", [])), "F1": mean(g.get("f1", [])), "contains": mean(g.get("contains", [])),
             "loglik": mean(g.get("loglik", [])), "discrim": mean(g.get("discrimination", [])),
             "judge": mean(g.get("judge", [])),
+            "distinct-2": mean(distinct_2([t]) for t in texts.values()),
+            "coverage": mean(coverage([t], passages[pid]) for pid, t in texts.items() if pid in passages),
             "questions": sum(row["questions"].values()), "missing": row["missing"], "steps": mean(row["steps"]),
             "first loss": mean(row["first"]), "last loss": mean(row["last"]),
             "reward": mean(per_passage), "95% CI": bootstrap_ci(per_passage, config.eval.bootstrap, config.seed),
@@ -288,11 +300,28 @@ def table(run: Run) -> Table:
         shown = [c for c in shown if c.key != VS_RECIPE]
     if not any(r["discrim"] is not None for r in out):
         shown = [c for c in shown if c.key not in ("discrim", "discrim gap closed", DISCRIM_VS_BASE)]
+    for key in ("distinct-2", "coverage"):
+        if not any(r[key] is not None for r in out):
+            shown = [c for c in shown if c.key != key]
     if not any(r["judge"] is not None for r in out):
         shown = [c for c in shown if c.key != "judge"]
     units = len({pid for values in by_passage.values() for pid in values})
     notes = [interval_note(units, "passages"), *teacher_signal(by_passage, discrim)] if units else []
     return Table(shown, out, "reward", score_label(config), notes=notes)
+
+
+def _passage_texts(config: KnowledgeConfig) -> dict[str, str]:
+    """{passage id: its text} of the run's data, for the self-edits' coverage; empty when the data is no
+    longer where it was, or would be downloaded (a table never needs the network)."""
+    from seal.knowledge.data import DataError, load_passages
+
+    d = config.data
+    if d.source == "hub":
+        return {}
+    try:
+        return {p.id: p.context for p in load_passages(d.source, d.path, d.hub_split)}
+    except (DataError, OSError):
+        return {}
 
 
 def _table_recipe_row(name: str, row: dict, config: KnowledgeConfig) -> str:
