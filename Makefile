@@ -1,8 +1,10 @@
 # make demo: set up .venv and run the main job (one ReST-EM round, its learning curve and the comparison table, ~11 min on a 2-core AVX2 CPU, measured 2026-12-02)
 # make demo-arc: the same for few-shot ARC (a small round on 3 tasks + the baseline table on 2)
 # make test: set up .venv, lint (ruff, rules in pyproject.toml) and run the tests (tiny models, then embedded-model tests)
+#   on one worker process per core (pytest-xdist; TEST_WORKERS=0 runs them in this process, one after another)
 PY ?= python3
 VENV := .venv
+TEST_WORKERS ?= auto
 BIN := $(VENV)/bin
 
 .PHONY: setup demo demo-arc test test-fast clean
@@ -26,10 +28,10 @@ demo-arc: setup
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slow"
 
 clean:
 	rm -rf $(VENV)
