@@ -608,3 +608,39 @@ def test_the_table_shows_how_diverse_each_rows_self_edits_are(tiny_config):
         (len({"observatory", "founded"}) / len(content(a)) + 0.0) / 2)
     assert rows["passage only"]["distinct-2"] is None and rows["base model, no update"]["coverage"] is None
     assert "passage coverage" in table(run).markdown().splitlines()[0]
+
+
+def test_policy_self_edits_pair_with_the_base_self_edits_and_the_sentences_of_their_own_update(tiny_config):
+    """vs base self-edits and vs passage sentences, by hand: each self-edit row against the row of that kind
+    trained with the same objective, passage by passage; none for rows the question does not apply to."""
+    from seal.knowledge.evaluate import table
+
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.eval.objectives = ["lm", "distill"]
+    run = Run.create(cfg, "evaluate")
+    rewards = {  # (row name, kind, round, objective): reward on passages a and b
+        ("passage sentences", "sentences", None, "lm"): (0.30, 0.10),
+        ("passage sentences [distill]", "sentences", None, "distill"): (0.20, 0.20),
+        ("passage + base self-edits", "self-edits", 0, "lm"): (0.25, 0.05),
+        ("passage + base self-edits [distill]", "self-edits", 0, "distill"): (0.10, 0.30),
+        ("passage + SEAL round 1 self-edits", "self-edits", 1, "lm"): (0.40, 0.00),
+        ("passage + SEAL round 1 self-edits [distill]", "self-edits", 1, "distill"): (0.15, 0.45),
+    }
+    for pid in "ab":
+        run.append("pre_update", f"eval/pre/base model, no update/{pid}", condition="base model, no update",
+                   row="no-update", round=0, context_id=pid, answers=["x"], grades={}, reward=0.0)
+    for (name, kind, round_, objective), values in rewards.items():
+        for pid, reward in zip("ab", values):
+            run.append("self_edit_eval", f"eval/eval/{name}/{pid}/0", condition=name, row=kind, round=round_,
+                       objective={"name": objective}, context_id=pid, answers=["x"], grades={}, reward=reward)
+    rows = {r["condition"]: r for r in table(run).rows}
+    diff = lambda x, y: statistics.fmean(rewards[x][i] - rewards[y][i] for i in range(2))
+    keys = {name: key for key in rewards for name in [key[0]]}
+    for suffix in ("", " [distill]"):
+        policy, base, sentences = (keys[f"{n}{suffix}"] for n in ("passage + SEAL round 1 self-edits",
+                                                                   "passage + base self-edits", "passage sentences"))
+        assert rows[policy[0]]["vs base self-edits"][0] == pytest.approx(diff(policy, base))
+        assert rows[policy[0]]["vs passage sentences"][0] == pytest.approx(diff(policy, sentences))
+        assert rows[base[0]]["vs passage sentences"][0] == pytest.approx(diff(base, sentences))
+        assert rows[base[0]]["vs base self-edits"] is None and rows[sentences[0]]["vs passage sentences"] is None
+    assert rows["base model, no update"]["vs passage sentences"] is None

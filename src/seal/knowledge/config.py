@@ -177,7 +177,7 @@ class LearnConfig(LoraTrainConfig):
     mode: Literal["pooled", "per-document"] = Field("pooled", description="pooled: one adapter for every document (learning more later goes on training it, with replay); per-document: one adapter per document, and `seal ask` routes a question to the adapter of the passage retrieval ranks first (nothing learned before is touched by learning more)")
     replay: float = Field(1.0, ge=0, le=100, description="pooled, learning more later (--add): earlier training sequences replayed per new one, against forgetting")
     k: int = Field(3, ge=1, le=64, description="self-edits sampled per passage; the one whose update best answers the passage's selection questions is kept")
-    objective: Literal["lm", "distill", "mix"] | None = Field(None, description="the learned update's loss (settings: inner_loop.distill); None: inner_loop.objective, the one the self-edits were selected under")
+    objective: Literal["lm", "distill", "mix"] | None = Field(None, description="the learned update's loss (settings: inner_loop.distill); None: inner_loop.objective, the one the self-edits were selected under (lm by default: at 135M distillation taught no more than the LM loss, and SEAL over it no more than the base model's self-edits; docs/results/update.md, docs/results/knowledge.md)")
     rank: int = Field(32, ge=1, le=1024, description="LoRA rank r of the learned update")
     alpha: float = Field(64, gt=0, description="LoRA alpha of the learned update")
     epochs: int = Field(3, ge=1, le=1000, description="passes over the pooled sequences of every passage")

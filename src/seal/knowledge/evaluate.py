@@ -30,6 +30,8 @@ from seal.knowledge.domain import KnowledgeDomain
 REFERENCES = {"vs base": "base model, no update", "vs passage only": "passage only"}
 OPEN_BOOK = "open book (passage in the prompt), no update"
 OWN = "vs own passage only"
+VS_BASE_SELF_EDITS = "vs base self-edits"
+VS_SENTENCES = "vs passage sentences"
 DISCRIM_VS_BASE = "discrim vs base"
 VS_BEST_LM = "vs best lm row"
 VS_RECIPE = "vs table's recipe"
@@ -47,6 +49,10 @@ def columns(metric: str) -> list[Column]:
     the reference row's, passage by passage (repeats averaged); vs own passage only: a self-edit row
     minus the passage-only row of the model that is trained (the base model's, or with
     eval.policy_passage_only its round's policy's) with the same objective: what the self-edits add;
+    vs base self-edits: a SEAL round's self-edit row minus the base model's self-edit row with the same
+    objective and recipe: what the outer loop learned; vs passage sentences: a self-edit row minus the
+    passage-sentences row with the same objective and recipe: what a model-written self-edit adds over
+    the rule-based baseline;
     distinct-2, passage coverage: of a row's self-edits (one a passage), the share of word bigrams that
     are distinct within the self-edit and the share of the passage's content words it uses (as the
     learning curve's columns), means over passages: a policy that collapses onto short or repetitive
@@ -60,6 +66,8 @@ def columns(metric: str) -> list[Column]:
             Column("discrim gap closed"), Column("distinct-2", digits=2), Column("coverage", "passage coverage", digits=2),
             *[Column(key, f"{key} (paired, 95% CI)", kind="diff") for key in REFERENCES],
             Column(OWN, f"{OWN} (paired, 95% CI)", kind="diff"),
+            Column(VS_BASE_SELF_EDITS, f"{VS_BASE_SELF_EDITS} (paired, 95% CI)", kind="diff"),
+            Column(VS_SENTENCES, f"{VS_SENTENCES} (paired, 95% CI)", kind="diff"),
             Column(DISCRIM_VS_BASE, f"{DISCRIM_VS_BASE} (paired, 95% CI)", kind="diff"),
             Column(VS_BEST_LM, f"{VS_BEST_LM} (paired, 95% CI)", kind="diff"),
             Column(VS_RECIPE, f"{VS_RECIPE} (paired, 95% CI)", kind="diff")]
@@ -282,6 +290,8 @@ def table(run: Run) -> Table:
             "first loss": mean(row["first"]), "last loss": mean(row["last"]),
             "reward": mean(per_passage), "95% CI": bootstrap_ci(per_passage, config.eval.bootstrap, config.seed),
             **{key: pair(by_passage, name, ref) for key, ref in {**REFERENCES, OWN: _own_passage_row(row, rows)}.items()},
+            VS_BASE_SELF_EDITS: pair(by_passage, name, _same_update_row(row, rows, "self-edits", 0)) if row["round"] else None,
+            VS_SENTENCES: pair(by_passage, name, _same_update_row(row, rows, "sentences", None)),
             DISCRIM_VS_BASE: pair(discrim, name, BASE),
             VS_BEST_LM: pair(by_passage, name, best_lm) if best_lm and row["objective"] else None,
             VS_RECIPE: pair(by_passage, name, _table_recipe_row(name, row, config)) if row["recipe"] else None,
@@ -294,6 +304,9 @@ def table(run: Run) -> Table:
     shown = columns("loglik" if config.reward.metric == "teacher" else config.reward.metric)  # tables: gold answers
     if not any(r["kind"] == "passage" and r["round"] for r in out):  # no policy's passage-only row: the column
         shown = [c for c in shown if c.key != OWN]                    # would repeat "vs passage only"
+    for key in (VS_BASE_SELF_EDITS, VS_SENTENCES):
+        if not any(r[key] for r in out):
+            shown = [c for c in shown if c.key != key]
     if best_lm is None:
         shown = [c for c in shown if c.key != VS_BEST_LM]
     if not any(r["recipe"] for r in rows.values()):
@@ -345,6 +358,15 @@ def teacher_signal(by_passage: dict, discrim: dict) -> list[str]:
             lines.append(f"teacher signal ({what}): the open book beats the closed book before any update on "
                          f"{ahead} of {len(both)} passages")
     return lines
+
+
+def _same_update_row(row: dict, rows: dict[str, dict], kind: str, round_: int | None) -> str | None:
+    """The name of the row of `kind` and `round_` trained with the same objective and recipe as `row`, a
+    row trained on self-edits (the reference it is paired with), or None."""
+    if row["kind"] not in ("self-edits", "teacher", "probes"):
+        return None
+    return next((name for name, r in rows.items() if r["kind"] == kind and r["round"] == round_
+                 and r["objective"] == row["objective"] and r["recipe"] == row["recipe"]), None)
 
 
 def _own_passage_row(row: dict, rows: dict[str, dict]) -> str | None:
