@@ -19,8 +19,7 @@ from seal.core.runs import Run
 from seal.knowledge.data import load_builtin
 from seal.knowledge.domain import KnowledgeDomain
 
-# a local Ray cluster per test, `make test-fast` leaves them out; on one test worker, never two clusters at once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+pytestmark = pytest.mark.slow  # a local Ray cluster per test; `make test-fast` leaves them out
 
 runner = CliRunner()
 

@@ -24,8 +24,7 @@ from conftest import tiny_config_at
 from helpers import arc_args, overrides
 from seal.core.runs import Run
 
-# subprocess chains: about 2 minutes, `make test-fast` leaves them out; one test worker runs the module's one pool
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kill-anywhere")]
+pytestmark = pytest.mark.slow  # subprocess chains: about 2 minutes; `make test-fast` leaves them out
 
 CLI = [sys.executable, "-m", "seal.cli"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")

@@ -15,8 +15,6 @@ from seal.knowledge.continual import summary
 from seal.knowledge.evaluate import table
 from seal.report import round_series
 
-pytestmark = pytest.mark.xdist_group("report")  # its module-scoped recorded run is made once, on one test worker
-
 runner = CliRunner()
 
 

@@ -18,8 +18,6 @@ from typer.testing import CliRunner
 from helpers import ROOT, overrides
 from seal.cli import app
 
-pytestmark = pytest.mark.xdist_group("results-pages")  # its module-scoped recorded run is made once, on one test worker
-
 PAGES = sorted((ROOT / "docs" / "results").glob("*.md"))
 
 # (page, first header cell, why no command prints it yet)
