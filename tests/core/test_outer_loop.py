@@ -595,7 +595,8 @@ def test_the_table_shows_how_diverse_each_rows_self_edits_are(tiny_config):
         for name, objective in (("passage only", "lm"), ("passage + base self-edits", "lm"),
                                 ("passage + base self-edits [distill]", "distill")):
             run.append("self_edit_eval", f"eval/eval/{name}/{p.id}/0", condition=name, row="self-edits", round=0,
-                       objective={"name": objective}, **{**row, "reward": 0.2})
+                       objective={"name": objective}, self_edit=None if name == "passage only" else texts[p.id],
+                       **{**row, "reward": 0.2})
     rows = {r["condition"]: r for r in table(run).rows}
     from seal.core.curves import words
 

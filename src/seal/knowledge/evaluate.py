@@ -239,16 +239,13 @@ def table(run: Run) -> Table:
     """
     config = run.config
     rows: dict[str, dict] = {}
-    self_edits: dict[str, dict[str, str]] = {}  # {the row that wrote them: {passage id: self-edit}}
     new_row = lambda record: {"grades": {}, "rewards": {}, "discrim": {}, "questions": {}, "missing": 0, "steps": [],
-                              "first": [], "last": [],
+                              "first": [], "last": [], "texts": {},
                               "kind": record.get("row"), "round": record.get("round"), "policy": record.get("policy", ""),
                               "objective": (record.get("objective") or {}).get("name"), "recipe": record.get("recipe")}
     for record in run.records():
         if record["key"].startswith("eval/samples/") and record.get("error"):
             rows.setdefault(record["condition"], new_row(record))["missing"] += 1
-        if record["key"].startswith("eval/samples/") and record.get("self_edits"):
-            self_edits.setdefault(record["key"].split("/")[2], {})[record["context_id"]] = record["self_edits"][0]
         if not record["key"].startswith(("eval/pre/", "eval/eval/")):
             continue
         row = rows.setdefault(record["condition"], new_row(record))
@@ -256,6 +253,8 @@ def table(run: Run) -> Table:
         row["rewards"].setdefault(pid, []).append(record["reward"])
         row["discrim"].setdefault(pid, []).append(mean(record["grades"].get("discrimination", [])))
         row["questions"][pid] = len(record["answers"])
+        if record.get("self_edit"):  # the self-edit this update trained on
+            row["texts"][pid] = record["self_edit"]
         if record.get("train"):
             row["steps"].append(record["train"]["steps"])
             row["first"].append(record["train"]["first_loss"])
@@ -271,12 +270,11 @@ def table(run: Run) -> Table:
     lm_rows = [name for name, row in rows.items() if row["objective"] == "lm" and row["kind"] != "no-update"]
     several = len({row["objective"] for row in rows.values() if row["objective"]}) > 1
     best_lm = max(lm_rows, key=lambda n: mean(by_passage[n].values()) or 0.0, default=None) if several else None
-    passages = _passage_texts(config) if self_edits else {}
+    passages = _passage_texts(config) if any(row["texts"] for row in rows.values()) else {}
     out = []
     for name, row in rows.items():
         per_passage = list(by_passage[name].values())
-        texts = self_edits.get(name) or self_edits.get(name.rsplit(" [", 1)[0]) or {}  # rows named "[objective]"
-        #                                                                   train the first objective's self-edits
+        texts = row["texts"]
         g = row["grades"]
         out.append({
             "condition": name, "kind": row["kind"], "round": row["round"], "policy": row["policy"],
@@ -304,20 +302,15 @@ def table(run: Run) -> Table:
     shown = columns("loglik" if config.reward.metric == "teacher" else config.reward.metric)  # tables: gold answers
     if not any(r["kind"] == "passage" and r["round"] for r in out):  # no policy's passage-only row: the column
         shown = [c for c in shown if c.key != OWN]                    # would repeat "vs passage only"
-    for key in (VS_BASE_SELF_EDITS, VS_SENTENCES):
-        if not any(r[key] for r in out):
-            shown = [c for c in shown if c.key != key]
     if best_lm is None:
         shown = [c for c in shown if c.key != VS_BEST_LM]
     if not any(r["recipe"] for r in rows.values()):
         shown = [c for c in shown if c.key != VS_RECIPE]
     if not any(r["discrim"] is not None for r in out):
         shown = [c for c in shown if c.key not in ("discrim", "discrim gap closed", DISCRIM_VS_BASE)]
-    for key in ("distinct-2", "coverage"):
+    for key in ("judge", "distinct-2", "coverage", VS_BASE_SELF_EDITS, VS_SENTENCES):  # columns no row has
         if not any(r[key] is not None for r in out):
             shown = [c for c in shown if c.key != key]
-    if not any(r["judge"] is not None for r in out):
-        shown = [c for c in shown if c.key != "judge"]
     units = len({pid for values in by_passage.values() for pid in values})
     notes = [interval_note(units, "passages"), *teacher_signal(by_passage, discrim)] if units else []
     return Table(shown, out, "reward", score_label(config), notes=notes)
