@@ -420,6 +420,69 @@ def test_evaluate_resumes_with_the_policies_it_started_with(tiny_config):
     assert {r["condition"]: r["reward"] for r in seal.table(Run.resume(run_dir)).rows} == pytest.approx(full)
 
 
+def test_an_evaluation_resumed_with_more_policies_adds_their_rows_and_redoes_nothing(tiny_config):
+    args = overrides(tiny_config)
+    restem_args = ["knowledge", "restem", "--quiet", "--no-eval", *args, "--set", "restem.evaluate_policy=false"]
+    assert runner.invoke(app, restem_args).exit_code == 0
+    assert runner.invoke(app, [*restem_args, "--set", "restem.algorithm=rloo"]).exit_code == 0
+    assert runner.invoke(app, [*restem_args, "--set", "restem.sft.lr=1e-3"]).exit_code == 0
+    first, rloo, third = sorted(Path(tiny_config.runs_dir).iterdir())
+    evaluate = ["knowledge", "evaluate", "--quiet", *args, "--set", "eval.base_self_edits=false"]
+    assert runner.invoke(app, [*evaluate, "--policy", str(first)]).exit_code == 0
+    [alone] = [p for p in first.parent.iterdir() if p.name.startswith("evaluate")]
+    # one policy's rows have no label; with a second they would be renamed, so that is refused
+    renamed = runner.invoke(app, ["knowledge", "evaluate", "--quiet", "--resume", str(alone),
+                                  "--policy", str(first), "--policy", str(third)])
+    assert renamed.exit_code == 2 and "renamed" in renamed.output, renamed.output
+    assert runner.invoke(app, [*evaluate, "--policy", str(first), "--policy", str(third)]).exit_code == 0
+    [two] = [p for p in first.parent.iterdir() if p.name.startswith("evaluate") and p != alone]
+    had = {r["key"]: r for r in Run.resume(two).records()}
+    out_of_order = runner.invoke(app, ["knowledge", "evaluate", "--quiet", "--resume", str(two),
+                                       "--policy", str(third), "--policy", str(first), "--policy", str(rloo)])
+    assert out_of_order.exit_code == 2 and "it started with --policy" in " ".join(out_of_order.output.split())
+    more = runner.invoke(app, ["knowledge", "evaluate", "--quiet", "--resume", str(two),
+                               "--policy", str(first), "--policy", str(third), "--policy", str(rloo)])
+    assert more.exit_code == 0, more.output
+    run = Run.resume(two)
+    assert all(run.get(key) == record for key, record in had.items())  # nothing redone
+    assert json.loads((two / "meta.json").read_text())["inputs"]["policy"] == [str(first), str(third), str(rloo)]
+    [change] = run.records("inputs_change")
+    assert change["policy"] == [[str(first), str(third)], [str(first), str(third), str(rloo)]]
+    rows = {r["condition"]: r["reward"] for r in seal.table(run).rows}
+    # two rest-em runs, each named by its directory; the rloo run by its algorithm
+    assert {f"passage + SEAL round 1 ({name}) self-edits" for name in (first.name, third.name, "rloo")} <= set(rows)
+    # the same as an evaluation started with all three
+    assert runner.invoke(app, [*evaluate, "--policy", str(first), "--policy", str(third), "--policy", str(rloo)]).exit_code == 0
+    [fresh] = [p for p in first.parent.iterdir() if p.name.startswith("evaluate") and p not in (alone, two)]
+    assert {r["condition"]: r["reward"] for r in seal.table(Run.resume(fresh)).rows} == pytest.approx(rows)
+    # and a later resume without --policy takes all three
+    assert runner.invoke(app, ["knowledge", "evaluate", "--quiet", "--resume", str(two)]).exit_code == 0
+    assert len(Run.resume(two).records()) == len(run.records())
+
+
+def test_a_restem_run_resumed_with_more_rounds_goes_on_from_its_last(tiny_config):
+    args = overrides(tiny_config)
+    restem_args = ["knowledge", "restem", "--quiet", "--no-eval", *args, "--set", "reward.metric=loglik"]
+    assert runner.invoke(app, [*restem_args, "--set", "restem.rounds=1"]).exit_code == 0  # with the last policy's E-step
+    [short] = list(Path(tiny_config.runs_dir).iterdir())
+    had = {r["key"]: r for r in Run.resume(short).records()}
+    assert any(key.startswith("round2/") for key in had) and "round2/done" not in had
+    more = runner.invoke(app, ["knowledge", "restem", "--quiet", "--resume", str(short), "--set", "restem.rounds=2"])
+    assert more.exit_code == 0, more.output
+    run = Run.resume(short)
+    assert run.config.restem.rounds == 2 and run.get("round2/done") is not None
+    assert all(run.get(key) == record for key, record in had.items())  # round 1 and its policy's E-step kept
+    fewer = runner.invoke(app, ["knowledge", "restem", "--quiet", "--resume", str(short), "--set", "restem.rounds=1"])
+    assert fewer.exit_code == 2 and "fewer than the run's 2" in " ".join(fewer.output.split()), fewer.output
+    # the same as a run started with two rounds
+    assert runner.invoke(app, [*restem_args, "--set", "restem.rounds=2"]).exit_code == 0
+    [fresh] = [p for p in short.parent.iterdir() if p != short]
+    kept = lambda r: {k["context_id"]: (k["self_edit"], k["reward"]) for k in r.get("round2/done")["kept"]}
+    assert kept(Run.resume(fresh)).keys() == kept(run).keys() and kept(run)
+    for cid, (text, reward) in kept(run).items():
+        assert kept(Run.resume(fresh))[cid][0] == text and kept(Run.resume(fresh))[cid][1] == pytest.approx(reward)
+
+
 def test_a_policy_trained_on_the_passage_alone_is_a_row_of_its_round(tiny_config):
     args = overrides(tiny_config)
     assert runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *args,

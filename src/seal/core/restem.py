@@ -459,16 +459,21 @@ def reset_to_base(lm: LoadedModel) -> None:
     lm.model, lm.policy = load_model(lm.name, str(lm.device), lm.dtype).model, []
 
 
+def policy_labels(policy_runs: list[Path]) -> list[str]:
+    """What tells restem runs apart in table rows: nothing for a single run, else each run's
+    restem.algorithm, or its directory name where two runs share one."""
+    algorithms = [Run.resume(p).config.restem.algorithm for p in policy_runs]
+    return ["" if len(policy_runs) == 1 else a if algorithms.count(a) == 1 else Path(p).name
+            for p, a in zip(policy_runs, algorithms)]
+
+
 def policy_series(lm: LoadedModel, policy_runs: list[Path], last: int = 0):
     """Yield (label, r) for each finished round (up to round `last`, when not 0) of each restem run in turn,
     `lm` being that round's policy while it is handled; before each later run, `lm` goes back to the base
-    model's weights. The label tells the runs apart in table rows: empty for a single run, else the run's
-    restem.algorithm (its directory name when two runs share one)."""
-    algorithms = [Run.resume(p).config.restem.algorithm for p in policy_runs]
-    for n, path in enumerate(policy_runs):
+    model's weights. The label tells the runs apart in table rows (`policy_labels`)."""
+    for n, (path, label) in enumerate(zip(policy_runs, policy_labels(policy_runs))):
         if n:
             reset_to_base(lm)
-        label = "" if len(policy_runs) == 1 else algorithms[n] if algorithms.count(algorithms[n]) == 1 else Path(path).name
         for r in policy_rounds(lm, path, last):
             yield label, r
 

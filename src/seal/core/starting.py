@@ -10,6 +10,7 @@ with what `--resume` may change (scheduling fields, added held-out contexts), re
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
@@ -202,8 +203,10 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
     run = Run.resume(resume)
     if run.command != run_command:
         raise ConfigError(f"--resume {resume}: that is a '{run.command}' run, not '{run_command}'")
-    config, changes = rescheduled(run, overrides or [], p if command == "evaluate" else None)
-    policies, allow_overlap, reuse = resumed_inputs(run, policies, allow_overlap, reuse)
+    config, changes = rescheduled(run, overrides or [], p if command == "evaluate" else None,
+                                  more_rounds=command == "restem")
+    policies, allow_overlap, reuse, added = resumed_inputs(run, policies, allow_overlap, reuse,
+                                                           more_policies=command == "evaluate")
     flags = started_flags(run, flags)
     train, held, domain = check_run(p, command, config, policies, allow_overlap, reuse)
     tracking.check(config)
@@ -211,6 +214,8 @@ def open_run(p: DomainPlugin, command: str, config_file: Optional[Path], overrid
         if set(changes) & set(p.held_fields):
             kept_contexts(run, domain, held, p.contexts_word)
         record_change(run, config, changes)
+    if added:
+        record_policies(run, policies)
     console.print(f"resuming [bold]{run.path}[/bold] ({len(run.records())} records done)")
     domain.teacher_cache = teacher_cache(run.path)  # distillation teachers, kept for a resume
     return Started(run, train, held, domain, p, policies, reuse, flags)
@@ -266,22 +271,48 @@ def pinned_config(p: DomainPlugin, config) -> tuple[Any, dict[str, str]]:
     return config, pinned
 
 
-def resumed_inputs(run, policies: list[Path], allow_overlap: bool,
-                   reuse: Optional[Path]) -> tuple[list[Path], bool, Optional[Path]]:
+def resumed_inputs(run, policies: list[Path], allow_overlap: bool, reuse: Optional[Path],
+                   more_policies: bool = False) -> tuple[list[Path], bool, Optional[Path], bool]:
     """The --policy directories, --allow-overlap and --reuse-round1 a resumed run started with: a resume
     without them takes them from meta.json; one with other run directories is refused (its records
-    would mix two runs)."""
+    would mix two runs). With `more_policies` (an evaluation), the --policy list may go on after the
+    started one: the added runs' rows come after the rows the run has. The last item says whether it did."""
     inputs = run.meta.get("inputs")
     if inputs is None:  # a run from before inputs were kept: its command line says what it was given
         inputs = _argv_inputs(run.meta.get("argv", []))
     started = [Path(one) for one in inputs.get("policy", [])]
-    if policies and [one.resolve() for one in policies] != [one.resolve() for one in started]:
+    given, had = ([one.resolve() for one in runs] for runs in (policies, started))
+    added = more_policies and len(given) > len(had) and given[:len(had)] == had
+    if added and started:
+        from seal.core.restem import policy_labels
+
+        before, after = policy_labels(started), policy_labels(policies)[:len(started)]
+        if before != after:
+            raise ConfigError(f"--resume {run.path}: with --policy {policies[-1]} added, the rows of the runs it has "
+                              f"would be renamed ({', '.join(repr(b) + ' -> ' + repr(a) for b, a in zip(before, after) if b != a)}): "
+                              "start a new evaluation with all of them")
+    if policies and given != had and not added:
         was = ", ".join(map(str, started)) or "none"
-        raise ConfigError(f"--resume {run.path}: it started with --policy {was}; drop --policy to keep it")
+        more = " (more --policy runs may follow those, in that order)" if more_policies else ""
+        raise ConfigError(f"--resume {run.path}: it started with --policy {was}; drop --policy to keep it{more}")
     source = Path(inputs["reuse_round1"]) if inputs.get("reuse_round1") else None
     if reuse is not None and (source is None or reuse.resolve() != source.resolve()):
         raise ConfigError(f"--resume {run.path}: it started with --reuse-round1 {source or 'none'}; drop --reuse-round1")
-    return started, allow_overlap or bool(inputs.get("allow_overlap", False)), source
+    return (policies if added else started), allow_overlap or bool(inputs.get("allow_overlap", False)), source, added
+
+
+def record_policies(run, policies: list[Path]) -> None:
+    """Record that a resumed evaluation takes more --policy runs, then write them into its meta.json, so
+    that a later --resume without --policy takes them all (a kill between the two: the next resume with
+    the same --policy list completes it)."""
+    from seal.core.runs import write_atomic
+
+    meta = run.meta
+    before = (meta.get("inputs") or {}).get("policy", [])
+    run.append("inputs_change", f"inputs/{len(run.records('inputs_change'))}",
+               policy=[before, [str(one) for one in policies]])
+    meta.setdefault("inputs", {})["policy"] = [str(one) for one in policies]
+    write_atomic(run.path / "meta.json", json.dumps(meta, indent=2))
 
 
 def _argv_inputs(argv: list[str]) -> dict:
@@ -293,21 +324,27 @@ def _argv_inputs(argv: list[str]) -> dict:
                 reuse_round1=next(iter(values("--reuse-round1")), None))
 
 
-def rescheduled(run, overrides: list[str], evaluation: DomainPlugin | None = None) -> tuple[Any, dict]:
+def rescheduled(run, overrides: list[str], evaluation: DomainPlugin | None = None,
+                more_rounds: bool = False) -> tuple[Any, dict]:
     """The run's saved configuration with `overrides` of scheduling settings only (SCHEDULING), or, for
     an `evaluation` (the domain's evaluate), also of the fields that choose its held-out contexts
-    (`held_fields`, task-list files pinned); with the changes ({field: [before, after]}), which
+    (`held_fields`, task-list files pinned), or, with `more_rounds` (restem), a larger restem.rounds:
+    the finished rounds stay as they are and the run goes on from the last (its evaluate_policy E-step,
+    if it made one, is the next round's E-step); with the changes ({field: [before, after]}), which
     `record_change` writes once every check has passed; a field set to the value it had is no change."""
     if not overrides:
         return run.config, {}
     fields = [o.split("=", 1)[0].strip() for o in overrides]
-    allowed = (*SCHEDULING, *(evaluation.held_fields if evaluation else ()))
+    allowed = (*SCHEDULING, *(evaluation.held_fields if evaluation else ()), *(("restem.rounds",) if more_rounds else ()))
     refused = [f for f in fields if f not in allowed]
     if refused:
         raise ConfigError(f"--resume keeps the run's settings; only {', '.join(allowed)} may change (not {', '.join(refused)})")
     config = load_config(run.path / "config.yaml", overrides)
     if evaluation and set(fields) & set(evaluation.held_fields):
         config, _ = evaluation.pin(config)
+    if more_rounds and config.restem.rounds < run.config.restem.rounds:
+        raise ConfigError(f"--resume {run.path}: restem.rounds={config.restem.rounds} is fewer than the run's "
+                          f"{run.config.restem.rounds}; a resume may add rounds, not drop them")
     before, after = _flat(run.config.model_dump(mode="json")), _flat(config.model_dump(mode="json"))
     return config, {f: [before.get(f), after.get(f)] for f in fields if before.get(f) != after.get(f)}
 
