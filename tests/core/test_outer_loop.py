@@ -708,3 +708,13 @@ def test_policy_self_edits_pair_with_the_base_self_edits_and_the_sentences_of_th
         assert rows[base[0]]["vs passage sentences"][0] == pytest.approx(diff(base, sentences))
         assert rows[base[0]]["vs base self-edits"] is None and rows[sentences[0]]["vs passage sentences"] is None
     assert rows["base model, no update"]["vs passage sentences"] is None
+
+
+def test_quiet_commands_print_no_progress_bars(tiny_config):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # as a fresh process has it
+    result = runner.invoke(app, ["knowledge", "restem", "--quiet", "--no-eval", *overrides(tiny_config),
+                                 "--set", "restem.rounds=0"])
+    assert result.exit_code == 0, result.output
+    assert "Loading weights" not in result.output and "it/s]" not in result.output, result.output

@@ -76,6 +76,10 @@ def with_workers(overrides: Optional[list[str]], workers: Optional[int]) -> list
 
 
 def progress_for(run, quiet: bool) -> Progress:
+    if quiet:  # nor the weight-loading bars of transformers, which would fill a redirected log
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     return Progress(enabled=not quiet, log=run.path / "progress.log")
 
 
