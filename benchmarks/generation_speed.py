@@ -10,8 +10,9 @@ Three measurements on the same model (the embedded one, or a random-weight --arc
   forward   a teacher-forced forward pass without gradient over B x L positions (B = 8, L = 160):
             positions/s, the rate the matmuls allow;
   sample    `generation.generate` as ReST-EM writes self-edits: self-edit prompts of the built-in
-            passages (about 300 tokens in the chat template), temperature 1, top-p 0.95, up to
-            --new-tokens new tokens, at each batch size in --batches;
+            passages (about 200 tokens in the chat template), each --samples times in a row (the k
+            self-edits of a passage), temperature 1, top-p 0.95, up to --new-tokens new tokens, at each
+            batch size in --batches;
   answer    `generation.generate` as questions are answered after the inner loop: closed-book answer
             prompts (about 40 tokens), greedy, up to 32 new tokens, stopping at a newline, each row
             through its own adapter of a bank of K adapters, at each batch size.
@@ -156,6 +157,7 @@ def main() -> None:
                         help="measurements to make, comma-separated (forward is always made)")
     parser.add_argument("--profile-batch", type=int, default=8, help="batch of the profiled decode step")
     parser.add_argument("--k", type=int, default=4, help="adapters in the bank the answers go through")
+    parser.add_argument("--samples", type=int, default=4, help="self-edits sampled from each prompt, one after another (restem.k)")
     parser.add_argument("--arch", default=None, help="a random-weight model of this architecture (benchmarks/archs/NAME.json)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -171,7 +173,8 @@ def main() -> None:
     domain = KnowledgeDomain(config)
     passages = load_builtin()
     chat = use_chat(lm, config.model.chat_template)
-    self_edit_prompts = [format_prompt(lm, domain.self_edit_prompt(passages[i % len(passages)]), chat=chat)
+    # as ReST-EM lays them out: each passage's prompt --samples times in a row (its k self-edits)
+    self_edit_prompts = [format_prompt(lm, domain.self_edit_prompt(passages[i // args.samples % len(passages)]), chat=chat)
                          for i in range(args.prompts)]
     questions = [(p, q) for p in passages for q in p.questions]
     answer_prompts = [format_prompt(lm, answer_prompt(config.answer.prompt_style, p.title, q.question), chat=False)

@@ -185,3 +185,24 @@ def test_completions_of_one_prompt_share_its_row_and_score_as_alone(exact, monke
         routed = [_logprob_alone(exact, p, c, k) for p, c, k in zip(prompts, completions, adapters)]
         assert generation.completion_logprobs(exact, prompts, completions, adapter_rows=adapters) == pytest.approx(routed, abs=1e-5)
     assert routed != pytest.approx(alone, abs=1e-3)  # the adapters matter, so the routing was tested
+
+
+def test_rows_with_the_same_prompt_share_its_prefill_and_still_sample_apart(exact):
+    """The k self-edits of a context: one prefill row a distinct prompt, the same tokens as prefilling each
+    (float64: exactly), and each row sampling from its own generator."""
+    prompts = [p for p in PROMPTS[:3] for _ in range(4)]  # as sample_self_edits lays them out: k = 4
+    widths = []
+    hook = exact.model.register_forward_pre_hook(
+        lambda _, args, kwargs: widths.append(kwargs["input_ids"].shape) if kwargs["input_ids"].shape[1] > 1 else None,
+        with_kwargs=True)
+    kw = dict(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=3, batch_size=16)
+    try:
+        shared = [g.text for g in generate(exact, prompts, **kw)]
+    finally:
+        hook.remove()
+    assert [w[0] for w in widths] == [3]  # one prefill, a row for each distinct prompt
+    alone = [g.text for g in generate(exact, prompts, **{**kw, "batch_size": 1})]
+    assert shared == alone  # batch size 1 prefills every row by itself
+    assert all(len(set(shared[i:i + 4])) > 1 for i in range(0, len(prompts), 4))  # same prompt, different samples
+    greedy = _decode(exact, prompts, 16)
+    assert greedy == [_decode(exact, [p], 1)[0] for p in prompts]

@@ -204,20 +204,35 @@ def decode(model, prompts: list[list[int]], *, max_new_tokens: int, slots: int, 
         return model(**inputs, use_cache=True, logits_to_keep=1)
 
     def prefill(rows: list[int]) -> _Batch:
-        width = max(len(prompts[r]) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):  # left padding: every row continues from its last column
+        # Rows with the same prompt (the k self-edits of one context) share its forward pass: computed once,
+        # its cache and logits copied to each, so that each still samples from its own generator. Not
+        # when rows are routed, since the same prompt through two adapters is two computations.
+        unique, which = rows, list(range(len(rows)))
+        if route is None:
+            keys = [tuple(prompts[r]) for r in rows]
+            slot: dict[tuple[int, ...], int] = {}
+            which = [slot.setdefault(key, len(slot)) for key in keys]  # each row's place among the distinct prompts
+            unique = [rows[keys.index(key)] for key in slot]
+        width = max(len(prompts[r]) for r in unique)
+        ids = torch.full((len(unique), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(unique), width), dtype=torch.long)
+        for i, r in enumerate(unique):  # left padding: every row continues from its last column
             ids[i, width - len(prompts[r]):] = torch.tensor(prompts[r])
             mask[i, width - len(prompts[r]):] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        result = forward(rows, input_ids=ids, attention_mask=mask, position_ids=positions)
+        result = forward(unique, input_ids=ids, attention_mask=mask, position_ids=positions)
         if not plain_cache(result.cache):
             raise NotImplementedError("decode rearranges full-attention caches only")
-        cache = result.cache
-        cache.layers = [_Room(layer.keys, layer.values, cache_dtype) for layer in cache.layers]
-        return _Batch(rows, cache, mask, pick(result.logits[:, -1].float(), rows), mask.sum(-1))
+        cache, logits = result.cache, result.logits[:, -1].float()
+        if len(unique) < len(rows):
+            index = torch.tensor(which, dtype=torch.long, device=device)
+            layers = [(layer.keys[index], layer.values[index]) for layer in cache.layers]
+            mask, logits = mask[index], logits[index]
+        else:
+            layers = [(layer.keys, layer.values) for layer in cache.layers]
+        cache.layers = [_Room(keys, values, cache_dtype) for keys, values in layers]
+        return _Batch(rows, cache, mask, pick(logits, rows), mask.sum(-1))
 
     def take(b: _Batch) -> None:
         """Append each live row's newest token (b.last) to its output, or end the row."""
