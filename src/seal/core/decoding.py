@@ -225,12 +225,11 @@ def decode(model, prompts: list[list[int]], *, max_new_tokens: int, slots: int, 
         if not plain_cache(result.cache):
             raise NotImplementedError("decode rearranges full-attention caches only")
         cache, logits = result.cache, result.logits[:, -1].float()
-        if len(unique) < len(rows):
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        if len(unique) < len(rows):  # each row gets its prompt's cache, mask and logits
             index = torch.tensor(which, dtype=torch.long, device=device)
-            layers = [(layer.keys[index], layer.values[index]) for layer in cache.layers]
+            layers = [(keys[index], values[index]) for keys, values in layers]
             mask, logits = mask[index], logits[index]
-        else:
-            layers = [(layer.keys, layer.values) for layer in cache.layers]
         cache.layers = [_Room(keys, values, cache_dtype) for keys, values in layers]
         return _Batch(rows, cache, mask, pick(logits, rows), mask.sum(-1))
 

@@ -308,10 +308,10 @@ def record_policies(run, policies: list[Path]) -> None:
     from seal.core.runs import write_atomic
 
     meta = run.meta
-    before = (meta.get("inputs") or {}).get("policy", [])
-    run.append("inputs_change", f"inputs/{len(run.records('inputs_change'))}",
-               policy=[before, [str(one) for one in policies]])
-    meta.setdefault("inputs", {})["policy"] = [str(one) for one in policies]
+    inputs = meta.get("inputs") or _argv_inputs(meta.get("argv", []))  # a run from before inputs were kept
+    now = [str(one) for one in policies]
+    run.append("inputs_change", f"inputs/{len(run.records('inputs_change'))}", policy=[inputs.get("policy", []), now])
+    meta["inputs"] = {**inputs, "policy": now}  # its other inputs (--allow-overlap, --reuse-round1) kept
     write_atomic(run.path / "meta.json", json.dumps(meta, indent=2))
 
 
