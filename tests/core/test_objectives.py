@@ -304,6 +304,13 @@ def test_recipe_rows_pair_with_the_tables_own_recipe(tiny_config):
     assert trained == ["passage sentences", "passage sentences [distill]", "passage sentences [lm, lr big]",
                        "passage sentences [distill, lr big]", "passage sentences [distill, hot]"]
     assert rows["passage sentences [lm, lr big]"]["vs table's recipe"] is not None
+    # A sweep read by objective and recipe: columns the table files leave out, printed when named.
+    assert "recipe" not in [c.strip() for c in (run_dir / "table.md").read_text().splitlines()[0].split("|")]
+    shown = runner.invoke(app, ["knowledge", "table", str(run_dir), "--columns", "row | objective | recipe | steps"])
+    assert shown.exit_code == 0, shown.output
+    lines = [line for line in shown.output.splitlines() if line.startswith("| passage sentences")]
+    assert [line.split(" | ")[1:3] for line in lines] == [["lm", "table's"], ["distill", "table's"], ["lm", "lr big"],
+                                                         ["distill", "lr big"], ["distill", "hot"]]
     evals = {(r["condition"], r["context_id"]): r for r in run.records("self_edit_eval")}
     for (cond, pid), r in evals.items():
         twin = evals[("passage sentences", pid)]

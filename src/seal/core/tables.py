@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
@@ -22,6 +22,7 @@ class Column:
     header: str | None = None  # shown instead of the key
     kind: str = "float"  # text | int | float | ci (a (low, high) pair; two CSV columns) | diff ((mean, low, high); three)
     digits: int = 3
+    hidden: bool = False  # left out of the table and its files; printed when --columns names it
 
     def format(self, value) -> str:
         if value is None:
@@ -51,7 +52,7 @@ class Table:
         or keys, separated by |, as a markdown header reads); None: the table as it is."""
         if not spec:
             return self
-        by_name = {name: c for c in self.columns for name in (c.key, c.header) if name}
+        by_name = {name: replace(c, hidden=False) for c in self.columns for name in (c.key, c.header) if name}
         chosen = []
         for name in (n.strip() for n in spec.split("|")):
             if not name:
@@ -64,15 +65,20 @@ class Table:
             chosen.append(by_name[name])
         return Table(chosen, self.rows, self.score, self.score_label, self.extra, self.notes)
 
+    @property
+    def shown(self) -> list[Column]:
+        return [c for c in self.columns if not c.hidden]
+
     def markdown(self) -> str:
-        lines = ["| " + " | ".join(c.header or c.key for c in self.columns) + " |",
-                 "|" + "|".join("---" for _ in self.columns) + "|"]
-        lines += ["| " + " | ".join(c.format(row.get(c.key)) for c in self.columns) + " |" for row in self.rows]
+        cols = self.shown
+        lines = ["| " + " | ".join(c.header or c.key for c in cols) + " |",
+                 "|" + "|".join("---" for _ in cols) + "|"]
+        lines += ["| " + " | ".join(c.format(row.get(c.key)) for c in cols) + " |" for row in self.rows]
         return "\n".join(lines)
 
     def csv(self) -> str:
         header = []
-        for c in self.columns:
+        for c in self.shown:
             if c.kind == "ci":
                 header += ["ci_low", "ci_high"]
             elif c.kind == "diff":
@@ -84,7 +90,7 @@ class Table:
         writer.writerow(header + ["kind", "round"])
         for row in self.rows:
             cells = []
-            for c in self.columns:
+            for c in self.shown:
                 if c.kind in ("ci", "diff"):
                     cells += list(row.get(c.key) or (None,) * (2 if c.kind == "ci" else 3))
                 else:

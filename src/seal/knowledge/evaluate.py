@@ -9,6 +9,7 @@ Each (row, passage) is a record in the run, written as it finishes, carrying the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +59,12 @@ def columns(metric: str) -> list[Column]:
     learning curve's columns), means over passages: a policy that collapses onto short or repetitive
     text shows here; discrim vs base: the paired difference on discrimination; vs best lm row: the reward minus that of
     the best trained row under the lm objective, when a table has several objectives; vs table's recipe: an
-    eval.recipes row minus the same row under the table's own inner_loop (same objective)."""
-    return [Column("condition", kind="text"), Column("EM"), Column("F1"), Column("contains"), Column("loglik"),
+    eval.recipes row minus the same row under the table's own inner_loop (same objective).
+    Printed only when --columns names them: row, the condition without its "[objective, recipe]"; objective;
+    recipe, the eval.recipes entry it trains with ("table's": the table's own inner_loop), so that a
+    recipe sweep reads as a table by objective and recipe."""
+    return [Column("condition", kind="text"), Column("row", kind="text", hidden=True),
+            Column("objective", kind="text", hidden=True), Column("recipe", kind="text", hidden=True), Column("EM"), Column("F1"), Column("contains"), Column("loglik"),
             Column("discrim"), Column("judge"), Column("questions", kind="int"), Column("missing", kind="int"),
             Column("steps", digits=1), Column("first loss"), Column("last loss"),
             Column("reward", f"reward ({metric})"), Column("95% CI", kind="ci"), Column("gap closed"),
@@ -278,7 +283,8 @@ def table(run: Run) -> Table:
         g = row["grades"]
         out.append({
             "condition": name, "kind": row["kind"], "round": row["round"], "policy": row["policy"],
-            "objective": row["objective"],
+            "objective": row["objective"], "row": re.sub(r" \[[^\]]*\]$", "", name),
+            "recipe": row["recipe"] or ("table's" if row["objective"] else None),
             "EM": mean(g.get("em", [])), "F1": mean(g.get("f1", [])), "contains": mean(g.get("contains", [])),
             "loglik": mean(g.get("loglik", [])), "discrim": mean(g.get("discrimination", [])),
             "judge": mean(g.get("judge", [])),
