@@ -68,6 +68,8 @@ def test_arc_restem_cli_round_table_and_resume(tiny_dir, tmp_path):
     assert len((run_dir / "records.jsonl").read_text().splitlines()) == n_records
     again = runner.invoke(app, ["arc", "table", str(run_dir)])
     assert again.exit_code == 0 and "TTT + oracle configuration" in again.output and "| 66e6c45b |" in again.output
+    chosen = runner.invoke(app, ["arc", "choices", str(run_dir)])  # the round's self-edits, from the real records
+    assert chosen.exit_code == 0 and "| all | 4 | 4 | 0 |" in chosen.output and "| 6150a2bd | 2 | 2 | 0 |" in chosen.output
 
 
 def test_arc_keep_all_solved_only(tiny_dir, tmp_path):
@@ -155,6 +157,18 @@ def test_curation_resumes_and_writes_a_task_list_the_loaders_accept(tiny_dir, tm
     row = next(r for r in table.rows if r["task"] == "6150a2bd")
     assert row["oracle"] == "oracle" and row["oracle rate"] == 1.0 and row["share"] == 0.5
     assert "| 6150a2bd | 1.00 | 0.00 | 0.50 | oracle | 1.00 |" in table.markdown()  # a configuration named "oracle"
+    shown = runner.invoke(app, ["arc", "table", str(run_dir)])  # a screen's table, printed again from its records
+    assert shown.exit_code == 0 and "| 6150a2bd | 1.00 | 0.00 | 0.50 | oracle | 1.00 |" in shown.output, shown.output
+    # a second screen with another setting, of one task: the two side by side, columns named by the setting
+    other = runner.invoke(app, ["arc", "curate", "--quiet", *args, "--set", "inner_loop.max_examples=2",
+                                "--set", "curate.ids=[6150a2bd]"])
+    assert other.exit_code == 0, other.output
+    [other_dir] = [d for d in (tmp_path / "runs").iterdir() if d != run_dir]
+    both = runner.invoke(app, ["arc", "table", str(run_dir), str(other_dir)])
+    assert both.exit_code == 0, both.output
+    assert ("| task | oracle (inner_loop.max_examples=3) | all-tokens (inner_loop.max_examples=3) | "
+            "oracle (inner_loop.max_examples=2) | all-tokens (inner_loop.max_examples=2) |") in both.output
+    assert "| 6150a2bd | 1.00 | 0.00 | 0.00 | 0.00 |" in both.output and "| 5582e5ca | 0.00 | 0.00 | - | - |" in both.output
     path = write_task_list(run, table)
     listed = json.loads(path.read_text())
     assert [t["id"] for t in listed["tasks"]] == ["6150a2bd"] and listed["tasks"][0]["configuration"] == "oracle"

@@ -49,6 +49,7 @@ def producers() -> dict[str, set[str]]:
     """The column headers each command can print, by the command."""
     from typing import get_args
 
+    from seal.arc.choices import by_choice, by_task
     from seal.arc.evaluate import COLUMNS as ARC
     from seal.core.curves import columns as curve_columns
     from seal.core.curves import watched_columns
@@ -63,6 +64,7 @@ def producers() -> dict[str, set[str]]:
     return {
         "seal knowledge table": set().union(*(header(knowledge_columns(m)) for m in metrics)),
         "seal arc table": header(ARC),
+        "seal arc choices": header(by_task([]).columns) | header(by_choice([]).columns),
         "seal knowledge curve": header(curve_columns("passage")) | header(watched_columns("passage")),
         "seal knowledge noise": header(NOISE) | header(WATCHED_COLUMNS),
         "seal learn (learned.md)": header(LEARN),

@@ -10,6 +10,7 @@ import typer
 from seal.core.commands import ConfigOpt, QuietOpt, ResumeOpt, SetOpt, WorkersOpt, guard, open_run, print_table, progress_for, with_workers
 from seal.core.config import load_config
 from seal.core.domain import DomainPlugin
+from seal.core.errors import ConfigError
 from seal.core.progress import console
 
 
@@ -56,6 +57,22 @@ def register(app: typer.Typer, plugin: DomainPlugin) -> None:
         save_task_list(out, merged)
         console.print(f"{len(merged['tasks'])} {merged['purpose']} tasks from {len(sources)} lists written to {out}; "
                       f"use it with --set {ids_field(merged['purpose'])}={out}")
+
+    @app.command("choices")
+    @guard
+    def choices_cmd(run_dir: Annotated[Path, typer.Argument(help="A restem run directory of ARC.")],
+                    round: Annotated[int, typer.Option("--round", min=1, help="The round whose E-step to count (1: the base model's self-edits).")] = 1):
+        """Print what a round's self-edits chose and which solved their task: by task, then by choice."""
+        from seal.arc.choices import choices
+        from seal.core.runs import Run
+
+        run = Run.resume(run_dir)
+        if run.config.domain != "arc":
+            raise ConfigError(f"{run_dir}: a {run.config.domain} run; `seal arc choices` reads ARC restem runs")
+        tasks, chosen = choices(run, round)
+        print(tasks.markdown())
+        print()
+        print(chosen.markdown())
 
     @app.command("tasks")
     @guard

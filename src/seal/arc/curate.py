@@ -80,6 +80,47 @@ def summary(run: Run) -> Table:
     return Table(columns, rows, "share", "share of configurations solving", notes=notes)
 
 
+# Fields that only choose which tasks are screened, or where the run goes: not a setting a column is
+# labelled by when screens are put side by side.
+SELECTING = ("curate.ids", "curate.candidates", "curate.split", "curate.purpose", "runs_dir", "data.")
+
+
+def side_by_side(runs: list[Run]) -> Table:
+    """Several screens as one table: a task per row, a column per (run, configuration) with its success
+    rate ("-": the run did not screen the task), each column named by its configuration and the settings
+    its run differs in from the others (e.g. "oracle (inner_loop.max_examples=16)"), or by the run's
+    directory when only the screened tasks differ."""
+    from seal.core.errors import ConfigError
+
+    for run in runs:
+        if run.command != "arc-curate":
+            raise ConfigError(f"{run.path}: an {run.command} run; screens are put side by side with other curation runs only")
+    settings = [_flat(run.config.model_dump(mode="json")) for run in runs]
+    differ = sorted(k for k in set().union(*settings) if len({repr(s.get(k)) for s in settings}) > 1
+                    and not k.startswith(SELECTING))
+    columns, cells = [Column("task", kind="text")], {}
+    for n, (run, flat) in enumerate(zip(runs, settings)):
+        label = ", ".join(f"{k}={flat.get(k)}" for k in differ) or run.path.name
+        for task, by in rates(run).items():
+            for name, rate in by.items():
+                cells.setdefault(task, {})[f"{n}: {name}"] = rate
+        columns += [Column(f"{n}: {name}", f"{name} ({label})", digits=2) for name in run.config.curate.configurations]
+    rows = [{"task": task, **by, "kind": "oracle", "round": None} for task, by in cells.items()]
+    notes = [f"{n}: {run.path}" + (f" ({', '.join(f'{k}={s.get(k)}' for k in differ)})" if differ else "")
+             for n, (run, s) in enumerate(zip(runs, settings))]
+    return Table(columns, rows, columns[1].key, "success rate over the repeats", notes=notes)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def task_list(run: Run, rows: list[dict]) -> dict:
     """The tasks the purpose asks for, best first."""
     c = run.config.curate

@@ -46,9 +46,21 @@ class ArcPlugin(DomainPlugin):
         return evaluate(run, domain, held, progress, policy_runs=policy_runs, lm=lm)
 
     def table(self, run):
+        from seal.arc.curate import side_by_side
         from seal.arc.evaluate import table
 
+        runs = getattr(run, "runs", [run])  # several: a RunSet
+        if any(r.command == "arc-curate" for r in runs):  # screens: a task per row, a column per configuration
+            return side_by_side(runs)
         return table(run)
+
+    def show(self, run):
+        if run.command != "arc-curate":
+            return None
+        from seal.arc.curate import summary
+
+        table = summary(run)
+        return "\n".join([table.markdown(), "", *table.notes])
 
     def score_label(self, config):
         from seal.arc.evaluate import SCORE_LABEL
