@@ -25,10 +25,6 @@ NOT_A_COMMAND_S = {
     ("arc-curation.md", "| task | oracle, 16 examples | oracle, 64 examples |"): "two curation runs side by side",
     ("arc-curation.md", "| task | solved of 4 |"): "a count over a restem run's evaluation records",
     ("arc-curation.md", "| choice | solved |"): "a count over the usable self-edits' choices",
-    ("update.md", "| recipe | row | steps | reward (gold-answer prob.) | gap closed | discrim | vs base (paired, 95% CI) | "
-                  "distill vs lm (paired, 95% CI) |"): "a recipe sweep's table pivoted by recipe and row",
-    ("update.md", "| row (passage sentences) | steps | reward (gold-answer prob.) | gap closed | discrim | "
-                  "vs table's recipe (paired, 95% CI) | vs best lm row (paired, 95% CI) |"): "a recipe sweep's table pivoted by recipe",
 }
 
 
