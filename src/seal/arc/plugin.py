@@ -54,6 +54,14 @@ class ArcPlugin(DomainPlugin):
             return side_by_side(runs)
         return table(run)
 
+    def report(self, run, section):
+        if run.command != "arc-curate":
+            return False
+        table = self.table(run)
+        section.lines += ["### Screen: success rate by task and configuration", "", table.markdown(), "",
+                          *[f"*{n}*" for n in table.notes], ""]
+        return True
+
     def show(self, run):
         if run.command != "arc-curate":
             return None
