@@ -64,7 +64,8 @@ def columns(metric: str) -> list[Column]:
     recipe, the eval.recipes entry it trains with ("table's": the table's own inner_loop), so that a
     recipe sweep reads as a table by objective and recipe."""
     return [Column("condition", kind="text"), Column("row", kind="text", hidden=True),
-            Column("objective", kind="text", hidden=True), Column("recipe", kind="text", hidden=True), Column("EM"), Column("F1"), Column("contains"), Column("loglik"),
+            Column("objective", kind="text", hidden=True), Column("recipe", kind="text", hidden=True),
+            Column("EM"), Column("F1"), Column("contains"), Column("loglik"),
             Column("discrim"), Column("judge"), Column("questions", kind="int"), Column("missing", kind="int"),
             Column("steps", digits=1), Column("first loss"), Column("last loss"),
             Column("reward", f"reward ({metric})"), Column("95% CI", kind="ci"), Column("gap closed"),
