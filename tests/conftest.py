@@ -15,6 +15,14 @@ from seal.core.models import load_model, load_tokenizer, model_from_config
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The modules marked slow (the embedded model, the kill-anywhere chains, Ray clusters: minutes each)
+    first, every other test after them in its order. `make test` hands whole modules to its workers in
+    this order (`--dist loadscope --no-loadscope-reorder`), so each worker starts on a long module and
+    the short ones fill in behind, instead of a long module starting last and running alone at the end."""
+    items[:] = sorted(items, key=lambda item: item.get_closest_marker("slow") is None)  # stable
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _imports_out_of_the_collector():
     """Every module the tests imported is loaded by now (collection is over): move their objects (torch's,
