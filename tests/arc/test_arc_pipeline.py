@@ -171,7 +171,7 @@ def test_curation_resumes_and_writes_a_task_list_the_loaders_accept(tiny_dir, tm
     assert "| 6150a2bd | 1.00 | 0.00 | 0.00 | 0.00 |" in both.output and "| 5582e5ca | 0.00 | 0.00 | - | - |" in both.output
     report = runner.invoke(app, ["report", str(run_dir), str(other_dir), "--out", str(tmp_path / "report")])
     assert report.exit_code == 0, report.output
-    assert "| 6150a2bd | 1.00 | 0.00 |" in (tmp_path / "report" / "report.md").read_text()
+    assert "| 6150a2bd | 1.00 | 0.00 | 0.50 | oracle | 1.00 |" in (tmp_path / "report" / "report.md").read_text()
     path = write_task_list(run, table)
     listed = json.loads(path.read_text())
     assert [t["id"] for t in listed["tasks"]] == ["6150a2bd"] and listed["tasks"][0]["configuration"] == "oracle"

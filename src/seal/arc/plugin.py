@@ -46,12 +46,14 @@ class ArcPlugin(DomainPlugin):
         return evaluate(run, domain, held, progress, policy_runs=policy_runs, lm=lm)
 
     def table(self, run):
-        from seal.arc.curate import side_by_side
+        from seal.arc.curate import side_by_side, summary
         from seal.arc.evaluate import table
 
-        runs = getattr(run, "runs", [run])  # several: a RunSet
-        if any(r.command == "arc-curate" for r in runs):  # screens: a task per row, a column per configuration
+        runs = getattr(run, "runs", None)  # several: a RunSet
+        if runs and any(r.command == "arc-curate" for r in runs):  # screens side by side
             return side_by_side(runs)
+        if not runs and run.command == "arc-curate":  # one screen: a task per row, a column per configuration
+            return summary(run)
         return table(run)
 
     def report(self, run, section):
@@ -65,9 +67,7 @@ class ArcPlugin(DomainPlugin):
     def show(self, run):
         if run.command != "arc-curate":
             return None
-        from seal.arc.curate import summary
-
-        table = summary(run)
+        table = self.table(run)
         return "\n".join([table.markdown(), "", *table.notes])
 
     def score_label(self, config):
