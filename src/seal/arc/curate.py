@@ -22,6 +22,8 @@ from pathlib import Path
 from seal.arc.config import ArcConfig
 from seal.arc.domain import ArcDomain
 from seal.arc.tasks import Task, TaskError, load_split, select, task_ids
+from seal.core.config import flat_fields
+from seal.core.errors import ConfigError
 from seal.core.models import LoadedModel
 from seal.core.progress import Progress
 from seal.core.restem import EvalJob, evaluate_jobs
@@ -90,12 +92,10 @@ def side_by_side(runs: list[Run]) -> Table:
     rate ("-": the run did not screen the task), each column named by its configuration and the settings
     its run differs in from the others (e.g. "oracle (inner_loop.max_examples=16)"), or by the run's
     directory when only the screened tasks differ."""
-    from seal.core.errors import ConfigError
-
     for run in runs:
         if run.command != "arc-curate":
             raise ConfigError(f"{run.path}: an {run.command} run; screens are put side by side with other curation runs only")
-    settings = [_flat(run.config.model_dump(mode="json")) for run in runs]
+    settings = [flat_fields(run.config) for run in runs]
     differ = sorted(k for k in set().union(*settings) if len({repr(s.get(k)) for s in settings}) > 1
                     and not k.startswith(SELECTING))
     columns, cells = [Column("task", kind="text")], {}
@@ -109,16 +109,6 @@ def side_by_side(runs: list[Run]) -> Table:
     notes = [f"{n}: {run.path}" + (f" ({', '.join(f'{k}={s.get(k)}' for k in differ)})" if differ else "")
              for n, (run, s) in enumerate(zip(runs, settings))]
     return Table(columns, rows, columns[1].key, "success rate over the repeats", notes=notes)
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def task_list(run: Run, rows: list[dict]) -> dict:

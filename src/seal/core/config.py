@@ -180,6 +180,19 @@ class RunConfig(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
 
+def flat_fields(section: Section) -> dict:
+    """Every field of a configuration by its dotted name ("inner_loop.lr": 0.001), values as in JSON."""
+    def flat(tree: dict, prefix: str) -> dict:
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[prefix + key] = value
+        return out
+    return flat(section.model_dump(mode="json"), "")
+
+
 def _merged(tree: dict, changes: dict) -> dict:
     """`tree` with `changes` put in, sections merged field by field (a new dict)."""
     out = dict(tree)

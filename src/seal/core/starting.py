@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
-from seal.core.config import ConfigError, load_config
+from seal.core.config import ConfigError, flat_fields, load_config
 from seal.core.domain import Domain, DomainPlugin
 from seal.core.progress import console
 from seal.core.registry import plugin
@@ -119,17 +119,6 @@ ROUND1_FREE = (*SCHEDULING, "runs_dir", "restem.rounds", "restem.algorithm", "re
                "reward.require_improvement", "reward.baseline")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        name = prefix + key
-        if isinstance(value, dict):
-            out.update(_flat(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
 def restem_run(p: DomainPlugin, path: Path, where: str):
     """The restem run of this domain at `path` (an option's value, named by `where` in errors)."""
     from seal.core.runs import Run
@@ -151,7 +140,7 @@ def reuse_level(p: DomainPlugin, config, source: Path) -> str:
 
     where = f"--reuse-round1 {source}"
     other = restem_run(p, source, where)
-    mine, theirs = (_flat(c.model_dump(mode="json")) for c in (config, other.config))
+    mine, theirs = (flat_fields(c) for c in (config, other.config))
     if theirs.get("model.precision") == "auto":  # a run from before precision was pinned: as it would resolve here
         theirs["model.precision"] = resolve_precision("auto", pick_device(other.config.model.device))
     under = lambda name, fields: any(name == f or name.startswith(f + ".") for f in fields)
@@ -345,7 +334,7 @@ def rescheduled(run, overrides: list[str], evaluation: DomainPlugin | None = Non
     if more_rounds and config.restem.rounds < run.config.restem.rounds:
         raise ConfigError(f"--resume {run.path}: restem.rounds={config.restem.rounds} is fewer than the run's "
                           f"{run.config.restem.rounds}; a resume may add rounds, not drop them")
-    before, after = _flat(run.config.model_dump(mode="json")), _flat(config.model_dump(mode="json"))
+    before, after = flat_fields(run.config), flat_fields(config)
     return config, {f: [before.get(f), after.get(f)] for f in fields if before.get(f) != after.get(f)}
 
 

@@ -30,6 +30,7 @@ import resource
 import sys
 from typing import TYPE_CHECKING
 
+from seal.core.config import flat_fields
 from seal.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -157,7 +158,7 @@ class MLflow:
         experiment = found.experiment_id if found else self.client.create_experiment(cfg.project)
         self.run_id = self.client.create_run(experiment, run_name=run.path.name).info.run_id
         known.write_text(self.run_id)
-        params = [Param(k, v) for k, v in _flat(run.config.model_dump(mode="json")).items()]
+        params = [Param(k, str(v)[:250]) for k, v in flat_fields(run.config).items()]  # mlflow caps a parameter's length
         for start in range(0, len(params), 100):  # mlflow takes at most 100 parameters a batch
             self.client.log_batch(self.run_id, params=params[start:start + 100])
 
@@ -175,16 +176,6 @@ class MLflow:
 
 
 BACKENDS = {"tensorboard": TensorBoard, "wandb": Wandb, "mlflow": MLflow}
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, str]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = str(value)[:250]  # mlflow caps a parameter's length
-    return out
 
 
 class Trackers:

@@ -284,7 +284,7 @@ def table(run: Run) -> Table:
         g = row["grades"]
         out.append({
             "condition": name, "kind": row["kind"], "round": row["round"], "policy": row["policy"],
-            "objective": row["objective"], "row": re.sub(r" \[[^\]]*\]$", "", name),
+            "objective": row["objective"], "row": row_name(name),
             "recipe": row["recipe"] or ("table's" if row["objective"] else None),
             "EM": mean(g.get("em", [])), "F1": mean(g.get("f1", [])), "contains": mean(g.get("contains", [])),
             "loglik": mean(g.get("loglik", [])), "discrim": mean(g.get("discrimination", [])),
@@ -337,10 +337,15 @@ def _passage_texts(config: KnowledgeConfig) -> dict[str, str]:
         return {}
 
 
+def row_name(name: str) -> str:
+    """A condition's name without the "[objective, recipe]" that `conditions` appends to a variant's."""
+    return re.sub(r" \[[^\]]*\]$", "", name)
+
+
 def _table_recipe_row(name: str, row: dict, config: KnowledgeConfig) -> str:
     """The row that a recipe row (`name`, "... [recipe]") varies: the same row with the same objective
     under the table's own recipe (named as `conditions` names it)."""
-    base = name.rsplit(" [", 1)[0]
+    base = row_name(name)
     objectives = config.eval.objectives or [config.inner_loop.objective]
     return base if row["objective"] == objectives[0] else f"{base} [{row['objective']}]"
 
