@@ -36,6 +36,33 @@ def _imports_out_of_the_collector():
     gc.unfreeze()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_tokenizer_per_checkpoint():
+    """Within a test process, each checkpoint's tokenizer is read once and then shared. The tiny models
+    carry the embedded model's tokenizer, and reading it (tokenizer.json, parsed by transformers and
+    again by the tokenizers library) takes 0.15-0.3 s; test-fast read it 274 times, about 40 s of its
+    CPU time. Sharing holds because nothing in the project changes a tokenizer after `load_tokenizer`
+    set its pad token and padding side; the end of the session checks that no test changed them."""
+    from seal.core import models
+
+    read, shared, first = models.load_tokenizer, {}, {}
+
+    def state(tok):
+        return tok.pad_token, tok.padding_side, len(tok), tok.chat_template
+
+    def load_tokenizer(name):
+        if name not in shared:
+            shared[name] = read(name)
+            first[name] = state(shared[name])
+        return shared[name]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(models, "load_tokenizer", load_tokenizer)
+        yield
+    changed = [name for name, tok in shared.items() if state(tok) != first[name]]
+    assert not changed, f"a test changed the shared tokenizer of {changed}: copy it before changing it"
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return load_tokenizer("embedded")  # converts the packaged GGUF once into the cache
