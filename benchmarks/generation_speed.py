@@ -3,6 +3,7 @@ in a forward pass, in one run; and where the time of one decode step goes.
 
     .venv/bin/python benchmarks/generation_speed.py                       # the embedded model, ~5 min on 2 cores
     .venv/bin/python benchmarks/generation_speed.py --batches 8,32 --new-tokens 128
+    .venv/bin/python benchmarks/generation_speed.py --only step --step-batch 32   # compiled or not, ~5 min
     python benchmarks/generation_speed.py --arch llama-3.2-1b --device cuda
 
 Three measurements on the same model (the embedded one, or a random-weight --arch):
@@ -21,6 +22,10 @@ Three measurements on the same model (the embedded one, or a random-weight --arc
             answer and up to 8 distractor spans of its passage (answer discrimination), closed-book
             and open-book, through the K adapters: completions/s with a row per completion and with
             the completions of a prompt sharing its row, and the largest difference between the two.
+  step      (only when named in --only) the steady cost of one decode step at --step-batch rows after a
+            self-edit prompt, sampling: the project's decoder, and Hugging Face's `generate` with a
+            static cache, as is and compiled by torch.compile: does a compiled decode step pay on this
+            device, and what does compiling cost (the first call)?
 
 For sample and answer: generated tokens/s (tokens the rows kept), decoded positions/s (every row of every decode
 step, finished or not: what the model computed), and both as a share of the forward rate. Then one
@@ -33,6 +38,7 @@ for).
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import torch
@@ -146,6 +152,61 @@ def profile_decode_step(lm, prompt: str, precision: str, batch: int = 8, steps: 
     return dict(seconds_per_step=wall / steps, batch=batch, shares=shares)
 
 
+def step_costs(lm, prompt: str, precision: str, batch: int, steps: int) -> list[dict]:
+    """The steady cost of one decode step at `batch` rows after `prompt`, sampling, no row ending: the
+    project's decoder, and Hugging Face's `generate` with a static cache (a fixed-size cache, the shape
+    torch.compile needs) run as is and compiled (`CompileConfig`, forced on for every device). Each
+    engine runs twice on the same shapes; the first call's seconds include any compilation, the steps
+    are timed in the second (the median interval between two sampled tokens)."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+    from transformers.generation.configuration_utils import CompileConfig
+
+    from seal.core.decoding import Nucleus, decode
+    from seal.core.generation import autocast, half_weights
+
+    ids = lm.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    stamps: list[float] = []
+
+    class Stamp(LogitsProcessor):  # called once a decode step, before the sampling
+        def __call__(self, input_ids, scores):
+            stamps.append(time.perf_counter())
+            return scores
+
+    def seal_call():
+        nucleus = Nucleus(SAMPLING["temperature"], SAMPLING["top_p"], list(range(batch)), lm.device)
+        decode(lm.model, [ids] * batch, max_new_tokens=steps, slots=batch, end_ids=set(),
+               pick=lambda logits, rows: (stamps.append(time.perf_counter()), nucleus(logits, rows))[1],
+               pad_id=lm.tokenizer.pad_token_id, cache_dtype=torch.bfloat16 if precision == "bf16" else None)
+
+    def hf_call(compiled: bool):
+        def call():
+            enc = torch.tensor([ids] * batch, device=lm.device)
+            extra = dict(compile_config=CompileConfig(fullgraph=True, dynamic=False)) if compiled else dict(disable_compile=True)
+            if compiled:
+                extra["compile_config"]._compile_all_devices = True
+            lm.model.generate(input_ids=enc, attention_mask=torch.ones_like(enc), max_new_tokens=steps,
+                              min_new_tokens=steps, do_sample=True, top_k=None, cache_implementation="static",
+                              logits_processor=LogitsProcessorList([Stamp()]), pad_token_id=lm.tokenizer.pad_token_id,
+                              **SAMPLING, **extra)
+        return call
+
+    engines = {"seal (dynamic cache, eager)": seal_call, "hf (static cache, eager)": hf_call(False),
+               "hf (static cache, compiled)": hf_call(True)}
+    rows = []
+    for name, call in engines.items():
+        print(f"decode steps, batch {batch}, {name} ...", flush=True)
+        with torch.no_grad(), half_weights(lm.model, precision), autocast(precision, lm.device):
+            start = time.perf_counter()
+            call()
+            first = time.perf_counter() - start
+            stamps.clear()
+            call()
+        gaps = sorted(b - a for a, b in itertools.pairwise(stamps))  # each a decode step and its sampling
+        rows.append(dict(engine=name, batch=batch, prompt_tokens=len(ids), steps=steps, first_call_seconds=first,
+                         seconds_per_step=gaps[len(gaps) // 2]))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", default="8,32", help="generation batch sizes, comma-separated")
@@ -154,7 +215,10 @@ def main() -> None:
     parser.add_argument("--engines", default="hf,seal",
                         help="decoders to measure: hf (Hugging Face's generate, batch by batch), seal (core/decoding.py)")
     parser.add_argument("--only", default="forward,sample,answer,score,profile",
-                        help="measurements to make, comma-separated (forward is always made)")
+                        help="measurements to make, comma-separated (forward is always made; step, the "
+                             "steady decode step of each engine with and without torch.compile, only when named)")
+    parser.add_argument("--step-batch", type=int, default=32, help="batch of the steady decode steps (--only step)")
+    parser.add_argument("--step-tokens", type=int, default=64, help="decode steps of each call (--only step)")
     parser.add_argument("--profile-batch", type=int, default=8, help="batch of the profiled decode step")
     parser.add_argument("--k", type=int, default=4, help="adapters in the bank the answers go through")
     parser.add_argument("--samples", type=int, default=4, help="self-edits sampled from each prompt, one after another (restem.k)")
@@ -220,12 +284,15 @@ def main() -> None:
         hf = next((h for h in rows if h["decoder"] == "hf" and h["what"] == r["what"] and h["batch"] == r["batch"]), None)
         r["same_as_hf"] = (sum(a == b for a, b in zip(r["texts"], hf["texts"])) if hf and r["what"].startswith("answer")
                            else None)
+    steady = (step_costs(lm, self_edit_prompts[0], precision, args.step_batch, args.step_tokens)
+              if "step" in only else [])
     step = profile_decode_step(lm, self_edit_prompts[0], precision, batch=args.profile_batch) if "profile" in only else None
 
-    print(f"\nforward pass: {rate:.0f} positions/s; {machine()['cpu']}, autocast {precision}\n")
-    print("| what | decoder | batch | prompt tokens | generated tokens/s | decoded positions/s | generated / forward "
-          "| decoded / forward | answers as hf's |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"\nforward pass: {rate:.0f} positions/s; {machine()['cpu']}, autocast {precision}")
+    if rows:
+        print("\n| what | decoder | batch | prompt tokens | generated tokens/s | decoded positions/s | generated / forward "
+              "| decoded / forward | answers as hf's |")
+        print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         same = "-" if r["same_as_hf"] is None else f"{r['same_as_hf']} of {r['rows']}"
         print(f"| {r['what']} | {r['decoder']} | {r['batch']} | {r['prompt_tokens']:.0f} | {r['tokens_per_s']:.1f} | "
@@ -237,13 +304,21 @@ def main() -> None:
         for r in scoring:
             print(f"| {r['book']} | {r['questions']} | {r['prompt_tokens']:.0f} | {r['completions']} | {r['alone_per_s']:.1f} "
                   f"| {r['shared_per_s']:.1f} | {r['shared_per_s'] / r['alone_per_s']:.2f} | {r['largest_difference']:.1e} |")
+    if steady:
+        print("\n| decode step engine | batch | prompt tokens | first call s | ms per step | tokens/s | tokens / forward |")
+        print("|---|---|---|---|---|---|---|")
+        for r in steady:
+            per_s = r["batch"] / r["seconds_per_step"]
+            print(f"| {r['engine']} | {r['batch']} | {r['prompt_tokens']} | {r['first_call_seconds']:.1f} | "
+                  f"{1000 * r['seconds_per_step']:.0f} | {per_s:.1f} | {per_s / rate:.2f} |")
     if step:
         print(f"\none decode step (batch {step['batch']}, after a self-edit prompt): {1000 * step['seconds_per_step']:.0f} ms\n")
         print("| part of a decode step | share of its wall time |")
         print("|---|---|")
         for k, v in step["shares"].items():
             print(f"| {k} | {v:.2f} |")
-    save(args, rows, forward_positions_per_s=rate, precision=precision, decode_step=step, scoring=scoring)
+    save(args, rows, forward_positions_per_s=rate, precision=precision, decode_step=step, scoring=scoring,
+         steady_steps=steady)
 
 
 if __name__ == "__main__":
