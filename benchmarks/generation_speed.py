@@ -28,7 +28,9 @@ Three measurements on the same model (the embedded one, or a random-weight --arc
             device, and what does compiling cost (the first call)?
 
 For sample and answer: generated tokens/s (tokens the rows kept), decoded positions/s (every row of every decode
-step, finished or not: what the model computed), and both as a share of the forward rate. Then one
+step, finished or not: what the model computed), both as a share of the forward rate, and where the
+call's time went (the prompts' prefill, decode steps of a full batch and of fewer rows, the time outside
+the forward passes). Then one
 decode step profiled (a KV-cached step of batch 8 after a self-edit prompt): the share of its time in
 the matmuls (of which the vocabulary projection, timed alone), attention, the cache, sampling (softmax,
 sort, top-p, multinomial) and the rest (Python and the dispatcher: the wall time no operator accounts
@@ -73,23 +75,43 @@ def forward_rate(lm, precision: str, batch: int, length: int, repeats: int = 3) 
 
 def timed_generate(lm, prompts: list[str], batch: int, new_tokens: int, precision: str, engine=generate, **kw) -> dict:
     """One call of `engine` over `prompts` at this batch size: tokens kept and positions decoded a second
-    (every row of every decode step, counted at the model's input, finished or not)."""
-    decoded = []
-    hook = lm.model.register_forward_pre_hook(
-        lambda _, args, kwargs: decoded.append(kwargs["input_ids"].shape[0])
-        if kwargs.get("input_ids") is not None and kwargs["input_ids"].shape[1] == 1 else None, with_kwargs=True)
+    (every row of every decode step, counted at the model's input, finished or not), and where the call's
+    time went: the prompts' forward passes (prefill), the decode steps of a full batch and of fewer rows
+    (a batch that shrank once no prompt waited), and the time outside any forward pass (sampling, the
+    cache's joins and compactions, Python)."""
+    passes = []  # [rows, positions a row, start, end] of each forward pass
+
+    def before(_, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is not None:
+            passes.append([ids.shape[0], ids.shape[1], time.perf_counter(), None])
+
+    def after(*_):
+        if passes and passes[-1][3] is None:
+            passes[-1][3] = time.perf_counter()
+
+    hooks = [lm.model.register_forward_pre_hook(before, with_kwargs=True), lm.model.register_forward_hook(after)]
     try:
         start = time.perf_counter()
         out = engine(lm, prompts, max_new_tokens=new_tokens, batch_size=batch, precision=precision, **kw)
         seconds = time.perf_counter() - start
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     kept = sum(g.n_tokens for g in out)
+    steps = [(rows, end - begin) for rows, width, begin, end in passes if width == 1]
+    prefill = sum(end - begin for _, width, begin, end in passes if width > 1)
+    full = sum(t for rows, t in steps if rows >= batch)
+    fewer = sum(t for rows, t in steps if rows < batch)
     # the prefill's forward pass gives each row its first token; every later one is a decode step
-    positions = sum(decoded) + len(prompts)
+    positions = sum(rows for rows, _ in steps) + len(prompts)
     return dict(batch=batch, rows=len(prompts), seconds=seconds, tokens=kept, decoded=positions,
                 tokens_per_s=kept / seconds, decoded_per_s=positions / seconds, texts=[g.text for g in out],
-                prompt_tokens=sum(len(lm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts) / len(prompts))
+                prompt_tokens=sum(len(lm.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts) / len(prompts),
+                time_shares=dict(prefill=prefill / seconds, full_batch_steps=full / seconds,
+                                 fewer_rows_steps=fewer / seconds,
+                                 outside_forward=(seconds - prefill - full - fewer) / seconds),
+                steps_with_fewer_rows=sum(rows < batch for rows, _ in steps), steps=len(steps))
 
 
 def timed_scores(lm, asked: list[tuple[str, list[str], int]], precision: str, batch: int, share: bool) -> dict:
@@ -297,6 +319,15 @@ def main() -> None:
         same = "-" if r["same_as_hf"] is None else f"{r['same_as_hf']} of {r['rows']}"
         print(f"| {r['what']} | {r['decoder']} | {r['batch']} | {r['prompt_tokens']:.0f} | {r['tokens_per_s']:.1f} | "
               f"{r['decoded_per_s']:.1f} | {r['tokens_per_s'] / rate:.2f} | {r['decoded_per_s'] / rate:.2f} | {same} |")
+    if rows:
+        print("\n| what | decoder | batch | seconds | prefill | decode steps, full batch | decode steps, fewer rows "
+              "| outside the forward passes | steps with fewer rows |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            t = r["time_shares"]
+            print(f"| {r['what']} | {r['decoder']} | {r['batch']} | {r['seconds']:.1f} | {t['prefill']:.2f} | "
+                  f"{t['full_batch_steps']:.2f} | {t['fewer_rows_steps']:.2f} | {t['outside_forward']:.2f} | "
+                  f"{r['steps_with_fewer_rows']} of {r['steps']} |")
     if scoring:
         print(f"\n| scoring ({args.k} adapters) | questions | prompt tokens | completions | a row per completion: "
               "completions/s | sharing the prompt's row: completions/s | speed-up | largest difference |")
