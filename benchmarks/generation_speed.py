@@ -6,7 +6,7 @@ in a forward pass, in one run; and where the time of one decode step goes.
     .venv/bin/python benchmarks/generation_speed.py --only step --step-batch 32   # compiled or not, ~5 min
     python benchmarks/generation_speed.py --arch llama-3.2-1b --device cuda
 
-Three measurements on the same model (the embedded one, or a random-weight --arch):
+The measurements, all on the same model (the embedded one, or a random-weight --arch):
 
   forward   a teacher-forced forward pass without gradient over B x L positions (B = 8, L = 160):
             positions/s, the rate the matmuls allow;
@@ -315,11 +315,10 @@ def main() -> None:
         print("\n| what | decoder | batch | prompt tokens | generated tokens/s | decoded positions/s | generated / forward "
               "| decoded / forward | answers as hf's |")
         print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        same = "-" if r["same_as_hf"] is None else f"{r['same_as_hf']} of {r['rows']}"
-        print(f"| {r['what']} | {r['decoder']} | {r['batch']} | {r['prompt_tokens']:.0f} | {r['tokens_per_s']:.1f} | "
-              f"{r['decoded_per_s']:.1f} | {r['tokens_per_s'] / rate:.2f} | {r['decoded_per_s'] / rate:.2f} | {same} |")
-    if rows:
+        for r in rows:
+            same = "-" if r["same_as_hf"] is None else f"{r['same_as_hf']} of {r['rows']}"
+            print(f"| {r['what']} | {r['decoder']} | {r['batch']} | {r['prompt_tokens']:.0f} | {r['tokens_per_s']:.1f} | "
+                  f"{r['decoded_per_s']:.1f} | {r['tokens_per_s'] / rate:.2f} | {r['decoded_per_s'] / rate:.2f} | {same} |")
         print("\n| what | decoder | batch | seconds | prefill | decode steps, full batch | decode steps, fewer rows "
               "| outside the forward passes | steps with fewer rows |")
         print("|---|---|---|---|---|---|---|---|---|")
