@@ -40,9 +40,9 @@ def _imports_out_of_the_collector():
 def _one_tokenizer_per_checkpoint():
     """Within a test process, each checkpoint's tokenizer is read once and then shared. The tiny models
     carry the embedded model's tokenizer, and reading it (tokenizer.json, parsed by transformers and
-    again by the tokenizers library) takes 0.15-0.3 s; test-fast read it 274 times, about 40 s of its
-    CPU time. Sharing holds because nothing in the project changes a tokenizer after `load_tokenizer`
-    set its pad token and padding side; the end of the session checks that no test changed them."""
+    again by the tokenizers library) takes 0.15-0.3 s, which nearly every test paid again. Sharing
+    holds because nothing in the project changes a tokenizer after `load_tokenizer` set its pad token
+    and padding side; the end of the session checks that no test changed them."""
     from seal.core import models
 
     read, shared, first = models.load_tokenizer, {}, {}
