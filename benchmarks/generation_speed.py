@@ -196,16 +196,22 @@ def step_costs(lm, prompt: str, precision: str, batch: int, steps: int) -> list[
 
     def seal_call():
         nucleus = Nucleus(SAMPLING["temperature"], SAMPLING["top_p"], list(range(batch)), lm.device)
-        decode(lm.model, [ids] * batch, max_new_tokens=steps, slots=batch, end_ids=set(),
-               pick=lambda logits, rows: (stamps.append(time.perf_counter()), nucleus(logits, rows))[1],
+
+        def pick(logits, rows):
+            stamps.append(time.perf_counter())
+            return nucleus(logits, rows)
+
+        decode(lm.model, [ids] * batch, max_new_tokens=steps, slots=batch, end_ids=set(), pick=pick,
                pad_id=lm.tokenizer.pad_token_id, cache_dtype=torch.bfloat16 if precision == "bf16" else None)
 
     def hf_call(compiled: bool):
+        extra = dict(disable_compile=True)
+        if compiled:  # one configuration for both calls; forced on, since transformers compiles on GPUs only
+            extra = dict(compile_config=CompileConfig(fullgraph=True, dynamic=False))
+            extra["compile_config"]._compile_all_devices = True
+
         def call():
             enc = torch.tensor([ids] * batch, device=lm.device)
-            extra = dict(compile_config=CompileConfig(fullgraph=True, dynamic=False)) if compiled else dict(disable_compile=True)
-            if compiled:
-                extra["compile_config"]._compile_all_devices = True
             lm.model.generate(input_ids=enc, attention_mask=torch.ones_like(enc), max_new_tokens=steps,
                               min_new_tokens=steps, do_sample=True, top_k=None, cache_implementation="static",
                               logits_processor=LogitsProcessorList([Stamp()]), pad_token_id=lm.tokenizer.pad_token_id,
